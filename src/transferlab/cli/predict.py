@@ -1,0 +1,56 @@
+"""`transferlab predict`: a saved model's labels and probabilities for new images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from transferlab.cli._common import DeviceOpt, app, handle_errors, out, print_json
+
+
+@app.command("predict")
+@handle_errors
+def predict_cmd(
+    model_dir: Path = typer.Argument(
+        ..., help="Model directory written by `transferlab fit` (OUT/model)."
+    ),
+    images: list[Path] = typer.Argument(..., help="Image files or folders of images."),
+    top_k: int = typer.Option(
+        1, "--top-k", "-k", min=1, help="How many classes to show per image."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="JSON output, one object per image."),
+    device: str = DeviceOpt,
+) -> None:
+    """Predict labels with probabilities. Broken images are reported, not fatal (exit 1 if any).
+
+    Examples:
+      transferlab predict runs/hymenoptera/model photo.jpg --top-k 2
+      transferlab predict runs/hymenoptera/model new_photos/ --json
+    """
+    from transferlab.artifacts import load_model
+    from transferlab.data import list_images
+    from transferlab.exceptions import DatasetError
+
+    paths: list[str] = []
+    for p in images:
+        if p.is_dir():
+            found, _ = list_images(p)
+            if not found:
+                raise DatasetError(f"{p} holds no image files")
+            paths.extend(found)
+        else:
+            paths.append(str(p))
+    model = load_model(model_dir, device=device)
+    preds = model.predict_paths(paths, top_k=top_k)
+    if as_json:
+        print_json([p.to_dict() for p in preds])
+    else:
+        for p in preds:
+            if p.error:
+                out.print(f"{p.path}\t[red]error: {p.error}[/]")
+            else:
+                tops = "  ".join(f"{c} {prob:.3f}" for c, prob in p.top)
+                out.print(f"{p.path}\t{tops}")
+    if any(p.error for p in preds):
+        raise typer.Exit(1)

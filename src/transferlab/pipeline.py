@@ -1,0 +1,312 @@
+"""`fit`: dataset -> features -> linear probe -> held-out metrics -> saved model + report.
+
+The CLI's `fit` and `demo` and the service all call `fit(FitConfig(...))`; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferlab.artifacts import TransferModel, _json_default
+from transferlab.backbones import POOLS
+from transferlab.data import DEFAULT_MAX_PIXELS, Dataset, load_dataset
+from transferlab.evaluate import EvalReport, evaluate_predictions
+from transferlab.exceptions import DatasetError, InvalidParameterError
+from transferlab.features import FeatureExtractor
+from transferlab.probe import CLASSIFIERS, LinearProbe
+
+__all__ = ["FitConfig", "FitResult", "fit"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything `fit` needs; CLI flags map one-to-one onto these fields.
+
+    Attributes:
+        data: dataset folder or CSV (see `load_dataset`).
+        out: run directory for metrics.json, report.html, the confusion matrix and ``model/``.
+        backbone, layer, pool, weights: the feature extractor (see `FeatureExtractor`).
+        classifier, C, class_weight: the probe (see `LinearProbe`).
+        val_fraction, seed: the split, when the data does not carry one.
+        strict: stop at the first broken image instead of skipping it.
+        batch_size, num_workers, device: extraction settings.
+        cache_dir: feature cache folder (None: the default); ``no_cache`` turns caching off.
+        max_pixels: decompression-bomb limit per image.
+        overwrite: allow writing into a non-empty `out`.
+    """
+
+    data: str
+    out: str
+    backbone: str = "efficientnet_lite0"
+    layer: str = "pre_logits"
+    pool: str = "avg"
+    weights: str = "default"
+    classifier: str = "logreg"
+    C: float | str = 1.0
+    class_weight: str | None = None
+    val_fraction: float = 0.2
+    seed: int = 0
+    strict: bool = False
+    batch_size: int = 32
+    num_workers: int | None = None
+    device: str = "auto"
+    cache_dir: str | None = None
+    no_cache: bool = False
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise InvalidParameterError(
+                f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}"
+            )
+        if self.classifier not in CLASSIFIERS:
+            raise InvalidParameterError(
+                f"classifier must be one of {', '.join(CLASSIFIERS)}, got {self.classifier!r}"
+            )
+        if not 0.0 < self.val_fraction < 1.0:
+            raise InvalidParameterError(
+                f"val_fraction must be between 0 and 1, got {self.val_fraction}"
+            )
+        if self.class_weight not in (None, "balanced"):
+            raise InvalidParameterError(
+                f"class_weight must be None or 'balanced', got {self.class_weight!r}"
+            )
+        if self.batch_size < 1:
+            raise InvalidParameterError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class FitResult:
+    """What `fit` produced: metrics (as written to metrics.json) and where the files are."""
+
+    metrics: dict[str, Any]
+    out: Path
+    model_dir: Path
+    report: Path
+    confusion_png: Path
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "out": str(self.out),
+            "model_dir": str(self.model_dir),
+            "report": str(self.report),
+            "confusion_png": str(self.confusion_png),
+        }
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise InvalidParameterError(f"--out {out} is a file; give a directory")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise InvalidParameterError(
+            f"--out {out} already holds files (a previous run?); choose another directory or pass "
+            "--overwrite to replace them"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def fit(config: FitConfig, dataset: Dataset | None = None) -> FitResult:
+    """Extract features, fit a linear probe, evaluate on the held-out split, save everything.
+
+    Broken images are skipped and listed (``metrics["skipped"]``) unless ``config.strict``, which
+    raises `ImageLoadError` on the first one.
+
+    Raises:
+        DatasetError: the data cannot be used (see `load_dataset`), or skipping broken images left a
+            class with no training image.
+        ImageLoadError: with ``strict=True``, the first broken image.
+    """
+    t0 = time.perf_counter()
+    ds = (
+        dataset
+        if dataset is not None
+        else load_dataset(config.data, val_fraction=config.val_fraction, seed=config.seed)
+    )
+    out = Path(config.out)
+    _prepare_out(out, config.overwrite)
+    cache: Any = False if config.no_cache else (config.cache_dir or True)
+    fx = FeatureExtractor(
+        config.backbone,
+        layer=config.layer,
+        pool=config.pool,
+        weights=config.weights,
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        device=config.device,
+        cache=cache,
+        progress=config.progress,
+        max_pixels=config.max_pixels,
+    ).fit()
+    t_load = time.perf_counter()
+
+    splits = {"train": ds.train, "val": ds.val, "test": ds.test}
+    all_samples = [s for name in ("train", "val", "test") for s in splits[name]]
+    owner = [name for name in ("train", "val", "test") for _ in splits[name]]
+    res = fx.extract([s.path for s in all_samples], on_error="raise" if config.strict else "skip")
+    t_extract = time.perf_counter()
+    X_all = res.features[config.layer]
+    by_split: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name in ("train", "val", "test"):
+        rows = [r for r, i in enumerate(res.index) if owner[i] == name]
+        labels = np.asarray([all_samples[res.index[r]].label for r in rows], dtype=object)
+        by_split[name] = (X_all[rows], labels)
+    skipped = [(e.path, e.reason) for e in res.failures]
+
+    Xtr, ytr = by_split["train"]
+    missing = sorted(set(ds.classes) - set(ytr))
+    if missing:
+        raise DatasetError(
+            f"after skipping {len(skipped)} broken images, class(es) {', '.join(missing)} have no "
+            "training image left; fix or add images"
+        )
+    if len(by_split["val"][1]) == 0:
+        raise DatasetError(
+            f"after skipping {len(skipped)} broken images, no validation image is left"
+        )
+    probe = LinearProbe(
+        classifier=config.classifier, C=config.C, class_weight=config.class_weight
+    ).fit(Xtr, ytr)
+    t_probe = time.perf_counter()
+
+    reports: dict[str, EvalReport] = {}
+    for name in ("val", "test"):
+        X, y = by_split[name]
+        if len(y):
+            reports[name] = evaluate_predictions(y, probe.predict_proba(X), probe.classes_)
+    t_eval = time.perf_counter()
+    val = reports["val"]
+    metrics: dict[str, Any] = {
+        "accuracy": val.accuracy,
+        "balanced_accuracy": val.balanced_accuracy,
+        "log_loss": val.log_loss,
+        "n_train": len(ytr),
+        "n_val": val.n,
+        "n_test": reports["test"].n if "test" in reports else 0,
+        "n_skipped": len(skipped),
+        "skipped": [{"path": p, "reason": r} for p, r in skipped],
+        "classes": [str(c) for c in probe.classes_],
+        "per_class": val.per_class,
+        "macro": val.macro,
+        "confusion": val.confusion,
+        "backbone": fx.backbone_.name,
+        "weights_sha256": fx.backbone_.weights_sha256,
+        "layer": config.layer,
+        "pool": config.pool,
+        "classifier": config.classifier,
+        "C": probe.C_,
+        "dataset": {
+            "path": ds.root,
+            "source": ds.source,
+            "split": ds.split_note,
+            "n_ignored": len(ds.ignored),
+        },
+        "n_cached": res.n_cached,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "stage_seconds": {
+            "load_backbone": round(t_load - t0, 3),
+            "extract": round(t_extract - t_load, 3),
+            "probe": round(t_probe - t_extract, 3),
+            "evaluate": round(t_eval - t_probe, 3),
+        },
+        "extract_images_per_second": round(
+            (len(all_samples) - res.n_cached) / max(t_extract - t_load, 1e-9), 2
+        ),
+    }
+    if "test" in reports:
+        t = reports["test"]
+        metrics["test"] = {
+            "accuracy": t.accuracy,
+            "balanced_accuracy": t.balanced_accuracy,
+            "log_loss": t.log_loss,
+            "n": t.n,
+            "per_class": t.per_class,
+            "confusion": t.confusion,
+        }
+
+    model_dir = TransferModel(fx, probe, metrics).save(out / "model", overwrite=config.overwrite)
+    from transferlab.report import plot_confusion_matrix
+
+    cm_png = plot_confusion_matrix(
+        val.confusion,
+        val.classes,
+        out / "confusion_matrix.png",
+        title=f"validation: accuracy {val.accuracy:.3f} (n={val.n})",
+    )
+    metrics["seconds"] = round(time.perf_counter() - t0, 3)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+    report = _write_fit_report(out, ds, metrics, cm_png, config)
+    logger.info("fit done: accuracy %.4f on %d validation images", val.accuracy, val.n)
+    return FitResult(
+        metrics=metrics,
+        out=out,
+        model_dir=model_dir,
+        report=report,
+        confusion_png=cm_png,
+        skipped=skipped,
+    )
+
+
+def _write_fit_report(
+    out: Path, ds: Dataset, m: dict[str, Any], cm_png: Path, config: FitConfig
+) -> Path:
+    from transferlab.report import html_table, write_html_report
+
+    summary = {
+        "validation accuracy": m["accuracy"],
+        "balanced accuracy": m["balanced_accuracy"],
+        "log loss": m["log_loss"],
+        **({"test accuracy": m["test"]["accuracy"]} if "test" in m else {}),
+        "backbone / layer": f"{m['backbone']} / {m['layer']} ({m['pool']} pool)",
+        "probe": f"{m['classifier']} (C={m['C']:.3g})",
+        "images": f"{m['n_train']} train, {m['n_val']} val"
+        + (f", {m['n_test']} test" if m.get("n_test") else ""),
+        "skipped (broken) images": m["n_skipped"],
+        "time": f"{m['seconds']:.1f} s (extraction {m['stage_seconds']['extract']:.1f} s, {m['n_cached']} from cache)",
+    }
+    per_class = html_table(
+        ["class", "precision", "recall", "f1", "support"],
+        [
+            [c, v["precision"], v["recall"], v["f1"], v["support"]]
+            for c, v in m["per_class"].items()
+        ],
+    )
+    counts = Counter(s.label for s in ds.train)
+    data_html = f"<p>{html.escape(ds.root)} — {html.escape(ds.split_note)}</p>" + html_table(
+        ["class", "train images"], [[c, counts.get(c, 0)] for c in ds.classes]
+    )
+    sections = [("Per-class metrics (validation)", per_class), ("Data", data_html)]
+    if m["skipped"]:
+        rows = [[s["path"], s["reason"]] for s in m["skipped"]]
+        sections.insert(
+            0,
+            (
+                "Skipped images",
+                "<div class='warn'>These files could not be used and were left out.</div>"
+                + html_table(["file", "reason"], rows),
+            ),
+        )
+    cmd = f"transferlab predict {os.fspath(out / 'model')} IMAGE..."
+    sections.append(("Use the model", f"<p><code>{html.escape(cmd)}</code></p>"))
+    return write_html_report(
+        out / "report.html",
+        title=f"transferlab fit — {Path(ds.root).name}",
+        summary=summary,
+        sections=sections,
+        images=[("Confusion matrix (validation)", cm_png)],
+    )

@@ -1,0 +1,228 @@
+"""Linear probes on frozen features: the strong, cheap baseline that fine-tuning must beat.
+
+`LinearProbe` is a scikit-learn classifier (standardise -> logistic regression, linear SVM or nearest
+centroid) with `predict_proba` for all three, so every probe can feed calibrated-looking scores to
+evaluation, confidence thresholds and the service.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.neighbors import NearestCentroid
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import LabelEncoder, StandardScaler
+from sklearn.svm import LinearSVC
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
+
+from transferlab.exceptions import InvalidParameterError
+
+__all__ = ["CLASSIFIERS", "LinearProbe"]
+
+CLASSIFIERS = ("logreg", "svm", "centroid")
+#: Grid searched when ``C="auto"``.
+C_GRID = np.logspace(-4, 2, 13)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class LinearProbe(ClassifierMixin, BaseEstimator):
+    """A linear classifier on frozen backbone features.
+
+    Args:
+        classifier: ``"logreg"`` (multinomial logistic regression, default), ``"svm"`` (linear SVM;
+            probabilities from a softmax of its margins, scaled on the training data) or
+            ``"centroid"`` (nearest class mean, the one-shot classic). SVM and centroid
+            probabilities are a softmax of their scores with a temperature fitted on
+            out-of-fold training scores.
+        C: inverse regularisation strength, or ``"auto"`` to choose it by stratified
+            cross-validation on the training data (needs 2+ examples per class; else 1.0).
+        standardize: scale each feature to zero mean and unit variance first.
+        class_weight: None, or ``"balanced"`` to weight classes inversely to their frequency.
+        max_iter: solver iterations.
+        cv: folds for ``C="auto"``.
+        random_state: seed for the solvers that use one.
+
+    Attributes:
+        classes_: class labels, in the order of `predict_proba` columns.
+        n_features_in_: feature vector length seen in `fit`.
+        C_: the C used (chosen, when ``C="auto"``).
+        pipeline_: the fitted scikit-learn `Pipeline`.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> X = np.r_[rng.normal(0, 1, (20, 5)), rng.normal(3, 1, (20, 5))]
+        >>> y = np.array(["a"] * 20 + ["b"] * 20)
+        >>> probe = LinearProbe().fit(X, y)
+        >>> probe.predict([[3, 3, 3, 3, 3]]).tolist(), probe.predict_proba(X).shape
+        (['b'], (40, 2))
+    """
+
+    def __init__(
+        self,
+        *,
+        classifier: str = "logreg",
+        C: float | str = 1.0,
+        standardize: bool = True,
+        class_weight: str | None = None,
+        max_iter: int = 3000,
+        cv: int = 5,
+        random_state: int | None = 0,
+    ) -> None:
+        self.classifier = classifier
+        self.C = C
+        self.standardize = standardize
+        self.class_weight = class_weight
+        self.max_iter = max_iter
+        self.cv = cv
+        self.random_state = random_state
+
+    def _check_params(self) -> None:
+        if self.classifier not in CLASSIFIERS:
+            raise InvalidParameterError(
+                f"classifier must be one of {', '.join(CLASSIFIERS)}, got {self.classifier!r}"
+            )
+        if not (self.C == "auto" or (isinstance(self.C, (int, float)) and self.C > 0)):
+            raise InvalidParameterError(f"C must be a positive number or 'auto', got {self.C!r}")
+        if self.class_weight not in (None, "balanced"):
+            raise InvalidParameterError(
+                f"class_weight must be None or 'balanced', got {self.class_weight!r}"
+            )
+
+    def _estimator(self, n_min: int) -> Any:
+        C = self.C
+        folds = min(self.cv, n_min)
+        if self.classifier == "logreg":
+            if C == "auto" and folds >= 2:
+                return LogisticRegressionCV(
+                    Cs=C_GRID,
+                    cv=folds,
+                    scoring="neg_log_loss",
+                    max_iter=self.max_iter,
+                    class_weight=self.class_weight,
+                    random_state=self.random_state,
+                )
+            return LogisticRegression(
+                C=1.0 if C == "auto" else float(C),
+                max_iter=self.max_iter,
+                class_weight=self.class_weight,
+                random_state=self.random_state,
+            )
+        if self.classifier == "svm":
+            svc = LinearSVC(
+                C=1.0 if C == "auto" else float(C),
+                max_iter=self.max_iter,
+                class_weight=self.class_weight,
+                random_state=self.random_state,
+            )
+            if C == "auto" and folds >= 2:
+                from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+                return GridSearchCV(
+                    svc, {"C": C_GRID}, cv=StratifiedKFold(folds, shuffle=True, random_state=0)
+                )
+            return svc
+        return NearestCentroid()
+
+    def fit(self, X: Any, y: Any) -> LinearProbe:
+        """Fit on features `X` (n_samples, n_features) and labels `y`. Returns self."""
+        self._check_params()
+        X, y = check_X_y(X, y, dtype=np.float64)
+        check_classification_targets(y)
+        self._encoder = LabelEncoder().fit(y)
+        self.classes_ = self._encoder.classes_
+        if len(self.classes_) < 2:
+            raise InvalidParameterError(
+                f"y must hold at least 2 classes to train a classifier, got {len(self.classes_)}"
+            )
+        y_enc = self._encoder.transform(y)
+        n_min = int(np.bincount(y_enc).min())
+        steps: list[tuple[str, Any]] = []
+        if self.standardize:
+            steps.append(("scale", StandardScaler()))
+        steps.append(("clf", self._estimator(n_min)))
+        self.pipeline_ = Pipeline(steps)
+        with warnings.catch_warnings():
+            # lbfgs on separable few-shot data rarely "converges"; the solution is still usable.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", FutureWarning)  # LogisticRegressionCV's 1.10 changes
+            self.pipeline_.fit(X, y_enc)
+        clf = self.pipeline_[-1]
+        if hasattr(clf, "best_estimator_"):
+            self.C_ = float(clf.best_params_["C"])
+        elif hasattr(clf, "C_"):
+            self.C_ = float(np.ravel(clf.C_)[0])
+        else:
+            self.C_ = (
+                float(getattr(clf, "C", np.nan)) if self.classifier != "centroid" else float("nan")
+            )
+        if self.classifier != "logreg":
+            self.temperature_ = self._fit_temperature(X, y_enc, min(self.cv, n_min))
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def _scores(self, pipe: Pipeline, X: np.ndarray) -> np.ndarray:
+        """Per-class scores whose softmax gives probabilities: SVM margins, or minus the squared
+        distance to each class centroid (in the standardised space)."""
+        if self.classifier == "centroid":
+            Z = pipe[:-1].transform(X) if len(pipe) > 1 else X
+            c = pipe[-1].centroids_
+            return -((Z**2).sum(1)[:, None] - 2 * Z @ c.T + (c**2).sum(1)[None, :]) / Z.shape[1]
+        d = pipe.decision_function(X)
+        return np.c_[-d, d] if d.ndim == 1 else d
+
+    def _fit_temperature(self, X: np.ndarray, y: np.ndarray, folds: int) -> float:
+        """Softmax temperature minimising the log loss of out-of-fold scores.
+
+        Scores on the training data itself are overconfident (the data are nearly separable), so
+        folds are used when every class has 2+ examples. Scaling keeps the argmax unchanged.
+        """
+        if folds >= 2:
+            from sklearn.base import clone
+            from sklearn.model_selection import StratifiedKFold
+
+            scores = np.zeros((len(y), len(self.classes_)))
+            for tr, te in StratifiedKFold(folds, shuffle=True, random_state=0).split(X, y):
+                pipe = clone(self.pipeline_).fit(X[tr], y[tr])
+                fold_scores = self._scores(pipe, X[te])
+                cols = np.unique(y[tr])
+                scores[np.ix_(te, cols)] = fold_scores
+        else:
+            scores = self._scores(self.pipeline_, X)
+        temps = np.logspace(-3, 3, 61)
+        rows = np.arange(len(y))
+        losses = [-np.log(_softmax(scores / t)[rows, y] + 1e-12).mean() for t in temps]
+        return float(temps[int(np.argmin(losses))])
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, columns in the order of `classes_`."""
+        check_is_fitted(self, "pipeline_")
+        X = check_array(X, dtype=np.float64)
+        if X.shape[1] != self.n_features_in_:
+            raise InvalidParameterError(
+                f"X has {X.shape[1]} features, but the probe was fitted on {self.n_features_in_} "
+                "(features from another layer or backbone?)"
+            )
+        if self.classifier == "logreg":
+            return self.pipeline_.predict_proba(X)
+        return _softmax(self._scores(self.pipeline_, X) / self.temperature_)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Most probable class per row."""
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Log-probabilities, one column per class."""
+        return np.log(np.clip(self.predict_proba(X), 1e-15, None))
