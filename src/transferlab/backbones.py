@@ -219,7 +219,9 @@ def _load_into(model: nn.Module, sd: dict[str, torch.Tensor], origin: str) -> No
     if set(sd) == set(own):
         model.load_state_dict(sd)
         return
-    if len(sd) == len(own) and all(a.shape == b.shape for a, b in zip(sd.values(), own.values(), strict=True)):
+    if len(sd) == len(own) and all(
+        a.shape == b.shape for a, b in zip(sd.values(), own.values(), strict=True)
+    ):
         model.load_state_dict(dict(zip(own.keys(), sd.values(), strict=True)))
         return
     raise WeightsNotFoundError(

@@ -16,9 +16,11 @@ import csv
 import logging
 import os
 import random
+import threading
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +66,9 @@ def is_image_file(path: str | os.PathLike[str]) -> bool:
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Make any Pillow mode RGB, the way a person looking at the picture would expect."""
     mode = img.mode
+    if mode in ("L", "RGB") and "transparency" in img.info:
+        img = img.convert("RGBA")  # a tRNS colour key: transparent pixels turn white like RGBA's
+        mode = "RGBA"
     if mode == "RGB":
         return img
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
@@ -91,6 +96,28 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         return img.convert("L").convert("RGB")
     # L, CMYK, YCbCr, LAB, HSV and friends: Pillow knows the conversion.
     return img.convert("RGB")
+
+
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+@contextmanager
+def _pil_pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """Let Pillow open images up to `max_pixels` (None: any size); our own check runs right after.
+
+    Pillow refuses images above its global ``MAX_IMAGE_PIXELS`` inside ``Image.open``. When the
+    caller allows more, lift that global for this call only (under a lock) and restore it.
+    """
+    current = Image.MAX_IMAGE_PIXELS
+    if current is None or (max_pixels is not None and max_pixels <= current):
+        yield
+        return
+    with _PIL_LIMIT_LOCK:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = current
 
 
 def load_image(
@@ -134,7 +161,7 @@ def load_image(
     if st.st_size == 0:
         raise ImageLoadError(p, "empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pil_pixel_limit(max_pixels):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(p) as img:
                 w, h = img.size
@@ -319,8 +346,17 @@ def _read_csv(path: Path) -> tuple[list[Sample], dict[str, list[Sample]], list[s
     """Rows `path,label[,split]`; relative paths are taken from the CSV's folder."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
+            first = fh.readline()
+            fh.seek(0)
+            # Comma by default; a .tsv file, or a header with tabs/semicolons and no comma, says otherwise.
+            delimiter = ","
+            if path.suffix.lower() == ".tsv" or ("\t" in first and "," not in first):
+                delimiter = "\t"
+            elif ";" in first and "," not in first:
+                delimiter = ";"
+            reader = csv.DictReader(fh, delimiter=delimiter, skipinitialspace=True)
             header = [h.strip() for h in (reader.fieldnames or [])]
+            reader.fieldnames = header  # rows are then keyed by the stripped names
             lower = {h.lower(): h for h in header}
             path_col = next(
                 (lower[c] for c in ("path", "file", "filename", "image") if c in lower), None

@@ -420,9 +420,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             try:
                 digests.append(file_digest(p))
             except ImageLoadError as exc:
-                if on_error == "raise":
-                    raise
-                failures[i] = exc
+                failures[i] = exc  # with on_error="raise", raised once we know it is the first
                 digests.append(None)
 
         cache = self._cache()
@@ -446,6 +444,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             self._compute(
                 bb, str_paths, digests, todo, layers, spaces, rows, failures, cache, on_error
             )
+        if on_error == "raise" and failures:
+            raise failures[min(failures)]
         ok = [i for i in range(n) if i not in failures]
         feats = {
             layer: (
@@ -497,7 +497,10 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
                 for j, reason in bad:
                     err = ImageLoadError(paths[todo[j]], reason)
                     if on_error == "raise":
-                        raise err
+                        # images are decoded in input order: the first broken one is this one,
+                        # or an earlier file that could not even be read for hashing
+                        failures[todo[j]] = err
+                        raise failures[min(failures)]
                     logger.warning("skipped %s", err)
                     failures[todo[j]] = err
                 if x is not None:
