@@ -48,7 +48,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         C: inverse regularisation strength, or ``"auto"`` to choose it by stratified
             cross-validation on the training data (needs 2+ examples per class; else 1.0).
         standardize: scale each feature to zero mean and unit variance first.
-        class_weight: None, or ``"balanced"`` to weight classes inversely to their frequency.
+        class_weight: None, ``"balanced"`` (weights inversely proportional to class frequency), or
+            a dict label -> weight. Ignored by ``"centroid"`` except that a dict is refused.
         max_iter: solver iterations.
         cv: folds for ``C="auto"``.
         random_state: seed for the solvers that use one.
@@ -58,6 +59,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         n_features_in_: feature vector length seen in `fit`.
         C_: the C used (chosen, when ``C="auto"``).
         pipeline_: the fitted scikit-learn `Pipeline`.
+        n_iter_: solver iterations (logreg and svm).
 
     Example:
         >>> import numpy as np
@@ -75,7 +77,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         classifier: str = "logreg",
         C: float | str = 1.0,
         standardize: bool = True,
-        class_weight: str | None = None,
+        class_weight: str | dict[Any, float] | None = None,
         max_iter: int = 3000,
         cv: int = 5,
         random_state: int | None = 0,
@@ -95,10 +97,12 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             )
         if not (self.C == "auto" or (isinstance(self.C, (int, float)) and self.C > 0)):
             raise InvalidParameterError(f"C must be a positive number or 'auto', got {self.C!r}")
-        if self.class_weight not in (None, "balanced"):
+        if not (self.class_weight in (None, "balanced") or isinstance(self.class_weight, dict)):
             raise InvalidParameterError(
-                f"class_weight must be None or 'balanced', got {self.class_weight!r}"
+                f"class_weight must be None, 'balanced' or a dict class -> weight, got {self.class_weight!r}"
             )
+        if isinstance(self.class_weight, dict) and self.classifier == "centroid":
+            raise InvalidParameterError("class_weight is not supported with classifier='centroid'")
 
     def _estimator(self, n_min: int) -> Any:
         C = self.C
@@ -110,20 +114,20 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                     cv=folds,
                     scoring="neg_log_loss",
                     max_iter=self.max_iter,
-                    class_weight=self.class_weight,
+                    class_weight=self._class_weight_enc,
                     random_state=self.random_state,
                 )
             return LogisticRegression(
                 C=1.0 if C == "auto" else float(C),
                 max_iter=self.max_iter,
-                class_weight=self.class_weight,
+                class_weight=self._class_weight_enc,
                 random_state=self.random_state,
             )
         if self.classifier == "svm":
             svc = LinearSVC(
                 C=1.0 if C == "auto" else float(C),
                 max_iter=self.max_iter,
-                class_weight=self.class_weight,
+                class_weight=self._class_weight_enc,
                 random_state=self.random_state,
             )
             if C == "auto" and folds >= 2:
@@ -144,9 +148,17 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.classes_ = self._encoder.classes_
         if len(self.classes_) < 2:
             raise InvalidParameterError(
-                f"y must hold at least 2 classes to train a classifier, got {len(self.classes_)}"
+                f"y must hold at least 2 classes to train a classifier, got {len(self.classes_)} class"
             )
         y_enc = self._encoder.transform(y)
+        self._class_weight_enc: Any = self.class_weight
+        if isinstance(self.class_weight, dict):  # keys are labels; the solver sees encoded ones
+            known = set(self.classes_.tolist())
+            self._class_weight_enc = {
+                int(self._encoder.transform([k])[0]): w
+                for k, w in self.class_weight.items()
+                if k in known
+            }
         n_min = int(np.bincount(y_enc).min())
         steps: list[tuple[str, Any]] = []
         if self.standardize:
@@ -156,9 +168,13 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         with warnings.catch_warnings():
             # lbfgs on separable few-shot data rarely "converges"; the solution is still usable.
             warnings.simplefilter("ignore", ConvergenceWarning)
-            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter(
+                "ignore", UserWarning
+            )  # e.g. NearestCentroid's zero-variance note
             warnings.simplefilter("ignore", FutureWarning)  # LogisticRegressionCV's 1.10 changes
             self.pipeline_.fit(X, y_enc)
+            if self.classifier != "logreg":
+                self.temperature_ = self._fit_temperature(X, y_enc, min(self.cv, n_min))
         clf = self.pipeline_[-1]
         if hasattr(clf, "best_estimator_"):
             self.C_ = float(clf.best_params_["C"])
@@ -168,8 +184,11 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             self.C_ = (
                 float(getattr(clf, "C", np.nan)) if self.classifier != "centroid" else float("nan")
             )
-        if self.classifier != "logreg":
-            self.temperature_ = self._fit_temperature(X, y_enc, min(self.cv, n_min))
+        n_iter = getattr(clf, "n_iter_", None)
+        if n_iter is None and hasattr(clf, "best_estimator_"):
+            n_iter = getattr(clf.best_estimator_, "n_iter_", None)
+        if n_iter is not None:
+            self.n_iter_ = int(np.max(n_iter))
         self.n_features_in_ = X.shape[1]
         return self
 
@@ -212,8 +231,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         X = check_array(X, dtype=np.float64)
         if X.shape[1] != self.n_features_in_:
             raise InvalidParameterError(
-                f"X has {X.shape[1]} features, but the probe was fitted on {self.n_features_in_} "
-                "(features from another layer or backbone?)"
+                f"X has {X.shape[1]} features, but LinearProbe is expecting {self.n_features_in_} "
+                "features as input (features from another layer or backbone?)"
             )
         if self.classifier == "logreg":
             return self.pipeline_.predict_proba(X)
@@ -221,8 +240,11 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """Most probable class per row."""
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)  # checks fitted first
+        return self.classes_[np.argmax(proba, axis=1)]
 
     def decision_function(self, X: Any) -> np.ndarray:
-        """Log-probabilities, one column per class."""
-        return np.log(np.clip(self.predict_proba(X), 1e-15, None))
+        """Log-probabilities, one column per class; for two classes, the log-odds of `classes_[1]`
+        (scikit-learn's convention: positive means the second class)."""
+        logp = np.log(np.clip(self.predict_proba(X), 1e-15, None))
+        return logp[:, 1] - logp[:, 0] if logp.shape[1] == 2 else logp

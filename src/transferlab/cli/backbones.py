@@ -53,7 +53,9 @@ def backbones_cmd(
     from rich.table import Table
 
     table = Table(title="transferlab backbones", show_lines=taps)
-    for col in ("name", "timm model", "weights", "input", "layer taps (pooled dim)"):
+    table.add_column("name", no_wrap=True)
+    table.add_column("timm model", no_wrap=True)
+    for col in ("weights", "input", "layer taps (pooled dim)"):
         table.add_column(col, overflow="fold")
     for r in rows:
         pre = r.get("preprocessing", {})
