@@ -221,10 +221,8 @@ def test_cli_errors_are_one_clear_line(data, tmp_path, args, expected):
     res = runner.invoke(app, args)
     assert res.exit_code == 2, res.output
     assert expected in res.output
-    assert (
-        ("Traceback" not in res.output
-        and res.exception is None)
-        or isinstance(res.exception, SystemExit)
+    assert ("Traceback" not in res.output and res.exception is None) or isinstance(
+        res.exception, SystemExit
     )
 
 

@@ -501,7 +501,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
                         # or an earlier file that could not even be read for hashing
                         failures[todo[j]] = err
                         raise failures[min(failures)]
-                    logger.warning("skipped %s", err)
+                    logger.info("skipped %s", err)  # callers report failures from the result
                     failures[todo[j]] = err
                 if x is not None:
                     x = x.to(bb.device, non_blocking=True)

@@ -1,0 +1,801 @@
+"""Fine-tuning the fastai way, for any timm backbone.
+
+A fresh head sized to the classes; layer groups (stem, each stage, head) from timm's
+``group_matcher``; train the head with the body frozen, then unfreeze with discriminative per-group
+learning rates on a one-cycle schedule (AdamW, weight decay off for 1-D parameters, label
+smoothing, gradient clipping). Checkpoints every epoch and resume from the last completed one with
+the same result as an uninterrupted run (per-epoch seeding).
+
+Two choices differ from fastai's defaults, on evidence measured here (see benchmarks/RESULTS.md):
+
+* the head starts from the linear probe fitted on cached features ("LP-FT", Kumar et al. 2022),
+  not from timm's random init, whose weights (up to 1/sqrt(k)) make the first predictions wildly
+  overconfident; the probe is also the baseline the fine-tune is compared against;
+* images are decoded once, downsized, and kept in memory (when they fit), since on a small CPU
+  JPEG decoding of large photos would otherwise compete with training for the same cores.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from transferlab.backbones import Backbone, load_backbone
+from transferlab.data import DEFAULT_MAX_PIXELS, Sample, load_image
+from transferlab.exceptions import DatasetError, ImageLoadError, InvalidParameterError
+
+__all__ = [
+    "BN_POLICIES",
+    "Callback",
+    "CancelFitException",
+    "FineTuner",
+    "FinetuneConfig",
+    "FinetuneResult",
+    "layer_groups",
+]
+
+logger = logging.getLogger(__name__)
+
+BN_POLICIES = ("train", "freeze")
+CHECKPOINT = "last.pt"
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Hyper-parameters of `FineTuner`; CLI flags map one-to-one onto these fields.
+
+    Attributes:
+        backbone, weights: the network to start from (see `load_backbone`).
+        epochs: epochs with the body unfrozen.
+        freeze_epochs: epochs training only the head first (0 skips the phase).
+        lr: peak learning rate of the head in the one-cycle schedule.
+        lr_mult: ratio of the head's to the stem's learning rate when unfrozen (fastai's
+            ``slice(lr / lr_mult, lr)``, spaced geometrically over the layer groups).
+        weight_decay: AdamW decoupled weight decay (not applied to biases and norms).
+        label_smoothing: cross-entropy label smoothing.
+        grad_clip: max global gradient norm (0 disables).
+        pct_start: fraction of each one-cycle schedule spent warming up.
+        batch_size: images per step.
+        bn_policy: ``"train"`` updates BatchNorm statistics in unfrozen groups; ``"freeze"`` keeps
+            the pretrained statistics throughout (better for tiny batches or tiny data).
+        head_init: ``"probe"`` starts the head from a linear probe on cached features (LP-FT);
+            ``"random"`` uses a small random init.
+        augment: random-resized crop + flip + colour jitter during training.
+        tta: average predictions over the image and its mirror at evaluation.
+        class_balance: None, ``"weights"`` (class-weighted loss) or ``"sampler"`` (balanced
+            sampling).
+        early_stopping: stop after this many epochs without validation improvement (None: never).
+        image_size: train/eval input size (None: the backbone's own).
+        seed: seeds Python, NumPy and torch, per epoch, so a resumed run matches.
+        num_workers: data-loading processes (None: automatic).
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
+        max_pixels: decompression-bomb limit per image.
+    """
+
+    backbone: str = "efficientnet_lite0"
+    weights: str = "default"
+    epochs: int = 5
+    freeze_epochs: int = 1
+    lr: float = 2e-3
+    lr_mult: float = 100.0
+    weight_decay: float = 0.01
+    label_smoothing: float = 0.1
+    grad_clip: float = 1.0
+    pct_start: float = 0.25
+    batch_size: int = 16
+    bn_policy: str = "train"
+    head_init: str = "probe"
+    augment: bool = True
+    tta: bool = False
+    class_balance: str | None = None
+    early_stopping: int | None = None
+    image_size: int | None = None
+    seed: int = 0
+    num_workers: int | None = None
+    device: str = "auto"
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
+            (self.freeze_epochs >= 0, f"freeze_epochs must be >= 0, got {self.freeze_epochs}"),
+            (self.epochs + self.freeze_epochs > 0, "epochs + freeze_epochs must be at least 1"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.lr_mult >= 1, f"lr_mult must be >= 1, got {self.lr_mult}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (
+                0 <= self.label_smoothing < 1,
+                f"label_smoothing must be in [0, 1), got {self.label_smoothing}",
+            ),
+            (self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}"),
+            (0 < self.pct_start < 1, f"pct_start must be in (0, 1), got {self.pct_start}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (
+                self.bn_policy in BN_POLICIES,
+                f"bn_policy must be one of {', '.join(BN_POLICIES)}, got {self.bn_policy!r}",
+            ),
+            (
+                self.head_init in ("probe", "random"),
+                f"head_init must be 'probe' or 'random', got {self.head_init!r}",
+            ),
+            (
+                self.class_balance in (None, "weights", "sampler"),
+                f"class_balance must be None, 'weights' or 'sampler', got {self.class_balance!r}",
+            ),
+            (
+                self.early_stopping is None or self.early_stopping >= 1,
+                f"early_stopping must be None or >= 1, got {self.early_stopping}",
+            ),
+            (
+                self.image_size is None or self.image_size >= 32,
+                f"image_size must be >= 32, got {self.image_size}",
+            ),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise InvalidParameterError(msg)
+
+
+@dataclass
+class FinetuneResult:
+    """What `FineTuner.fit` produced.
+
+    Attributes:
+        history: one dict per epoch: phase, train_loss, val_loss, val_accuracy, lrs, seconds.
+        best_epoch: epoch (1-based, over both phases) with the best validation accuracy.
+        best_val_accuracy: its accuracy.
+        probe_val_accuracy: the linear probe's accuracy on the same validation images (when the
+            head was initialised from it), the baseline to beat.
+        stopped_early: early stopping ended the run.
+        seconds: wall time of `fit`.
+    """
+
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_val_accuracy: float
+    probe_val_accuracy: float | None = None
+    stopped_early: bool = False
+    seconds: float = 0.0
+    train_images_per_second: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class CancelFitException(Exception):
+    """Raise from a callback to end training cleanly after the current epoch."""
+
+
+class Callback:
+    """Hooks into the training loop. Subclass and override any of the events, in `order`.
+
+    Events: ``before_fit``, ``before_epoch``, ``after_batch``, ``after_epoch``, ``after_fit``;
+    each receives the `FineTuner`. Lower `order` runs first.
+    """
+
+    order = 0
+
+    def before_fit(self, tuner: FineTuner) -> None: ...
+    def before_epoch(self, tuner: FineTuner) -> None: ...
+    def after_batch(self, tuner: FineTuner) -> None: ...
+    def after_epoch(self, tuner: FineTuner) -> None: ...
+    def after_fit(self, tuner: FineTuner) -> None: ...
+
+
+def layer_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
+    """Parameter names per layer group, shallow to deep, with the classifier last.
+
+    Uses the model's timm ``group_matcher(coarse=True)`` (stem, each stage, head) when it has one,
+    else one group per top-level child.
+    """
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    head_ids = (
+        {id(p) for p in classifier.parameters()} if isinstance(classifier, nn.Module) else set()
+    )
+    named = dict(model.named_parameters())
+    head_names = [n for n, p in named.items() if id(p) in head_ids]
+    groups: list[tuple[str, list[str]]] = []
+    if hasattr(model, "group_matcher"):
+        from timm.models import group_parameters
+
+        grouped = group_parameters(model, model.group_matcher(coarse=True))
+        for gid in sorted(grouped):
+            names = [n for n in grouped[gid] if n not in head_names]
+            if names:
+                groups.append((f"group{len(groups)}", names))
+    else:
+        seen: set[str] = set(head_names)
+        for child, _ in model.named_children():
+            names = [n for n in named if n.startswith(child + ".") and n not in seen]
+            if names:
+                groups.append((child, names))
+                seen.update(names)
+    if groups:
+        groups[0] = ("stem", groups[0][1])
+    if head_names:
+        groups.append(("classifier", head_names))
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+
+
+def _preload_size(size: int) -> int:
+    """Shorter side images are kept at: enough for random-resized crops at `size`."""
+    return int(math.ceil(size * 1.3))
+
+
+class _Images(torch.utils.data.Dataset):
+    """Labelled images decoded once (downsized, in memory) and transformed per access."""
+
+    def __init__(
+        self,
+        images: list[Image.Image],
+        targets: np.ndarray,
+        transform: Callable[[Any], torch.Tensor],
+    ):
+        self.images = images
+        self.targets = targets
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.transform(self.images[i]), torch.as_tensor(self.targets[i])
+
+
+def _decode_all(
+    samples: Sequence[Sample], short_side: int, max_pixels: int | None, progress: bool
+) -> tuple[list[Image.Image], list[int], list[ImageLoadError]]:
+    """Decode each image once, reduce it (JPEG draft mode + resize), keep what decoded."""
+    from tqdm.auto import tqdm
+
+    images: list[Image.Image] = []
+    kept: list[int] = []
+    failures: list[ImageLoadError] = []
+    for i, s in enumerate(
+        tqdm(samples, desc="decode", unit="img", disable=None if progress else True, leave=False)
+    ):
+        try:
+            img = load_image(s.path, max_pixels=max_pixels, draft_size=short_side)
+        except ImageLoadError as exc:
+            failures.append(exc)
+            continue
+        w, h = img.size
+        scale = short_side / min(w, h)
+        if scale < 1:
+            img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+        images.append(img)
+        kept.append(i)
+    return images, kept, failures
+
+
+def train_transform(
+    backbone: Backbone, size: int, *, augment: bool, greyscale: bool
+) -> Callable[[Any], torch.Tensor]:
+    """Random-resized crop, flip and colour jitter (brightness/contrast only for greyscale data)."""
+    from torchvision import transforms as T
+
+    cfg = backbone.data_config
+    interp = (
+        T.InterpolationMode.BICUBIC
+        if cfg.get("interpolation") == "bicubic"
+        else T.InterpolationMode.BILINEAR
+    )
+    norm = T.Normalize(cfg["mean"], cfg["std"])
+    if not augment:
+        return eval_transform(backbone, size)
+    jitter = T.ColorJitter(0.2, 0.2) if greyscale else T.ColorJitter(0.2, 0.2, 0.2, 0.02)
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=(0.35, 1.0), interpolation=interp, antialias=True),
+            T.RandomHorizontalFlip(),
+            T.RandomApply([jitter], p=0.8),
+            T.ToTensor(),
+            norm,
+        ]
+    )
+
+
+def eval_transform(backbone: Backbone, size: int) -> Callable[[Any], torch.Tensor]:
+    """The backbone's own eval preprocessing at `size` (resize shorter side, centre crop)."""
+    from torchvision import transforms as T
+
+    cfg = backbone.data_config
+    interp = (
+        T.InterpolationMode.BICUBIC
+        if cfg.get("interpolation") == "bicubic"
+        else T.InterpolationMode.BILINEAR
+    )
+    resize = int(math.floor(size / cfg.get("crop_pct", 0.875)))
+    return T.Compose(
+        [
+            T.Resize(resize, interpolation=interp, antialias=True),
+            T.CenterCrop(size),
+            T.ToTensor(),
+            T.Normalize(cfg["mean"], cfg["std"]),
+        ]
+    )
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# the tuner
+# ---------------------------------------------------------------------------------------------
+
+
+class FineTuner:
+    """Fine-tune a pretrained backbone on labelled images.
+
+    Args:
+        config: hyper-parameters (`FinetuneConfig`).
+        callbacks: extra `Callback` objects (progress, checkpoints and early stopping are built in).
+        progress: show progress bars.
+
+    Attributes (after `fit`):
+        backbone_: the `Backbone` whose ``model`` now carries the fine-tuned weights and head.
+        classes_: class names, in output order.
+        groups_: layer groups (name, parameter names), shallow to deep.
+        result_: the `FinetuneResult`.
+
+    Example:
+        >>> tuner = FineTuner(FinetuneConfig(backbone="test_resnet", weights="random", epochs=1))
+        >>> tuner.config.freeze_epochs
+        1
+    """
+
+    def __init__(
+        self,
+        config: FinetuneConfig | None = None,
+        *,
+        callbacks: Sequence[Callback] = (),
+        progress: bool = True,
+    ) -> None:
+        self.config = config or FinetuneConfig()
+        self.callbacks = sorted(callbacks, key=lambda cb: cb.order)
+        self.progress = progress
+        self.epoch = 0  # epochs completed (both phases)
+        self.history: list[dict[str, Any]] = []
+
+    # -- building blocks ----------------------------------------------------------------------
+    def _setup(self, classes: Sequence[str]) -> None:
+        cfg = self.config
+        self.backbone_ = load_backbone(
+            cfg.backbone, weights=cfg.weights, device=cfg.device, channels_last=True
+        )
+        self.classes_ = [str(c) for c in classes]
+        model = self.backbone_.model
+        model.reset_classifier(len(self.classes_))
+        head = model.get_classifier()
+        nn.init.normal_(head.weight, std=0.01)
+        nn.init.zeros_(head.bias)
+        model.to(self.backbone_.device, memory_format=torch.channels_last)
+        self.groups_ = layer_groups(model)
+        self.size_ = cfg.image_size or int(self.backbone_.data_config["input_size"][-1])
+
+    def _init_head_from_probe(
+        self,
+        train_x: torch.Tensor | None,
+        loader_eval: Any,
+        y_train: np.ndarray,
+        val_loader: Any,
+        y_val: np.ndarray,
+    ) -> float | None:
+        """Fit a logistic-regression probe on pre-logits of the (un-augmented) train images and
+        copy it into the head; returns the probe's validation accuracy."""
+        from transferlab.probe import LinearProbe
+
+        model = self.backbone_.model
+        xtr = self._embed(loader_eval)
+        xva = self._embed(val_loader)
+        probe = LinearProbe(C=1.0).fit(xtr, np.asarray(self.classes_)[y_train])
+        scaler, clf = probe.pipeline_[0], probe.pipeline_[-1]
+        coef = clf.coef_ / scaler.scale_[None, :]
+        bias = clf.intercept_ - coef @ scaler.mean_
+        if coef.shape[0] == 1:  # binary logistic regression: logits (-z/2, +z/2)
+            coef = np.vstack([-coef / 2, coef / 2])
+            bias = np.array([-bias[0] / 2, bias[0] / 2])
+        head = model.get_classifier()
+        with torch.no_grad():
+            head.weight.copy_(torch.as_tensor(coef, dtype=head.weight.dtype))
+            head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+        pred = probe.predict(xva)
+        return float(np.mean(pred == np.asarray(self.classes_)[y_val]))
+
+    @torch.inference_mode()
+    def _embed(self, loader: Any) -> np.ndarray:
+        model = self.backbone_.model
+        model.eval()
+        out = []
+        for x, _ in loader:
+            x = x.to(self.backbone_.device).contiguous(memory_format=torch.channels_last)
+            out.append(
+                model.forward_head(model.forward_features(x), pre_logits=True).float().cpu().numpy()
+            )
+        return np.concatenate(out)
+
+    def freeze_to(self, n: int) -> None:
+        """Train only layer groups ``n`` and deeper (negative counts from the end, like fastai)."""
+        named = dict(self.backbone_.model.named_parameters())
+        n = n % len(self.groups_) if n < 0 else min(n, len(self.groups_))
+        for i, (_, names) in enumerate(self.groups_):
+            for name in names:
+                named[name].requires_grad_(i >= n)
+        self.frozen_to_ = n
+
+    def _set_train_mode(self) -> None:
+        """Train mode, except BatchNorm in frozen groups (always) and everywhere under 'freeze'."""
+        model = self.backbone_.model
+        model.train()
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                params = list(module.parameters(recurse=False))
+                frozen = bool(params) and not any(p.requires_grad for p in params)
+                if self.config.bn_policy == "freeze" or frozen:
+                    module.eval()
+
+    def _optimizer(self, lr: float, lr_mult: float) -> tuple[torch.optim.Optimizer, list[float]]:
+        """AdamW with one parameter group per (layer group, decay / no decay); per-group peak LRs
+        spaced geometrically from lr / lr_mult (stem) to lr (classifier)."""
+        named = dict(self.backbone_.model.named_parameters())
+        active = [(i, names) for i, (_, names) in enumerate(self.groups_) if i >= self.frozen_to_]
+        n = len(active)
+        param_groups, max_lrs = [], []
+        for k, (_, names) in enumerate(active):
+            scale = lr_mult ** (-(n - 1 - k) / max(n - 1, 1)) if n > 1 else 1.0
+            decay = [named[m] for m in names if named[m].ndim > 1]
+            no_decay = [named[m] for m in names if named[m].ndim <= 1]
+            for params, wd in ((decay, self.config.weight_decay), (no_decay, 0.0)):
+                if params:
+                    param_groups.append({"params": params, "weight_decay": wd})
+                    max_lrs.append(lr * scale)
+        return torch.optim.AdamW(param_groups, lr=lr), max_lrs
+
+    def _run_phase(
+        self,
+        phase: str,
+        epochs: int,
+        lr: float,
+        lr_mult: float,
+        loaders: dict[str, Any],
+        loss_fn: nn.Module,
+        ckpt_dir: Path | None,
+        start_epoch_in_phase: int,
+        resume_state: dict[str, Any] | None,
+    ) -> bool:
+        """One one-cycle schedule over `epochs`; returns False when stopped early/cancelled."""
+        opt, max_lrs = self._optimizer(lr, lr_mult)
+        steps = len(loaders["train"])
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt,
+            max_lr=max_lrs,
+            total_steps=max(1, epochs * steps),
+            pct_start=self.config.pct_start,
+            div_factor=25.0,
+            final_div_factor=1e4,
+        )
+        if resume_state is not None:
+            opt.load_state_dict(resume_state["optimizer"])
+            sched.load_state_dict(resume_state["scheduler"])
+        from tqdm.auto import tqdm
+
+        device = self.backbone_.device
+        model = self.backbone_.model
+        for e in range(start_epoch_in_phase, epochs):
+            _seed_everything(self.config.seed * 1000 + self.epoch)
+            self._generator.manual_seed(self.config.seed * 1000 + self.epoch)
+            for cb in self.callbacks:
+                cb.before_epoch(self)
+            self._set_train_mode()
+            t0 = time.perf_counter()
+            total, n_seen = 0.0, 0
+            bar = tqdm(
+                loaders["train"],
+                desc=f"{phase} epoch {e + 1}/{epochs}",
+                unit="batch",
+                disable=None if self.progress else True,
+                leave=False,
+            )
+            for x, y in bar:
+                x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                y = y.to(device)
+                logits = model(x)
+                loss = loss_fn(logits, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if self.config.grad_clip:
+                    nn.utils.clip_grad_norm_(
+                        [p for g in opt.param_groups for p in g["params"]], self.config.grad_clip
+                    )
+                opt.step()
+                sched.step()
+                total += float(loss.detach()) * len(y)
+                n_seen += len(y)
+                self.last_loss_ = float(loss.detach())
+                bar.set_postfix(loss=f"{total / n_seen:.4f}")
+                for cb in self.callbacks:
+                    cb.after_batch(self)
+            train_seconds = time.perf_counter() - t0
+            val_loss, val_acc = self._evaluate_loader(loaders["val"], loss_fn)
+            self.epoch += 1
+            self.history.append(
+                {
+                    "epoch": self.epoch,
+                    "phase": phase,
+                    "train_loss": total / max(n_seen, 1),
+                    "val_loss": val_loss,
+                    "val_accuracy": val_acc,
+                    "lr_head": float(sched.get_last_lr()[-1]),
+                    "seconds": round(time.perf_counter() - t0, 2),
+                    "train_images_per_second": round(n_seen / max(train_seconds, 1e-9), 2),
+                }
+            )
+            logger.info("epoch %d %s: %s", self.epoch, phase, self.history[-1])
+            if ckpt_dir is not None:
+                self._save_checkpoint(ckpt_dir, phase, e + 1, opt, sched)
+            try:
+                for cb in self.callbacks:
+                    cb.after_epoch(self)
+            except CancelFitException:
+                return False
+        return True
+
+    @torch.inference_mode()
+    def predict_proba_loader(self, loader: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Softmax probabilities (with mirror TTA when configured) and targets, for a loader."""
+        model = self.backbone_.model
+        model.eval()
+        probs, targets = [], []
+        for x, y in loader:
+            x = x.to(self.backbone_.device).contiguous(memory_format=torch.channels_last)
+            logits = model(x).float()
+            p = logits.softmax(-1)
+            if self.config.tta:
+                p = (p + model(torch.flip(x, dims=[3])).float().softmax(-1)) / 2
+            probs.append(p.cpu().numpy())
+            targets.append(y.numpy())
+        return np.concatenate(probs), np.concatenate(targets)
+
+    def _evaluate_loader(self, loader: Any, loss_fn: nn.Module) -> tuple[float, float]:
+        proba, y = self.predict_proba_loader(loader)
+        nll = float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], 1e-12, None))))
+        return nll, float(np.mean(proba.argmax(1) == y))
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def _save_checkpoint(
+        self, ckpt_dir: Path, phase: str, epoch_in_phase: int, opt: Any, sched: Any
+    ) -> None:
+        """`last.pt` after every epoch (atomically), and the best-by-validation weights."""
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "model": self.backbone_.model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "phase": phase,
+            "epoch_in_phase": epoch_in_phase,
+            "epoch": self.epoch,
+            "history": self.history,
+            "classes": self.classes_,
+            "config": asdict(self.config),
+            "probe_val_accuracy": getattr(self, "probe_val_accuracy_", None),
+            "fingerprint": self._fingerprint_,
+        }
+        tmp = ckpt_dir / f".{CHECKPOINT}.tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, ckpt_dir / CHECKPOINT)
+        best = max(h["val_accuracy"] for h in self.history)
+        if self.history[-1]["val_accuracy"] >= best:
+            tmp = ckpt_dir / ".best.pt.tmp"
+            torch.save({"model": self.backbone_.model.state_dict(), "epoch": self.epoch}, tmp)
+            os.replace(tmp, ckpt_dir / "best.pt")
+
+    # -- the whole recipe ---------------------------------------------------------------------
+    def fit(
+        self,
+        train: Sequence[Sample],
+        val: Sequence[Sample],
+        classes: Sequence[str],
+        *,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        resume: bool = False,
+    ) -> FinetuneResult:
+        """Fine-tune on `train`, validating on `val` after every epoch; keep the best weights.
+
+        Args:
+            train, val: labelled samples (labels among `classes`).
+            classes: class names; the head's outputs follow this order.
+            checkpoint_dir: where ``last.pt``/``best.pt`` go (None: no checkpoints, no resume).
+            resume: continue from ``checkpoint_dir/last.pt`` if it exists.
+
+        Raises:
+            DatasetError: a class has no decodable training image, or no validation image decodes.
+        """
+        t_start = time.perf_counter()
+        cfg = self.config
+        _seed_everything(cfg.seed)
+        self._setup(classes)
+        index = {c: i for i, c in enumerate(self.classes_)}
+        ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self._fingerprint_ = {
+            "data": sorted(s.path for s in train),
+            "val": sorted(s.path for s in val),
+            "config": asdict(cfg),
+            "classes": self.classes_,
+        }
+
+        short = _preload_size(self.size_)
+        tr_imgs, tr_kept, tr_fail = _decode_all(train, short, cfg.max_pixels, self.progress)
+        va_imgs, va_kept, va_fail = _decode_all(val, short, cfg.max_pixels, self.progress)
+        self.failures_ = tr_fail + va_fail
+        y_train = np.array([index[train[i].label] for i in tr_kept], dtype=np.int64)
+        y_val = np.array([index[val[i].label] for i in va_kept], dtype=np.int64)
+        missing = [c for c in self.classes_ if index[c] not in set(y_train.tolist())]
+        if missing:
+            raise DatasetError(f"class(es) {', '.join(missing)} have no decodable training image")
+        if not len(y_val):
+            raise DatasetError("no validation image could be decoded")
+        greyscale = all(_is_grey(img) for img in tr_imgs[:50])
+        self.greyscale_ = greyscale
+
+        g = torch.Generator().manual_seed(cfg.seed)
+        self._generator = g  # reseeded every epoch: a resumed run shuffles as an uninterrupted one
+        workers = cfg.num_workers if cfg.num_workers is not None else 0
+        ds_train = _Images(
+            tr_imgs,
+            y_train,
+            train_transform(self.backbone_, self.size_, augment=cfg.augment, greyscale=greyscale),
+        )
+        sampler = None
+        if cfg.class_balance == "sampler":
+            w = 1.0 / np.bincount(y_train, minlength=len(self.classes_))[y_train]
+            sampler = torch.utils.data.WeightedRandomSampler(
+                torch.as_tensor(w, dtype=torch.double), len(y_train), generator=g
+            )
+        loaders = {
+            "train": torch.utils.data.DataLoader(
+                ds_train,
+                batch_size=cfg.batch_size,
+                shuffle=sampler is None,
+                sampler=sampler,
+                drop_last=len(y_train) > cfg.batch_size,
+                num_workers=workers,
+                generator=g,
+            ),
+            "val": torch.utils.data.DataLoader(
+                _Images(va_imgs, y_val, eval_transform(self.backbone_, self.size_)),
+                batch_size=64,
+                num_workers=workers,
+            ),
+            "train_eval": torch.utils.data.DataLoader(
+                _Images(tr_imgs, y_train, eval_transform(self.backbone_, self.size_)),
+                batch_size=64,
+                num_workers=workers,
+            ),
+        }
+        class_w = None
+        if cfg.class_balance == "weights":
+            counts = np.bincount(y_train, minlength=len(self.classes_)).astype(float)
+            class_w = torch.as_tensor(
+                len(y_train) / (len(counts) * counts),
+                dtype=torch.float32,
+                device=self.backbone_.device,
+            )
+        loss_fn = nn.CrossEntropyLoss(weight=class_w, label_smoothing=cfg.label_smoothing)
+
+        resume_state = None
+        if resume and ckpt_dir is not None and (ckpt_dir / CHECKPOINT).exists():
+            resume_state = torch.load(
+                ckpt_dir / CHECKPOINT, map_location=self.backbone_.device, weights_only=False
+            )
+            if resume_state.get("fingerprint") != self._fingerprint_:
+                raise InvalidParameterError(
+                    f"cannot resume from {ckpt_dir / CHECKPOINT}: it was made with other data or settings; "
+                    "rerun without --resume (or with the original settings)"
+                )
+            self.backbone_.model.load_state_dict(resume_state["model"])
+            self.history = list(resume_state["history"])
+            self.epoch = int(resume_state["epoch"])
+            self.probe_val_accuracy_ = resume_state.get("probe_val_accuracy")
+            logger.info("resuming after epoch %d (%s)", self.epoch, resume_state["phase"])
+        elif cfg.head_init == "probe":
+            self.probe_val_accuracy_ = self._init_head_from_probe(
+                None, loaders["train_eval"], y_train, loaders["val"], y_val
+            )
+        else:
+            self.probe_val_accuracy_ = None
+
+        if cfg.early_stopping and not any(isinstance(cb, EarlyStopping) for cb in self.callbacks):
+            self.callbacks = sorted(
+                [*self.callbacks, EarlyStopping(cfg.early_stopping)], key=lambda cb: cb.order
+            )
+        for cb in self.callbacks:
+            cb.before_fit(self)
+        phases = [
+            ("frozen", cfg.freeze_epochs, cfg.lr, 1.0, -1),
+            ("unfrozen", cfg.epochs, cfg.lr / 2, cfg.lr_mult, 0),
+        ]
+        completed = True
+        for phase, n_epochs, lr, mult, freeze in phases:
+            if n_epochs == 0:
+                continue
+            start = 0
+            state = None
+            if resume_state is not None:
+                order = [p[0] for p in phases]
+                done_phase = resume_state["phase"]
+                if order.index(phase) < order.index(done_phase):
+                    continue
+                if phase == done_phase:
+                    start = int(resume_state["epoch_in_phase"])
+                    if start >= n_epochs:
+                        continue
+                    state = resume_state
+            self.freeze_to(freeze)
+            completed = self._run_phase(
+                phase, n_epochs, lr, mult, loaders, loss_fn, ckpt_dir, start, state
+            )
+            if not completed:
+                break
+        # keep the best epoch's weights (selected on validation, reported as such)
+        best = int(np.argmax([h["val_accuracy"] for h in self.history]))
+        if ckpt_dir is not None and (ckpt_dir / "best.pt").exists():
+            self.backbone_.model.load_state_dict(
+                torch.load(ckpt_dir / "best.pt", map_location=self.backbone_.device)["model"]
+            )
+        for cb in self.callbacks:
+            cb.after_fit(self)
+        self.backbone_.model.eval()
+        ips = [h["train_images_per_second"] for h in self.history]
+        self.result_ = FinetuneResult(
+            history=self.history,
+            best_epoch=self.history[best]["epoch"],
+            best_val_accuracy=self.history[best]["val_accuracy"],
+            probe_val_accuracy=self.probe_val_accuracy_,
+            stopped_early=not completed,
+            seconds=round(time.perf_counter() - t_start, 2),
+            train_images_per_second=float(np.median(ips)) if ips else 0.0,
+        )
+        return self.result_
+
+
+def _is_grey(img: Image.Image) -> bool:
+    arr = np.asarray(img.resize((32, 32)))
+    return bool(
+        np.abs(arr[..., 0].astype(int) - arr[..., 1]).max() < 3
+        and np.abs(arr[..., 1].astype(int) - arr[..., 2]).max() < 3
+    )
+
+
+class EarlyStopping(Callback):
+    """Stop when validation accuracy has not improved for `patience` epochs."""
+
+    order = 10
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+
+    def after_epoch(self, tuner: FineTuner) -> None:
+        accs = [h["val_accuracy"] for h in tuner.history]
+        best = int(np.argmax(accs))
+        if len(accs) - 1 - best >= self.patience:
+            raise CancelFitException
