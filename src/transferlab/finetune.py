@@ -236,7 +236,7 @@ def layer_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
 
 def _preload_size(size: int) -> int:
     """Shorter side images are kept at: enough for random-resized crops at `size`."""
-    return int(math.ceil(size * 1.3))
+    return math.ceil(size * 1.3)
 
 
 class _Images(torch.utils.data.Dataset):
@@ -322,7 +322,7 @@ def eval_transform(backbone: Backbone, size: int) -> Callable[[Any], torch.Tenso
         if cfg.get("interpolation") == "bicubic"
         else T.InterpolationMode.BILINEAR
     )
-    resize = int(math.floor(size / cfg.get("crop_pct", 0.875)))
+    resize = math.floor(size / cfg.get("crop_pct", 0.875))
     return T.Compose(
         [
             T.Resize(resize, interpolation=interp, antialias=True),
