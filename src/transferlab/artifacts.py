@@ -30,13 +30,14 @@ from transferlab.exceptions import BackboneMismatchError, ModelFormatError, Weig
 from transferlab.features import FeatureExtractor
 from transferlab.probe import LinearProbe
 
-__all__ = ["FORMAT_VERSION", "Prediction", "TransferModel", "load_model"]
+__all__ = ["FORMAT_VERSION", "FinetunedModel", "Prediction", "TransferModel", "load_model"]
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
 PROBE_FILE = "probe.joblib"
+WEIGHTS_FILE = "weights.safetensors"
 
 
 def _version() -> str:
@@ -122,14 +123,7 @@ class TransferModel:
         """
         import joblib
 
-        target = Path(directory)
-        if target.exists() and any(target.iterdir()) and not overwrite:
-            raise ModelFormatError(
-                f"{target} already exists and is not empty; pass overwrite=True (--overwrite)"
-            )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
+        def write(tmp: Path) -> None:
             (tmp / MODEL_JSON).write_text(
                 json.dumps(self.describe(), indent=2, default=_json_default)
             )
@@ -137,41 +131,195 @@ class TransferModel:
             (tmp / "metrics.json").write_text(
                 json.dumps(self.metrics, indent=2, default=_json_default)
             )
-            if target.exists():
-                old = target.with_name(f".{target.name}.old-{os.getpid()}")
-                target.rename(old)
-                tmp.rename(target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                tmp.rename(target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return target
+
+        return _atomic_dir(Path(directory), overwrite, write)
 
     def predict_paths(
         self, paths: Sequence[str | os.PathLike[str]], *, top_k: int = 1
     ) -> list[Prediction]:
         """Predict each image; a broken image gets a `Prediction` with its `error`, not an exception."""
         result = self.extractor.extract(paths, on_error="skip")
-        out: dict[int, Prediction] = {}
-        if len(result.paths):
-            proba = self.probe.predict_proba(result.features[self.extractor.layer])
-            classes = self.classes
-            k = max(1, min(top_k, len(classes)))
-            for row, i in enumerate(result.index):
-                order = np.argsort(-proba[row])[:k]
-                top = [(classes[j], float(proba[row, j])) for j in order]
-                out[int(i)] = Prediction(result.paths[row], top[0][0], top[0][1], top)
-        failed = iter(result.failures)
-        preds = []
-        for i, p in enumerate(paths):
-            if i in out:
-                preds.append(out[i])
-            else:
-                err = next(failed)
-                preds.append(Prediction(os.fspath(p), None, None, [], err.reason))
-        return preds
+        proba = (
+            self.probe.predict_proba(result.features[self.extractor.layer])
+            if len(result.paths)
+            else np.zeros((0, len(self.classes)))
+        )
+        errors = {e.path: e.reason for e in result.failures}
+        return _predictions(paths, result.index, proba, self.classes, errors, top_k)
+
+
+def _predictions(
+    paths: Sequence[str | os.PathLike[str]],
+    index: np.ndarray,
+    proba: np.ndarray,
+    classes: list[str],
+    errors: dict[str, str],
+    top_k: int,
+) -> list[Prediction]:
+    """One `Prediction` per input path: top-k classes for rows of `proba`, errors for the rest."""
+    by_input = {int(i): row for row, i in enumerate(index)}
+    k = max(1, min(top_k, len(classes)))
+    preds = []
+    for i, p in enumerate(paths):
+        path = os.fspath(p)
+        row = by_input.get(i)
+        if row is None:
+            preds.append(Prediction(path, None, None, [], errors.get(path, "could not be read")))
+            continue
+        order = np.argsort(-proba[row])[:k]
+        top = [(classes[j], float(proba[row, j])) for j in order]
+        preds.append(Prediction(path, top[0][0], top[0][1], top))
+    return preds
+
+
+class FinetunedModel:
+    """A fine-tuned network (backbone + new head): images in, class probabilities out.
+
+    Args:
+        backbone: the `Backbone` carrying the fine-tuned weights (its model's head has one output
+            per class).
+        classes: class names in output order.
+        image_size: input size used in training and evaluation.
+        tta: average with the mirrored image at prediction.
+        base: facts about the pretrained start point (name, weights digest) for model.json.
+        metrics: validation metrics to store beside the model.
+    """
+
+    def __init__(
+        self,
+        backbone: Any,
+        classes: Sequence[str],
+        image_size: int,
+        *,
+        tta: bool = False,
+        base: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+        batch_size: int = 32,
+        progress: bool = True,
+    ) -> None:
+        self.backbone = backbone
+        self.classes = [str(c) for c in classes]
+        self.image_size = int(image_size)
+        self.tta = tta
+        self.base = base or {}
+        self.metrics = metrics or {}
+        self.batch_size = batch_size
+        self.progress = progress
+
+    def describe(self, weights_sha256: str) -> dict[str, Any]:
+        bb = self.backbone
+        return {
+            "format": "transferlab-model",
+            "format_version": FORMAT_VERSION,
+            "transferlab_version": _version(),
+            "kind": "finetuned",
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "backbone": {
+                "name": bb.name,
+                "timm_name": bb.spec.timm_name,
+                "pretrained_weights_sha256": self.base.get("weights_sha256"),
+                "pretrained_weights_source": self.base.get("weights_source"),
+            },
+            "weights": {"file": WEIGHTS_FILE, "sha256": weights_sha256},
+            "image_size": self.image_size,
+            "preprocessing": {
+                **bb.preprocessing(),
+                "input_size": [3, self.image_size, self.image_size],
+            },
+            "tta": self.tta,
+            "classes": self.classes,
+        }
+
+    def save(self, directory: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write model.json, weights.safetensors and metrics.json atomically."""
+        from safetensors.torch import save_file
+
+        def write(tmp: Path) -> None:
+            state = {
+                k: v.detach().cpu().contiguous()
+                for k, v in self.backbone.model.state_dict().items()
+            }
+            save_file(state, tmp / WEIGHTS_FILE)
+            digest = _file_sha256(tmp / WEIGHTS_FILE)
+            (tmp / MODEL_JSON).write_text(
+                json.dumps(self.describe(digest), indent=2, default=_json_default)
+            )
+            (tmp / "metrics.json").write_text(
+                json.dumps(self.metrics, indent=2, default=_json_default)
+            )
+
+        return _atomic_dir(Path(directory), overwrite, write)
+
+    def predict_proba_paths(
+        self, paths: Sequence[str | os.PathLike[str]]
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+        """Probabilities for the images that decode, their input positions, and the errors."""
+        import torch
+
+        from transferlab.features import ImageFileDataset, collate_skipping_failures
+        from transferlab.finetune import eval_transform
+
+        str_paths = [os.fspath(p) for p in paths]
+        ds = ImageFileDataset(str_paths, eval_transform(self.backbone, self.image_size), None)
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=self.batch_size, collate_fn=collate_skipping_failures
+        )
+        model = self.backbone.model.eval()
+        rows, index, errors = [], [], {}
+        with torch.inference_mode():
+            for idx, x, bad in loader:
+                for j, reason in bad:
+                    errors[str_paths[j]] = reason
+                if x is None:
+                    continue
+                x = x.to(self.backbone.device).contiguous(memory_format=torch.channels_last)
+                p = model(x).float().softmax(-1)
+                if self.tta:
+                    p = (p + model(torch.flip(x, dims=[3])).float().softmax(-1)) / 2
+                rows.append(p.cpu().numpy())
+                index.extend(idx)
+        proba = np.concatenate(rows) if rows else np.zeros((0, len(self.classes)))
+        return proba, np.asarray(index, dtype=np.int64), errors
+
+    def predict_paths(
+        self, paths: Sequence[str | os.PathLike[str]], *, top_k: int = 1
+    ) -> list[Prediction]:
+        """Predict each image; a broken image gets a `Prediction` with its `error`."""
+        proba, index, errors = self.predict_proba_paths(paths)
+        return _predictions(paths, index, proba, self.classes, errors, top_k)
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_dir(target: Path, overwrite: bool, write: Any) -> Path:
+    """Run `write(tmp_dir)` then move the folder into place, so a crash never leaves half a model."""
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise ModelFormatError(
+            f"{target} already exists and is not empty; pass overwrite=True (--overwrite)"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        write(tmp)
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def _json_default(obj: Any) -> Any:
@@ -190,7 +338,7 @@ def load_model(
     device: str = "auto",
     cache: bool | str | os.PathLike[str] = True,
     progress: bool = True,
-) -> TransferModel:
+) -> TransferModel | FinetunedModel:
     """Load a model directory written by `TransferModel.save` (e.g. by `transferlab fit`).
 
     Raises:
@@ -225,6 +373,8 @@ def load_model(
             f"Models load only within the same minor version: re-fit it, or install "
             f"transferlab=={saved_version}."
         )
+    if meta.get("kind") == "finetuned":
+        return _load_finetuned(root, meta, device=device, progress=progress)
     for key in ("backbone", "layer", "pool", "classes"):
         if key not in meta:
             raise ModelFormatError(f"{meta_path} lacks the field {key!r}")
@@ -272,3 +422,46 @@ def load_model(
     metrics_path = root / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     return TransferModel(extractor, probe, metrics)
+
+
+def _load_finetuned(
+    root: Path, meta: dict[str, Any], *, device: str, progress: bool
+) -> FinetunedModel:
+    """A fine-tuned model is self-contained: the architecture from timm, every weight from the file."""
+    from safetensors.torch import load_file
+
+    from transferlab.backbones import load_backbone
+
+    for key in ("backbone", "weights", "classes", "image_size"):
+        if key not in meta:
+            raise ModelFormatError(f"{root / MODEL_JSON} lacks the field {key!r}")
+    wpath = root / meta["weights"].get("file", WEIGHTS_FILE)
+    if not wpath.is_file():
+        raise ModelFormatError(f"{root}: weights file {wpath.name} is missing")
+    if _file_sha256(wpath) != meta["weights"].get("sha256"):
+        raise BackboneMismatchError(
+            f"{wpath} does not match the digest in {MODEL_JSON}: the file was changed or damaged"
+        )
+    bb = load_backbone(meta["backbone"]["name"], weights="random", device=device)
+    bb.model.reset_classifier(len(meta["classes"]))
+    try:
+        state = load_file(str(wpath))
+        bb.model.load_state_dict(state)
+    except Exception as exc:  # a damaged or foreign file: say which
+        raise ModelFormatError(
+            f"{wpath} cannot be loaded into {meta['backbone']['name']}: {exc}"
+        ) from exc
+    import torch
+
+    bb.model.to(bb.device, memory_format=torch.channels_last).eval()
+    metrics_path = root / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    return FinetunedModel(
+        bb,
+        meta["classes"],
+        meta["image_size"],
+        tta=bool(meta.get("tta")),
+        base=meta["backbone"],
+        metrics=metrics,
+        progress=progress,
+    )

@@ -60,6 +60,8 @@ def evaluate_predictions(
     classes = [str(c) for c in classes]
     y_true = np.asarray([str(y) for y in y_true])
     proba = np.asarray(proba, dtype=np.float64)
+    if len(proba):  # float32 softmax rows sum to 1 only within ~1e-7
+        proba = proba / np.clip(proba.sum(axis=1, keepdims=True), 1e-12, None)
     y_pred = (
         np.asarray(classes)[np.argmax(proba, axis=1)] if len(proba) else np.asarray([], dtype=str)
     )

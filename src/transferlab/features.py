@@ -32,6 +32,8 @@ __all__ = [
     "ExtractionResult",
     "FeatureCache",
     "FeatureExtractor",
+    "ImageFileDataset",
+    "collate_skipping_failures",
     "default_cache_dir",
     "file_digest",
     "load_features",
@@ -222,7 +224,7 @@ class ExtractionResult:
     seconds: float = 0.0
 
 
-class _ImageFiles(torch.utils.data.Dataset):
+class ImageFileDataset(torch.utils.data.Dataset):
     """Decodes and preprocesses images; a broken one yields its error instead of a tensor."""
 
     def __init__(self, paths: Sequence[str], transform: Any, max_pixels: int | None) -> None:
@@ -241,7 +243,7 @@ class _ImageFiles(torch.utils.data.Dataset):
             return i, None, exc.reason
 
 
-def _collate(
+def collate_skipping_failures(
     batch: list[tuple[int, torch.Tensor | None, str]],
 ) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
     ok = [(i, t) for i, t, _ in batch if t is not None]
@@ -477,7 +479,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         cache: FeatureCache | None,
         on_error: str,
     ) -> None:
-        dataset = _ImageFiles([paths[i] for i in todo], bb.transform(), self.max_pixels)
+        dataset = ImageFileDataset([paths[i] for i in todo], bb.transform(), self.max_pixels)
         workers = (
             self.num_workers
             if self.num_workers is not None
@@ -487,7 +489,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             dataset,
             batch_size=self.batch_size,
             num_workers=workers,
-            collate_fn=_collate,
+            collate_fn=collate_skipping_failures,
             persistent_workers=False,
             pin_memory=bb.device.type == "cuda",
         )

@@ -486,11 +486,14 @@ class FineTuner:
         """One one-cycle schedule over `epochs`; returns False when stopped early/cancelled."""
         opt, max_lrs = self._optimizer(lr, lr_mult)
         steps = len(loaders["train"])
+        # torch's one-cycle needs 2+ warm-up steps and 2+ annealing steps; tiny data gets them
+        total = max(4, epochs * steps)
+        pct = min(max(self.config.pct_start, 2.0 / total), 0.5)
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt,
             max_lr=max_lrs,
-            total_steps=max(1, epochs * steps),
-            pct_start=self.config.pct_start,
+            total_steps=total,
+            pct_start=pct,
             div_factor=25.0,
             final_div_factor=1e4,
         )
@@ -618,6 +621,7 @@ class FineTuner:
         *,
         checkpoint_dir: str | os.PathLike[str] | None = None,
         resume: bool = False,
+        on_error: str = "skip",
     ) -> FinetuneResult:
         """Fine-tune on `train`, validating on `val` after every epoch; keep the best weights.
 
@@ -626,6 +630,7 @@ class FineTuner:
             classes: class names; the head's outputs follow this order.
             checkpoint_dir: where ``last.pt``/``best.pt`` go (None: no checkpoints, no resume).
             resume: continue from ``checkpoint_dir/last.pt`` if it exists.
+            on_error: ``"skip"`` broken images (listed in `failures_`) or ``"raise"`` the first.
 
         Raises:
             DatasetError: a class has no decodable training image, or no validation image decodes.
@@ -647,6 +652,8 @@ class FineTuner:
         tr_imgs, tr_kept, tr_fail = _decode_all(train, short, cfg.max_pixels, self.progress)
         va_imgs, va_kept, va_fail = _decode_all(val, short, cfg.max_pixels, self.progress)
         self.failures_ = tr_fail + va_fail
+        if on_error == "raise" and self.failures_:
+            raise self.failures_[0]
         y_train = np.array([index[train[i].label] for i in tr_kept], dtype=np.int64)
         y_val = np.array([index[val[i].label] for i in va_kept], dtype=np.int64)
         missing = [c for c in self.classes_ if index[c] not in set(y_train.tolist())]

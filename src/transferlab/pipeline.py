@@ -25,7 +25,7 @@ from transferlab.exceptions import DatasetError, InvalidParameterError
 from transferlab.features import FeatureExtractor
 from transferlab.probe import CLASSIFIERS, LinearProbe
 
-__all__ = ["FitConfig", "FitResult", "fit"]
+__all__ = ["FitConfig", "FitResult", "advice_probe_vs_finetune", "finetune", "fit"]
 
 logger = logging.getLogger(__name__)
 
@@ -309,4 +309,225 @@ def _write_fit_report(
         summary=summary,
         sections=sections,
         images=[("Confusion matrix (validation)", cm_png)],
+    )
+
+
+def _eval_block(report: EvalReport) -> dict[str, Any]:
+    return {
+        "accuracy": report.accuracy,
+        "balanced_accuracy": report.balanced_accuracy,
+        "log_loss": report.log_loss,
+        "n": report.n,
+        "per_class": report.per_class,
+        "confusion": report.confusion,
+    }
+
+
+def advice_probe_vs_finetune(probe_acc: float | None, finetuned_acc: float, n_val: int) -> str:
+    """Plain-language verdict: is fine-tuning worth it over the linear probe on this data?
+
+    A difference below one validation image (or 0.5 points) counts as a tie, and a tie goes to
+    the probe: it trains in seconds and cannot overfit the backbone.
+    """
+    if probe_acc is None:
+        return "No linear-probe baseline was measured (head_init='random')."
+    margin = max(0.005, 1.0 / max(n_val, 1))
+    diff = finetuned_acc - probe_acc
+    if diff > margin:
+        return (
+            f"Fine-tuning beats the linear probe by {100 * diff:.1f} points "
+            f"({finetuned_acc:.3f} vs {probe_acc:.3f}): keep the fine-tuned model."
+        )
+    if diff < -margin:
+        return (
+            f"The linear probe is better here ({probe_acc:.3f} vs {finetuned_acc:.3f}): use "
+            "`transferlab fit` — the data is too small or too close to ImageNet for fine-tuning to help."
+        )
+    return (
+        f"Fine-tuning and the linear probe tie ({finetuned_acc:.3f} vs {probe_acc:.3f}): prefer the "
+        "probe (`transferlab fit`), which trains in seconds."
+    )
+
+
+def finetune(
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    config: Any = None,
+    *,
+    val_fraction: float = 0.2,
+    strict: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    dataset: Dataset | None = None,
+) -> FitResult:
+    """Fine-tune a backbone on `data`, evaluate the best epoch, save model, metrics and report.
+
+    `out` gets metrics.json (the keys of `fit`, plus ``epochs``, ``history``,
+    ``probe_val_accuracy`` and ``advice``), report.html, training_curves.png,
+    confusion_matrix.png, checkpoints/ (for ``resume``) and model/.
+    """
+    from transferlab.artifacts import FinetunedModel
+    from transferlab.finetune import FinetuneConfig, FineTuner
+    from transferlab.report import plot_confusion_matrix, plot_training_curves
+
+    cfg = config or FinetuneConfig()
+    t0 = time.perf_counter()
+    ds = (
+        dataset
+        if dataset is not None
+        else load_dataset(data, val_fraction=val_fraction, seed=cfg.seed)
+    )
+    out = Path(out)
+    if resume:
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        _prepare_out(out, overwrite)
+    tuner = FineTuner(cfg, progress=progress)
+    result = tuner.fit(
+        ds.train,
+        ds.val,
+        ds.classes,
+        checkpoint_dir=out / "checkpoints",
+        resume=resume,
+        on_error="raise" if strict else "skip",
+    )
+    bb = tuner.backbone_
+    model = FinetunedModel(
+        bb,
+        tuner.classes_,
+        tuner.size_,
+        tta=cfg.tta,
+        progress=progress,
+        base={"weights_sha256": bb.weights_sha256, "weights_source": bb.weights_source},
+    )
+    reports: dict[str, EvalReport] = {}
+    skipped = [(e.path, e.reason) for e in tuner.failures_]
+    for name, samples in (("val", ds.val), ("test", ds.test)):
+        if not samples:
+            continue
+        proba, index, errors = model.predict_proba_paths([s.path for s in samples])
+        if name == "test":
+            skipped += list(errors.items())
+        labels = [samples[i].label for i in index]
+        reports[name] = evaluate_predictions(labels, proba, tuner.classes_)
+    val = reports["val"]
+    metrics: dict[str, Any] = {
+        "accuracy": val.accuracy,
+        "balanced_accuracy": val.balanced_accuracy,
+        "log_loss": val.log_loss,
+        "n_train": int(
+            len(ds.train)
+            - len([e for e in tuner.failures_ if e.path in {s.path for s in ds.train}])
+        ),
+        "n_val": val.n,
+        "n_test": reports["test"].n if "test" in reports else 0,
+        "n_skipped": len(skipped),
+        "skipped": [{"path": p, "reason": r} for p, r in skipped],
+        "classes": tuner.classes_,
+        "per_class": val.per_class,
+        "macro": val.macro,
+        "confusion": val.confusion,
+        "backbone": bb.name,
+        "weights_sha256": bb.weights_sha256,
+        "layer": "finetuned",
+        "method": "finetune",
+        "epochs": cfg.freeze_epochs + cfg.epochs,
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early,
+        "probe_val_accuracy": result.probe_val_accuracy,
+        "advice": advice_probe_vs_finetune(result.probe_val_accuracy, val.accuracy, val.n),
+        "history": result.history,
+        "config": asdict(cfg),
+        "dataset": {"path": ds.root, "source": ds.source, "split": ds.split_note},
+        "train_images_per_second": result.train_images_per_second,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    if "test" in reports:
+        metrics["test"] = _eval_block(reports["test"])
+    model.metrics = metrics
+    model_dir = model.save(out / "model", overwrite=True)
+    curves = plot_training_curves(
+        result.history, out / "training_curves.png", baseline=result.probe_val_accuracy
+    )
+    cm_png = plot_confusion_matrix(
+        val.confusion,
+        val.classes,
+        out / "confusion_matrix.png",
+        title=f"validation: accuracy {val.accuracy:.3f} (n={val.n})",
+    )
+    metrics["seconds"] = round(time.perf_counter() - t0, 3)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+    report = _write_finetune_report(out, ds, metrics, [curves, cm_png])
+    return FitResult(
+        metrics=metrics,
+        out=out,
+        model_dir=model_dir,
+        report=report,
+        confusion_png=cm_png,
+        skipped=skipped,
+    )
+
+
+def _write_finetune_report(out: Path, ds: Dataset, m: dict[str, Any], images: list[Path]) -> Path:
+    from transferlab.report import html_table, write_html_report
+
+    cfg = m["config"]
+    summary = {
+        "validation accuracy (best epoch)": m["accuracy"],
+        "linear probe, same validation images": m["probe_val_accuracy"]
+        if m["probe_val_accuracy"] is not None
+        else "n/a",
+        "balanced accuracy": m["balanced_accuracy"],
+        **({"test accuracy": m["test"]["accuracy"]} if "test" in m else {}),
+        "backbone": m["backbone"],
+        "schedule": f"{cfg['freeze_epochs']} frozen + {cfg['epochs']} unfrozen epochs, lr {cfg['lr']:g}, "
+        f"one-cycle, BN {cfg['bn_policy']}, head from {cfg['head_init']}",
+        "best epoch": f"{m['best_epoch']} of {m['epochs_run']} (selected on validation)",
+        "images": f"{m['n_train']} train, {m['n_val']} val"
+        + (f", {m['n_test']} test" if m.get("n_test") else ""),
+        "skipped (broken) images": m["n_skipped"],
+        "time": f"{m['seconds']:.0f} s ({m['train_images_per_second']:.1f} train img/s)",
+    }
+    hist = html_table(
+        ["epoch", "phase", "train loss", "val loss", "val accuracy", "seconds"],
+        [
+            [
+                h["epoch"],
+                h["phase"],
+                h["train_loss"],
+                h["val_loss"],
+                h["val_accuracy"],
+                h["seconds"],
+            ]
+            for h in m["history"]
+        ],
+    )
+    per_class = html_table(
+        ["class", "precision", "recall", "f1", "support"],
+        [
+            [c, v["precision"], v["recall"], v["f1"], v["support"]]
+            for c, v in m["per_class"].items()
+        ],
+    )
+    sections = [
+        ("Verdict", f"<p>{html.escape(m['advice'])}</p>"),
+        ("Epochs", hist),
+        ("Per-class metrics (validation)", per_class),
+    ]
+    if m["skipped"]:
+        sections.insert(
+            1,
+            (
+                "Skipped images",
+                html_table(["file", "reason"], [[s["path"], s["reason"]] for s in m["skipped"]]),
+            ),
+        )
+    return write_html_report(
+        out / "report.html",
+        title=f"transferlab finetune — {Path(ds.root).name}",
+        summary=summary,
+        sections=sections,
+        images=[("Training curves", images[0]), ("Confusion matrix (validation)", images[1])],
     )

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_confusion_matrix", "write_html_report"]
+__all__ = ["html_table", "plot_confusion_matrix", "plot_training_curves", "write_html_report"]
 
 
 def _pyplot() -> Any:
@@ -61,6 +61,41 @@ def plot_confusion_matrix(
     axes[1].set_title("row-normalised (recall on the diagonal)")
     if title:
         fig.suptitle(title)
+    out = Path(path)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def plot_training_curves(
+    history: Sequence[dict[str, Any]],
+    path: str | os.PathLike[str],
+    *,
+    baseline: float | None = None,
+) -> Path:
+    """Train/validation loss and validation accuracy per epoch (phases shaded), saved as PNG.
+
+    `baseline` draws the linear probe's validation accuracy as the line to beat.
+    """
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation loss")
+    ax_acc.plot(
+        epochs, [h["val_accuracy"] for h in history], "o-", color="C2", label="validation accuracy"
+    )
+    if baseline is not None:
+        ax_acc.axhline(baseline, color="grey", ls="--", label=f"linear probe ({baseline:.3f})")
+    frozen = [h["epoch"] for h in history if h.get("phase") == "frozen"]
+    for ax in (ax_loss, ax_acc):
+        if frozen:
+            ax.axvspan(min(frozen) - 0.5, max(frozen) + 0.5, color="0.92", label="body frozen")
+        ax.set_xlabel("epoch")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    ax_loss.set_title("loss")
+    ax_acc.set_title("validation accuracy")
     out = Path(path)
     fig.savefig(out, dpi=100)
     plt.close(fig)

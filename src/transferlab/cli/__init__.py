@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from transferlab.cli import backbones, cache, demo, extract, fit, predict  # noqa: F401 - registers commands
+from transferlab.cli import (  # noqa: F401 - importing registers the commands
+    backbones,
+    cache,
+    demo,
+    extract,
+    finetune,
+    fit,
+    predict,
+)
 from transferlab.cli._common import app
 
 __all__ = ["app", "main"]

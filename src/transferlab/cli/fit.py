@@ -114,25 +114,35 @@ def fit_cmd(
 
 
 def print_fit_summary(result: object) -> None:
+    """The short summary `fit`, `finetune` and `demo` end with (skipped files on stderr)."""
     m = result.metrics  # type: ignore[attr-defined]
     for s in m["skipped"]:
         err.print(f"[yellow]skipped[/] {s['path']}: {s['reason']}")
+    if m.get("method") == "finetune":
+        head = f"[bold]{m['backbone']}[/] fine-tuned on {len(m['classes'])} classes"
+    else:
+        head = f"[bold]{m['backbone']} / {m['layer']}[/] + {m['classifier']} probe on {len(m['classes'])} classes"
+    out.print(head)
+    counts = f"  train {m['n_train']}  val {m['n_val']}"
+    counts += f"  test {m['n_test']}" if m.get("n_test") else ""
+    out.print(counts + f"  skipped {m['n_skipped']}")
     out.print(
-        f"[bold]{m['backbone']} / {m['layer']}[/] + {m['classifier']} probe on {len(m['classes'])} classes"
+        f"  [bold green]val accuracy {m['accuracy']:.4f}[/]  balanced {m['balanced_accuracy']:.4f}  "
+        f"log loss {m['log_loss']:.4f}"
     )
-    out.print(
-        f"  train {m['n_train']}  val {m['n_val']}"
-        + (f"  test {m['n_test']}" if m.get("n_test") else "")
-        + f"  skipped {m['n_skipped']}"
-    )
-    out.print(
-        f"  [bold green]val accuracy {m['accuracy']:.4f}[/]  balanced {m['balanced_accuracy']:.4f}  log loss {m['log_loss']:.4f}"
-    )
+    if m.get("probe_val_accuracy") is not None:
+        out.print(f"  linear probe on the same validation images: {m['probe_val_accuracy']:.4f}")
     if "test" in m:
         out.print(f"  test accuracy {m['test']['accuracy']:.4f}")
-    st = m["stage_seconds"]
-    out.print(
-        f"  time {m['seconds']:.1f} s: extraction {st['extract']:.1f} s ({m['n_cached']} cached), probe {st['probe']:.2f} s"
-    )
+    if "stage_seconds" in m:
+        st = m["stage_seconds"]
+        out.print(
+            f"  time {m['seconds']:.1f} s: extraction {st['extract']:.1f} s ({m['n_cached']} cached), "
+            f"probe {st['probe']:.2f} s"
+        )
+    else:
+        out.print(
+            f"  time {m['seconds']:.1f} s, {m['epochs_run']} epochs, best epoch {m['best_epoch']}"
+        )
     out.print(f"  model:  {result.model_dir}")  # type: ignore[attr-defined]
     out.print(f"  report: {result.report}")  # type: ignore[attr-defined]

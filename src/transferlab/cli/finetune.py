@@ -1,0 +1,140 @@
+"""`transferlab finetune`: fine-tune a pretrained backbone, fastai style, with checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from transferlab.cli._common import (
+    BackboneOpt,
+    DeviceOpt,
+    MaxPixelsOpt,
+    SeedOpt,
+    StrictOpt,
+    ValFractionOpt,
+    WeightsOpt,
+    WorkersOpt,
+    app,
+    handle_errors,
+    out,
+    print_json,
+)
+
+
+@app.command("finetune")
+@handle_errors
+def finetune_cmd(
+    data: Path = typer.Argument(
+        ..., help="Folder with train/ and val/, a folder of class folders, or a CSV (path,label)."
+    ),
+    out_dir: Path | None = typer.Option(
+        None, "--out", "-o", help="Run directory (default: runs/finetune-<data>-<time>)."
+    ),
+    backbone: str = BackboneOpt,
+    weights: str = WeightsOpt,
+    epochs: int = typer.Option(
+        5, "--epochs", min=0, help="Epochs with the whole network unfrozen."
+    ),
+    freeze_epochs: int = typer.Option(
+        1, "--freeze-epochs", min=0, help="Epochs training only the head first."
+    ),
+    lr: float = typer.Option(2e-3, "--lr", help="Peak learning rate of the head (one-cycle)."),
+    lr_mult: float = typer.Option(
+        100.0, "--lr-mult", help="Head LR / stem LR when unfrozen (discriminative LRs)."
+    ),
+    weight_decay: float = typer.Option(0.01, "--weight-decay"),
+    label_smoothing: float = typer.Option(0.1, "--label-smoothing"),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    bn_policy: str = typer.Option(
+        "train", "--bn", help="BatchNorm statistics: 'train' or 'freeze' (keep pretrained)."
+    ),
+    head_init: str = typer.Option(
+        "probe", "--head-init", help="'probe' (start from the linear probe) or 'random'."
+    ),
+    augment: bool = typer.Option(
+        True, "--augment/--no-augment", help="Random-resized crop, flip, colour jitter."
+    ),
+    tta: bool = typer.Option(False, "--tta", help="Average predictions with the mirrored image."),
+    balance: str | None = typer.Option(
+        None, "--balance", help="Class imbalance: 'weights' (weighted loss) or 'sampler'."
+    ),
+    early_stopping: int | None = typer.Option(
+        None, "--early-stopping", min=1, help="Stop after N epochs without improvement."
+    ),
+    image_size: int | None = typer.Option(
+        None, "--image-size", min=32, help="Input size (default: the backbone's)."
+    ),
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Continue an interrupted run in --out from its last completed epoch.",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the files of an earlier run in --out."
+    ),
+    val_fraction: float = ValFractionOpt,
+    seed: int = SeedOpt,
+    strict: bool = StrictOpt,
+    workers: int | None = WorkersOpt,
+    device: str = DeviceOpt,
+    max_pixels: int = MaxPixelsOpt,
+    as_json: bool = typer.Option(
+        False, "--json", help="Print metrics.json instead of the summary."
+    ),
+) -> None:
+    """Fine-tune: head first (body frozen), then all layers with discriminative learning rates.
+
+    Writes OUT/metrics.json, OUT/report.html, OUT/training_curves.png, OUT/checkpoints/ and OUT/model/
+    (which `transferlab predict` loads). Compares against the linear probe on the same images.
+
+    Examples:
+      transferlab finetune ../shared/datasets/hymenoptera --out runs/hym-ft --epochs 4
+      transferlab finetune data/ --out runs/ft --resume          # after Ctrl-C
+    """
+    from transferlab.cli.fit import default_run_dir, print_fit_summary
+    from transferlab.finetune import FinetuneConfig
+    from transferlab.pipeline import finetune
+
+    if resume and out_dir is None:
+        from transferlab.exceptions import InvalidParameterError
+
+        raise InvalidParameterError(
+            "--resume needs --out: the run directory holding checkpoints/last.pt"
+        )
+    config = FinetuneConfig(
+        backbone=backbone,
+        weights=weights,
+        epochs=epochs,
+        freeze_epochs=freeze_epochs,
+        lr=lr,
+        lr_mult=lr_mult,
+        weight_decay=weight_decay,
+        label_smoothing=label_smoothing,
+        batch_size=batch_size,
+        bn_policy=bn_policy,
+        head_init=head_init,
+        augment=augment,
+        tta=tta,
+        class_balance=balance,
+        early_stopping=early_stopping,
+        image_size=image_size,
+        seed=seed,
+        num_workers=workers,
+        device=device,
+        max_pixels=max_pixels,
+    )
+    result = finetune(
+        data,
+        out_dir or default_run_dir(data, "finetune"),
+        config,
+        val_fraction=val_fraction,
+        strict=strict,
+        resume=resume,
+        overwrite=overwrite,
+    )
+    if as_json:
+        print_json(result.metrics)
+        return
+    print_fit_summary(result)
+    out.print(f"  {result.metrics['advice']}")

@@ -1,0 +1,210 @@
+"""Fine-tuning: layer groups, freezing, discriminative LRs, resume, saved models, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import build_image_folder
+from transferlab.artifacts import FinetunedModel, load_model
+from transferlab.cli import app
+from transferlab.data import load_dataset
+from transferlab.exceptions import InvalidParameterError
+from transferlab.finetune import Callback, FinetuneConfig, FineTuner, layer_groups
+
+runner = CliRunner()
+FAST = dict(backbone="test_resnet", weights="random", image_size=48, batch_size=4, num_workers=0)
+
+
+@pytest.fixture
+def data(tmp_path):
+    root = tmp_path / "data"
+    build_image_folder(root / "train", n_per_class=8, seed=1)
+    build_image_folder(root / "val", n_per_class=4, seed=2)
+    return root
+
+
+def test_layer_groups_follow_the_network_order():
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", num_classes=3)
+    groups = layer_groups(model)
+    names = [g for g, _ in groups]
+    assert names[0] == "stem" and names[-1] == "classifier"
+    assert groups[-1][1] == ["classifier.weight", "classifier.bias"]
+    assert any(p.startswith("conv_stem") for p in groups[0][1])
+    flat = [p for _, ps in groups for p in ps]
+    assert sorted(flat) == sorted(n for n, _ in model.named_parameters())  # each parameter once
+    assert len(groups) >= 8  # stem, 7 stages (+ head conv), classifier
+
+
+def test_freeze_to_and_discriminative_learning_rates(data):
+    ds = load_dataset(data)
+    tuner = FineTuner(FinetuneConfig(**FAST, lr=1e-2, lr_mult=100), progress=False)
+    tuner._setup(ds.classes)
+    tuner.freeze_to(-1)
+    trainable = [n for n, p in tuner.backbone_.model.named_parameters() if p.requires_grad]
+    assert trainable == tuner.groups_[-1][1]
+    tuner.freeze_to(0)
+    assert all(p.requires_grad for p in tuner.backbone_.model.parameters())
+    _, max_lrs = tuner._optimizer(1e-2, 100)
+    assert max(max_lrs) == pytest.approx(1e-2)
+    assert min(max_lrs) == pytest.approx(1e-4)
+    assert max_lrs == sorted(max_lrs)  # stem lowest ... classifier highest
+
+
+def test_finetune_learns_and_beats_chance(data, tmp_path):
+    ds = load_dataset(data)
+    cfg = FinetuneConfig(
+        **{**FAST, "backbone": "efficientnet_lite0", "weights": "default"},
+        epochs=2,
+        freeze_epochs=1,
+    )
+    result = FineTuner(cfg, progress=False).fit(
+        ds.train, ds.val, ds.classes, checkpoint_dir=tmp_path / "ck"
+    )
+    assert len(result.history) == 3
+    assert [h["phase"] for h in result.history] == ["frozen", "unfrozen", "unfrozen"]
+    assert result.best_val_accuracy >= 0.75
+    assert result.probe_val_accuracy is not None
+    assert (tmp_path / "ck" / "last.pt").exists() and (tmp_path / "ck" / "best.pt").exists()
+
+
+class _Interrupt(Callback):
+    """Simulates Ctrl-C in the middle of a given epoch."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch, self.batches = epoch, 0
+
+    def after_batch(self, tuner):
+        if tuner.epoch + 1 == self.epoch:
+            self.batches += 1
+            if self.batches == 2:
+                raise KeyboardInterrupt
+
+
+def test_interrupted_run_resumes_to_the_same_result(data, tmp_path):
+    ds = load_dataset(data)
+    cfg = FinetuneConfig(**FAST, epochs=3, freeze_epochs=1, head_init="random")
+    full = FineTuner(cfg, progress=False)
+    full.fit(ds.train, ds.val, ds.classes, checkpoint_dir=tmp_path / "full")
+
+    broken = FineTuner(cfg, callbacks=[_Interrupt(epoch=3)], progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        broken.fit(ds.train, ds.val, ds.classes, checkpoint_dir=tmp_path / "resumed")
+    saved = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)
+    assert saved["epoch"] == 2  # the interrupted epoch left no trace
+
+    resumed = FineTuner(cfg, progress=False)
+    resumed.fit(ds.train, ds.val, ds.classes, checkpoint_dir=tmp_path / "resumed", resume=True)
+    assert [h["val_loss"] for h in resumed.history] == pytest.approx(
+        [h["val_loss"] for h in full.history], rel=1e-5
+    )
+    assert [h["train_loss"] for h in resumed.history] == pytest.approx(
+        [h["train_loss"] for h in full.history], rel=1e-5
+    )
+    for (k, a), (_, b) in zip(
+        full.backbone_.model.state_dict().items(),
+        resumed.backbone_.model.state_dict().items(),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_resume_refuses_other_settings(data, tmp_path):
+    ds = load_dataset(data)
+    FineTuner(FinetuneConfig(**FAST, epochs=1, freeze_epochs=0), progress=False).fit(
+        ds.train, ds.val, ds.classes, checkpoint_dir=tmp_path / "ck"
+    )
+    with pytest.raises(InvalidParameterError, match="other data or settings"):
+        FineTuner(FinetuneConfig(**FAST, epochs=2, freeze_epochs=0), progress=False).fit(
+            ds.train, ds.val, ds.classes, checkpoint_dir=tmp_path / "ck", resume=True
+        )
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"epochs": 0, "freeze_epochs": 0}, "at least 1"),
+        ({"lr": 0}, "lr must be > 0"),
+        ({"bn_policy": "x"}, "bn_policy"),
+        ({"class_balance": "x"}, "class_balance"),
+        ({"label_smoothing": 1.0}, "label_smoothing"),
+    ],
+)
+def test_config_errors(kw, match):
+    with pytest.raises(InvalidParameterError, match=match):
+        FinetuneConfig(**kw)
+
+
+def test_cli_finetune_saves_a_model_predict_loads(data, tmp_path):
+    out = tmp_path / "run"
+    res = runner.invoke(
+        app,
+        [
+            "finetune",
+            str(data),
+            "--out",
+            str(out),
+            "--backbone",
+            "test_resnet",
+            "--weights",
+            "random",
+            "--image-size",
+            "48",
+            "--epochs",
+            "1",
+            "--freeze-epochs",
+            "1",
+            "--batch-size",
+            "4",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "metrics.json").read_text())
+    for key in (
+        "accuracy",
+        "balanced_accuracy",
+        "n_train",
+        "n_val",
+        "n_skipped",
+        "classes",
+        "per_class",
+        "backbone",
+        "layer",
+        "seconds",
+        "epochs",
+        "history",
+        "probe_val_accuracy",
+        "advice",
+    ):
+        assert key in m, key
+    assert m["epochs"] == 2 and len(m["history"]) == 2
+    for f in (
+        "report.html",
+        "training_curves.png",
+        "confusion_matrix.png",
+        "model/weights.safetensors",
+    ):
+        assert (out / f).exists(), f
+    model = load_model(out / "model")
+    assert isinstance(model, FinetunedModel)
+    imgs = sorted((data / "val").rglob("*.png"))
+    preds = model.predict_paths(imgs)
+    acc = np.mean([p.label == p.path.split("/")[-2] for p in preds])
+    assert acc == pytest.approx(m["accuracy"])
+    res = runner.invoke(app, ["predict", str(out / "model"), str(imgs[0]), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)[0]["label"] in ("hstripes", "vstripes")
+    # a damaged weights file is refused with a clear error
+    (out / "model" / "weights.safetensors").write_bytes(b"garbage")
+    res = runner.invoke(app, ["predict", str(out / "model"), str(imgs[0])])
+    assert res.exit_code == 2 and "changed or damaged" in res.output
+
+
+def test_cli_resume_needs_out(data):
+    res = runner.invoke(app, ["finetune", str(data), "--resume"])
+    assert res.exit_code == 2 and "--resume needs --out" in res.output
