@@ -9,15 +9,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import build_image_folder
 from transferlab.artifacts import FinetunedModel, load_model
 from transferlab.cli import app
 from transferlab.data import load_dataset
 from transferlab.exceptions import InvalidParameterError
 from transferlab.finetune import Callback, FinetuneConfig, FineTuner, layer_groups
 
+from conftest import build_image_folder
+
 runner = CliRunner()
-FAST = dict(backbone="test_resnet", weights="random", image_size=48, batch_size=4, num_workers=0)
+FAST = {"backbone": "test_resnet", "weights": "random", "image_size": 48, "batch_size": 4, "num_workers": 0}
 
 
 @pytest.fixture
