@@ -18,7 +18,13 @@ from transferlab.finetune import Callback, FinetuneConfig, FineTuner, layer_grou
 from conftest import build_image_folder
 
 runner = CliRunner()
-FAST = {"backbone": "test_resnet", "weights": "random", "image_size": 48, "batch_size": 4, "num_workers": 0}
+FAST = {
+    "backbone": "test_resnet",
+    "weights": "random",
+    "image_size": 48,
+    "batch_size": 4,
+    "num_workers": 0,
+}
 
 
 @pytest.fixture
@@ -209,3 +215,131 @@ def test_cli_finetune_saves_a_model_predict_loads(data, tmp_path):
 def test_cli_resume_needs_out(data):
     res = runner.invoke(app, ["finetune", str(data), "--resume"])
     assert res.exit_code == 2 and "--resume needs --out" in res.output
+
+
+def test_lr_find_sweeps_and_restores_weights(data, tmp_path):
+    ds = load_dataset(data)
+    tuner = FineTuner(FinetuneConfig(**FAST), progress=False)
+    res = tuner.lr_find(ds.train, ds.classes, num_it=12, start_lr=1e-5, end_lr=10)
+    assert 5 <= len(res.lrs) <= 12
+    assert res.lrs == sorted(res.lrs) and res.lrs[0] == pytest.approx(1e-5)
+    assert res.lrs[0] <= res.suggestion * 10 <= res.lrs[-1]
+    assert "minimum" in res.rule
+    png = res.plot(tmp_path / "lr.png")
+    assert png.stat().st_size > 1000
+
+
+def test_cli_lr_find(data, tmp_path):
+    res = runner.invoke(
+        app,
+        [
+            "lr-find",
+            str(data),
+            "--out",
+            str(tmp_path / "lr"),
+            "--backbone",
+            "test_resnet",
+            "--weights",
+            "random",
+            "--image-size",
+            "48",
+            "--num-it",
+            "8",
+            "--batch-size",
+            "4",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "suggested lr" in res.stdout
+    assert (tmp_path / "lr" / "lr_find.png").exists()
+    assert json.loads((tmp_path / "lr" / "lr_find.json").read_text())["suggestion"] > 0
+
+
+@pytest.mark.parametrize("kind", ["finetune", "logreg", "svm", "centroid"])
+def test_onnx_export_matches_pytorch(data, tmp_path, kind):
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    from transferlab.export import export_onnx
+    from transferlab.pipeline import FitConfig, fit
+
+    out = tmp_path / "run"
+    if kind == "finetune":
+        res = runner.invoke(
+            app,
+            [
+                "finetune",
+                str(data),
+                "--out",
+                str(out),
+                "--backbone",
+                "test_resnet",
+                "--weights",
+                "random",
+                "--image-size",
+                "48",
+                "--epochs",
+                "1",
+                "--freeze-epochs",
+                "0",
+                "--batch-size",
+                "4",
+            ],
+        )
+        assert res.exit_code == 0, res.output
+    else:
+        fit(
+            FitConfig(
+                data=str(data),
+                out=str(out),
+                backbone="test_resnet",
+                weights="random",
+                classifier=kind,
+                progress=False,
+            )
+        )
+    model = load_model(out / "model", device="cpu", progress=False)
+    written = export_onnx(model, tmp_path / "onnx")
+    spec = json.loads((tmp_path / "onnx" / "preprocessing.json").read_text())
+    assert spec["output"]["classes"] == ["hstripes", "vstripes"]
+    assert written["max_abs_diff"] < 1e-4
+    # the exported graph, fed as preprocessing.json says, reproduces the library's predictions
+    from PIL import Image
+    from torchvision import transforms as T
+
+    p = spec["preprocessing"]
+    tf = T.Compose(
+        [
+            T.Resize(
+                p["resize_shorter_side"], interpolation=T.InterpolationMode(p["interpolation"])
+            ),
+            T.CenterCrop(p["center_crop"]),
+            T.ToTensor(),
+            T.Normalize(p["mean"], p["std"]),
+        ]
+    )
+    imgs = sorted((data / "val").rglob("*.png"))
+    x = np.stack([tf(Image.open(i).convert("RGB")).numpy() for i in imgs])
+    onnx_p = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx")).run(None, {"image": x})[0]
+    lib = model.predict_paths(imgs, top_k=2)
+    lib_p = np.array([[dict(q.top)[c] for c in spec["output"]["classes"]] for q in lib])
+    np.testing.assert_allclose(onnx_p, lib_p, atol=1e-4)
+
+
+def test_cli_export(data, tmp_path):
+    from transferlab.pipeline import FitConfig, fit
+
+    fit(
+        FitConfig(
+            data=str(data),
+            out=str(tmp_path / "run"),
+            backbone="test_resnet",
+            weights="random",
+            progress=False,
+        )
+    )
+    res = runner.invoke(app, ["export", str(tmp_path / "run" / "model"), "--format", "onnx"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "run" / "model" / "export-onnx" / "model.onnx").exists()
+    res = runner.invoke(app, ["export", str(tmp_path / "run" / "model"), "--format", "tflite"])
+    assert res.exit_code == 2 and "--format must be one of onnx" in res.output

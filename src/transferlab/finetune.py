@@ -43,6 +43,7 @@ __all__ = [
     "FineTuner",
     "FinetuneConfig",
     "FinetuneResult",
+    "LRFindResult",
     "layer_groups",
 ]
 
@@ -172,6 +173,80 @@ class FinetuneResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class LRFindResult:
+    """An exponential learning-rate sweep: where the loss falls fastest, and the LR to use.
+
+    Attributes:
+        lrs, losses: the learning rate and raw training loss of each step.
+        smoothed: the losses smoothed (exponential moving average, bias-corrected).
+        suggestion: the suggested peak learning rate.
+        rule: how `suggestion` was chosen, in words.
+        steepest: the LR where the smoothed loss falls fastest (for reference).
+    """
+
+    lrs: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    suggestion: float
+    rule: str
+    steepest: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def plot(self, path: str | os.PathLike[str]) -> Path:
+        """Smoothed loss against LR (log scale), with the suggestion marked; saved as PNG."""
+        from transferlab.report import _pyplot
+
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+        ax.plot(self.lrs, self.losses, color="0.8", lw=1, label="loss")
+        ax.plot(self.lrs, self.smoothed, color="C0", lw=2, label="smoothed loss")
+        ax.axvline(
+            self.suggestion, color="C3", ls="--", label=f"suggested lr {self.suggestion:.2g}"
+        )
+        ax.axvline(self.steepest, color="C2", ls=":", label=f"steepest descent {self.steepest:.2g}")
+        ax.set_xscale("log")
+        finite = [v for v in self.smoothed if np.isfinite(v)]
+        if finite:
+            lo, hi = min(finite), finite[0]
+            ax.set_ylim(lo - 0.1 * abs(hi - lo + 1e-9), hi + 0.5 * abs(hi - lo + 1e-9))
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("training loss")
+        ax.set_title(f"LR finder — {self.rule}")
+        ax.legend()
+        ax.grid(alpha=0.3, which="both")
+        out = Path(path)
+        fig.savefig(out, dpi=100)
+        plt.close(fig)
+        return out
+
+
+def suggest_lr(
+    lrs: Sequence[float], losses: Sequence[float], beta: float = 0.9
+) -> tuple[list[float], float, float, str]:
+    """Smooth the losses; suggest the LR of the minimum smoothed loss divided by 10 (Smith's rule,
+    as fastai's ``minimum``), and report the steepest-descent LR too."""
+    smoothed, avg = [], 0.0
+    for i, loss in enumerate(losses, start=1):
+        avg = beta * avg + (1 - beta) * loss
+        smoothed.append(avg / (1 - beta**i))
+    arr = np.asarray(smoothed)
+    i_min = int(np.nanargmin(arr))
+    log_lr = np.log10(np.asarray(lrs))
+    if len(arr) >= 3:
+        grads = (
+            np.gradient(arr[: i_min + 1], log_lr[: i_min + 1])
+            if i_min >= 2
+            else np.gradient(arr, log_lr)
+        )
+        steepest = float(lrs[int(np.argmin(grads))])
+    else:
+        steepest = float(lrs[i_min])
+    return smoothed, float(lrs[i_min]) / 10, steepest, "minimum smoothed loss / 10"
 
 
 class CancelFitException(Exception):
@@ -611,6 +686,92 @@ class FineTuner:
             tmp = ckpt_dir / ".best.pt.tmp"
             torch.save({"model": self.backbone_.model.state_dict(), "epoch": self.epoch}, tmp)
             os.replace(tmp, ckpt_dir / "best.pt")
+
+    # -- LR finder ----------------------------------------------------------------------------
+    def lr_find(
+        self,
+        train: Sequence[Sample],
+        classes: Sequence[str],
+        *,
+        start_lr: float = 1e-7,
+        end_lr: float = 1.0,
+        num_it: int = 60,
+        frozen: bool = True,
+    ) -> LRFindResult:
+        """Exponential LR sweep (Smith 2015, fastai's ``lr_find``) on `train`, weights restored after.
+
+        Trains with the LR multiplied by a constant factor each step, from `start_lr` to `end_lr`
+        over `num_it` steps (stopping once the loss exceeds 4x its minimum), on the head only when
+        `frozen` (the phase whose LR it informs), else on the whole network.
+        """
+        if not 0 < start_lr < end_lr:
+            raise InvalidParameterError(f"need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
+        if num_it < 5:
+            raise InvalidParameterError(f"num_it must be >= 5, got {num_it}")
+        cfg = self.config
+        _seed_everything(cfg.seed)
+        self._setup(classes)
+        index = {c: i for i, c in enumerate(self.classes_)}
+        imgs, kept, _ = _decode_all(train, _preload_size(self.size_), cfg.max_pixels, self.progress)
+        y = np.array([index[train[i].label] for i in kept], dtype=np.int64)
+        greyscale = all(_is_grey(img) for img in imgs[:50])
+        ds = _Images(
+            imgs,
+            y,
+            train_transform(self.backbone_, self.size_, augment=cfg.augment, greyscale=greyscale),
+        )
+        loader = torch.utils.data.DataLoader(
+            ds,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(cfg.seed),
+            drop_last=len(y) > cfg.batch_size,
+        )
+        model = self.backbone_.model
+        saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.freeze_to(-1 if frozen else 0)
+        opt, _ = self._optimizer(start_lr, 1.0)
+        gamma = (end_lr / start_lr) ** (1 / (num_it - 1))
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        lrs: list[float] = []
+        losses: list[float] = []
+        self._set_train_mode()
+        from tqdm.auto import tqdm
+
+        bar = tqdm(
+            total=num_it,
+            desc="lr_find",
+            unit="step",
+            disable=None if self.progress else True,
+            leave=False,
+        )
+        try:
+            step, best = 0, float("inf")
+            while step < num_it:
+                for x, t in loader:
+                    lr = start_lr * gamma**step
+                    for g in opt.param_groups:
+                        g["lr"] = lr
+                    x = x.to(self.backbone_.device).contiguous(memory_format=torch.channels_last)
+                    loss = loss_fn(model(x), t.to(self.backbone_.device))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    value = float(loss.detach())
+                    lrs.append(lr)
+                    losses.append(value)
+                    best = min(best, value)
+                    step += 1
+                    bar.update(1)
+                    if step >= num_it or not np.isfinite(value) or value > 4 * best:
+                        step = num_it
+                        break
+        finally:
+            bar.close()
+            model.load_state_dict(saved)
+            model.eval()
+        smoothed, suggestion, steepest, rule = suggest_lr(lrs, losses)
+        return LRFindResult(lrs, losses, smoothed, suggestion, rule, steepest)
 
     # -- the whole recipe ---------------------------------------------------------------------
     def fit(

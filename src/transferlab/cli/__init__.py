@@ -6,9 +6,11 @@ from transferlab.cli import (  # noqa: F401 - importing registers the commands
     backbones,
     cache,
     demo,
+    export,
     extract,
     finetune,
     fit,
+    lr_find,
     predict,
 )
 from transferlab.cli._common import app

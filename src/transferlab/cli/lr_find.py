@@ -1,0 +1,71 @@
+"""`transferlab lr-find`: an exponential learning-rate sweep with a plot and a suggestion."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from transferlab.cli._common import (
+    BackboneOpt,
+    DeviceOpt,
+    SeedOpt,
+    ValFractionOpt,
+    WeightsOpt,
+    app,
+    handle_errors,
+    out,
+)
+
+
+@app.command("lr-find")
+@handle_errors
+def lr_find_cmd(
+    data: Path = typer.Argument(..., help="The training data (same forms as `fit`)."),
+    out_dir: Path = typer.Option(
+        Path("runs/lr-find"), "--out", "-o", help="Where lr_find.png and lr_find.json go."
+    ),
+    backbone: str = BackboneOpt,
+    weights: str = WeightsOpt,
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    start_lr: float = typer.Option(1e-7, "--start-lr"),
+    end_lr: float = typer.Option(1.0, "--end-lr"),
+    num_it: int = typer.Option(60, "--num-it", min=5, help="Steps in the sweep."),
+    unfrozen: bool = typer.Option(
+        False, "--unfrozen", help="Sweep with the whole network trainable (default: head only)."
+    ),
+    image_size: int | None = typer.Option(None, "--image-size", min=32),
+    val_fraction: float = ValFractionOpt,
+    seed: int = SeedOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Find a learning rate: train briefly with an exponentially growing LR and plot the loss.
+
+    Example:
+      transferlab lr-find ../shared/datasets/hymenoptera --out runs/lr
+    """
+    from transferlab.data import load_dataset
+    from transferlab.finetune import FinetuneConfig, FineTuner
+
+    ds = load_dataset(data, val_fraction=val_fraction, seed=seed)
+    cfg = FinetuneConfig(
+        backbone=backbone,
+        weights=weights,
+        batch_size=batch_size,
+        image_size=image_size,
+        seed=seed,
+        device=device,
+        head_init="random",
+    )
+    res = FineTuner(cfg).lr_find(
+        ds.train, ds.classes, start_lr=start_lr, end_lr=end_lr, num_it=num_it, frozen=not unfrozen
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = res.plot(out_dir / "lr_find.png")
+    (out_dir / "lr_find.json").write_text(json.dumps(res.to_dict(), indent=2))
+    out.print(
+        f"suggested lr: [bold]{res.suggestion:.2g}[/] ({res.rule}); steepest descent at {res.steepest:.2g}"
+    )
+    out.print(f"plot: {png}")
+    out.print(f"next: transferlab finetune {data} --lr {res.suggestion:.2g}")
