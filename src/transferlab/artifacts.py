@@ -28,7 +28,7 @@ import numpy as np
 
 from transferlab.exceptions import BackboneMismatchError, ModelFormatError, WeightsNotFoundError
 from transferlab.features import FeatureExtractor
-from transferlab.probe import LinearProbe
+from transferlab.probe import LinearProbe, MultiLabelProbe
 
 __all__ = ["FORMAT_VERSION", "FinetunedModel", "Prediction", "TransferModel", "load_model"]
 
@@ -59,6 +59,7 @@ class Prediction:
     probability: float | None
     top: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
+    labels: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,6 +67,7 @@ class Prediction:
             "label": self.label,
             "probability": self.probability,
             "top": [{"label": c, "probability": p} for c, p in self.top],
+            **({"labels": self.labels} if self.labels is not None else {}),
             **({"error": self.error} if self.error else {}),
         }
 
@@ -80,15 +82,24 @@ class TransferModel:
     """
 
     def __init__(
-        self, extractor: FeatureExtractor, probe: LinearProbe, metrics: dict[str, Any] | None = None
+        self,
+        extractor: FeatureExtractor,
+        probe: LinearProbe | MultiLabelProbe,
+        metrics: dict[str, Any] | None = None,
+        *,
+        classes: Sequence[str] | None = None,
     ) -> None:
         self.extractor = extractor
         self.probe = probe
         self.metrics = metrics or {}
+        self.multi_label = isinstance(probe, MultiLabelProbe)
+        if self.multi_label and classes is None:
+            raise ModelFormatError("a multi-label probe needs its label names (classes=...)")
+        self._classes = [str(c) for c in (classes if classes is not None else probe.classes_)]
 
     @property
     def classes(self) -> list[str]:
-        return [str(c) for c in self.probe.classes_]
+        return self._classes
 
     def describe(self) -> dict[str, Any]:
         """The model.json content."""
@@ -112,6 +123,8 @@ class TransferModel:
             "pool": self.extractor.pool,
             "preprocessing": bb.preprocessing(),
             "classes": self.classes,
+            "multi_label": self.multi_label,
+            **({"thresholds": self.probe.thresholds_.tolist()} if self.multi_label else {}),
             "probe": {"file": PROBE_FILE, "params": self.probe.get_params()},
         }
 
@@ -145,7 +158,8 @@ class TransferModel:
             else np.zeros((0, len(self.classes)))
         )
         errors = {e.path: e.reason for e in result.failures}
-        return _predictions(paths, result.index, proba, self.classes, errors, top_k)
+        thresholds = self.probe.thresholds_ if self.multi_label else None
+        return _predictions(paths, result.index, proba, self.classes, errors, top_k, thresholds)
 
 
 def _predictions(
@@ -155,8 +169,13 @@ def _predictions(
     classes: list[str],
     errors: dict[str, str],
     top_k: int,
+    thresholds: np.ndarray | None = None,
 ) -> list[Prediction]:
-    """One `Prediction` per input path: top-k classes for rows of `proba`, errors for the rest."""
+    """One `Prediction` per input path: top-k classes for rows of `proba`, errors for the rest.
+
+    With per-label `thresholds` (multi-label), `label` lists every label at or over its threshold
+    (``;``-joined, possibly empty) and `labels` holds them.
+    """
     by_input = {int(i): row for row, i in enumerate(index)}
     k = max(1, min(top_k, len(classes)))
     preds = []
@@ -168,7 +187,11 @@ def _predictions(
             continue
         order = np.argsort(-proba[row])[:k]
         top = [(classes[j], float(proba[row, j])) for j in order]
-        preds.append(Prediction(path, top[0][0], top[0][1], top))
+        if thresholds is not None:
+            on = [classes[j] for j in np.argsort(-proba[row]) if proba[row, j] >= thresholds[j]]
+            preds.append(Prediction(path, ";".join(on), None, top, labels=on))
+        else:
+            preds.append(Prediction(path, top[0][0], top[0][1], top))
     return preds
 
 
@@ -415,13 +438,17 @@ def load_model(
         raise ModelFormatError(
             f"{probe_path} cannot be read ({type(exc).__name__}: {exc})"
         ) from exc
-    if not isinstance(probe, LinearProbe) or [str(c) for c in probe.classes_] != list(
+    if meta.get("multi_label"):
+        if not isinstance(probe, MultiLabelProbe) or probe.n_labels_ != len(meta["classes"]):
+            raise ModelFormatError(f"{probe_path} does not match {MODEL_JSON} (labels differ)")
+        probe.thresholds_ = np.asarray(meta.get("thresholds", probe.thresholds_), dtype=float)
+    elif not isinstance(probe, LinearProbe) or [str(c) for c in probe.classes_] != list(
         meta["classes"]
     ):
         raise ModelFormatError(f"{probe_path} does not match {MODEL_JSON} (classes differ)")
     metrics_path = root / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    return TransferModel(extractor, probe, metrics)
+    return TransferModel(extractor, probe, metrics, classes=meta["classes"])
 
 
 def _load_finetuned(

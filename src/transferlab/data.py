@@ -36,6 +36,7 @@ __all__ = [
     "Sample",
     "collect_images",
     "is_image_file",
+    "label_matrix",
     "list_images",
     "load_dataset",
     "load_image",
@@ -208,10 +209,15 @@ from struct import error as struct_error  # noqa: E402
 
 @dataclass(frozen=True)
 class Sample:
-    """One labelled image. `label` is None for unlabelled images (prediction)."""
+    """One labelled image. `label` is None for unlabelled images (prediction).
+
+    For multi-label data `labels` holds the image's labels (possibly none) and `label` their
+    ``;``-joined text, kept for display.
+    """
 
     path: str
     label: str | None = None
+    labels: tuple[str, ...] = ()
 
 
 @dataclass
@@ -238,20 +244,39 @@ class Dataset:
     test: list[Sample] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     split_note: str = ""
+    multi_label: bool = False
+
+    def label_matrix(self, samples: Sequence[Sample]) -> np.ndarray:
+        """(n, n_classes) 0/1 matrix of `samples`' labels (multi-label data)."""
+        return label_matrix(samples, self.classes)
 
     def summary(self) -> str:
         """A short multi-line description: counts per split and class (like fastai's summary)."""
+        kind = "labels (multi-label)" if self.multi_label else "classes"
         lines = [
-            f"dataset {self.root} ({self.source}): {len(self.classes)} classes; {self.split_note}"
+            f"dataset {self.root} ({self.source}): {len(self.classes)} {kind}; {self.split_note}"
         ]
         for name, samples in (("train", self.train), ("val", self.val), ("test", self.test)):
             if samples:
-                counts = Counter(s.label for s in samples)
+                counts = Counter(
+                    lab for s in samples for lab in (s.labels if self.multi_label else [s.label])
+                )
                 per = ", ".join(f"{c}={counts.get(c, 0)}" for c in self.classes)
                 lines.append(f"  {name}: {len(samples)} images ({per})")
         if self.ignored:
             lines.append(f"  ignored {len(self.ignored)} non-image files")
         return "\n".join(lines)
+
+
+def label_matrix(samples: Sequence[Sample], classes: Sequence[str]) -> np.ndarray:
+    """(n, n_classes) 0/1 int matrix: row i marks the labels of samples[i]."""
+    index = {c: j for j, c in enumerate(classes)}
+    y = np.zeros((len(samples), len(classes)), dtype=np.int64)
+    for i, s in enumerate(samples):
+        for lab in s.labels:
+            if lab in index:
+                y[i, index[lab]] = 1
+    return y
 
 
 def list_images(root: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
@@ -299,17 +324,26 @@ def _read_class_tree(root: Path, *, what: str) -> tuple[list[Sample], list[str]]
     return samples, ignored
 
 
+def _label_set(samples: Sequence[Sample], multi_label: bool) -> set[str]:
+    if multi_label:
+        return {lab for s in samples for lab in s.labels}
+    return {s.label for s in samples if s.label is not None}
+
+
 def _check_classes(
-    train: Sequence[Sample], others: dict[str, Sequence[Sample]], root: str
+    train: Sequence[Sample],
+    others: dict[str, Sequence[Sample]],
+    root: str,
+    multi_label: bool = False,
 ) -> list[str]:
-    classes = sorted({s.label for s in train if s.label is not None})
+    classes = sorted(_label_set(train, multi_label))
     if len(classes) < 2:
         found = f"only {classes[0]!r}" if classes else "none"
         raise DatasetError(
             f"{root}: a classifier needs at least 2 classes in the training data, found {found}"
         )
     for name, samples in others.items():
-        unknown = sorted({s.label for s in samples if s.label is not None} - set(classes))
+        unknown = sorted(_label_set(samples, multi_label) - set(classes))
         if unknown:
             raise DatasetError(
                 f"{root}: {name} has classes that train does not: {', '.join(unknown)} "
@@ -328,6 +362,11 @@ def stratified_split(
     """
     if not 0.0 < val_fraction < 1.0:
         raise DatasetError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    if any(s.labels for s in samples):  # multi-label: label sets rarely repeat, split at random
+        items = sorted(samples, key=lambda s: s.path)
+        random.Random(f"{seed}-multilabel").shuffle(items)
+        n_val = min(max(round(len(items) * val_fraction), 1), len(items) - 1)
+        return items[n_val:], items[:n_val]
     by_class: dict[str | None, list[Sample]] = defaultdict(list)
     for s in sorted(samples, key=lambda s: s.path):
         by_class[s.label].append(s)
@@ -351,8 +390,13 @@ def _find_split(root: Path, names: Iterable[str]) -> Path | None:
     return None
 
 
-def _read_csv(path: Path) -> tuple[list[Sample], dict[str, list[Sample]], list[str]]:
-    """Rows `path,label[,split]`; relative paths are taken from the CSV's folder."""
+def _read_csv(
+    path: Path, multi_label: bool = False
+) -> tuple[list[Sample], dict[str, list[Sample]], list[str]]:
+    """Rows `path,label[,split]`; relative paths are taken from the CSV's folder.
+
+    With `multi_label`, the label cell holds ``;``-separated labels (an empty cell: none).
+    """
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             first = fh.readline()
@@ -390,10 +434,19 @@ def _read_csv(path: Path) -> tuple[list[Sample], dict[str, list[Sample]], list[s
     for lineno, row in enumerate(rows, start=2):
         rel = (row.get(path_col) or "").strip()
         label = (row.get(label_col) or "").strip()
-        if not rel or not label:
+        if not rel or (not label and not multi_label):
             raise DatasetError(f"{path}, line {lineno}: empty {'path' if not rel else 'label'}")
         full = rel if os.path.isabs(rel) else str(base / rel)
-        sample = Sample(full, label)
+        if multi_label:
+            labels = tuple(sorted({x.strip() for x in label.split(";") if x.strip()}))
+            sample = Sample(full, ";".join(labels), labels)
+        elif ";" in label:
+            raise DatasetError(
+                f"{path}, line {lineno}: label {label!r} holds several labels separated by ';'; "
+                "for multi-label data pass --multi-label (multi_label=True)"
+            )
+        else:
+            sample = Sample(full, label)
         split = (row.get(split_col) or "").strip().lower() if split_col else ""
         if split:
             splits[split].append(sample)
@@ -405,7 +458,11 @@ def _read_csv(path: Path) -> tuple[list[Sample], dict[str, list[Sample]], list[s
 
 
 def load_dataset(
-    path: str | os.PathLike[str], *, val_fraction: float = 0.2, seed: int = 0
+    path: str | os.PathLike[str],
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    multi_label: bool = False,
 ) -> Dataset:
     """Find the labelled images at `path` and split them into train/val(/test).
 
@@ -416,6 +473,9 @@ def load_dataset(
     * an ImageFolder tree with ``train/`` and ``val/`` (or ``valid/``, ``validation/``, or only
       ``test/``), each holding one folder per class; a ``test/`` beside ``val/`` is kept apart;
     * one tree of class folders, split here per class (stratified) by `val_fraction` and `seed`.
+
+    With ``multi_label=True`` the data must be a CSV whose label cell lists an image's labels
+    separated by ``;`` (``path,labels``); rows without a split are split at random.
 
     Raises:
         DatasetNotFoundError: `path` does not exist.
@@ -453,7 +513,7 @@ def load_dataset(
                 f"{root} is a file but not a CSV: give a folder of class folders, a folder with "
                 "train/ and val/, or a CSV with path,label columns"
             )
-        unsplit, splits, ignored = _read_csv(root)
+        unsplit, splits, ignored = _read_csv(root, multi_label)
         unknown_splits = sorted(set(splits) - {"train", "val", "valid", "validation", "test"})
         if unknown_splits:
             raise DatasetError(
@@ -475,6 +535,11 @@ def load_dataset(
             train, val = stratified_split(train, val_fraction, seed)
             note = f"stratified split here: val_fraction={val_fraction}, seed={seed}"
         source = "csv"
+    elif multi_label:
+        raise DatasetError(
+            f"{root}: multi-label data comes as a CSV with columns path,labels (labels separated by "
+            "';'); a folder tree gives one class per image"
+        )
     elif (train_dir := _find_split(root, TRAIN_SPLIT_NAMES)) is not None:
         val_dir = _find_split(root, VAL_SPLIT_NAMES)
         test_dir = _find_split(root, TEST_SPLIT_NAMES)
@@ -503,7 +568,7 @@ def load_dataset(
         note = f"stratified split here: val_fraction={val_fraction}, seed={seed}"
         source = "imagefolder"
     others = {"val": val, **({"test": test} if test else {})}
-    classes = _check_classes(train, others, str(root))
+    classes = _check_classes(train, others, str(root), multi_label)
     if not val:
         raise DatasetError(f"{root}: no validation images (each class needs at least 2 images)")
     if ignored:
@@ -517,6 +582,7 @@ def load_dataset(
         root=str(root),
         ignored=ignored,
         split_note=note,
+        multi_label=multi_label,
     )
 
 

@@ -67,6 +67,7 @@ class FitConfig:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     overwrite: bool = False
     progress: bool = True
+    multi_label: bool = False
 
     def __post_init__(self) -> None:
         if self.pool not in POOLS:
@@ -97,7 +98,7 @@ class FitResult:
     out: Path
     model_dir: Path
     report: Path
-    confusion_png: Path
+    confusion_png: Path | None
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,7 +107,7 @@ class FitResult:
             "out": str(self.out),
             "model_dir": str(self.model_dir),
             "report": str(self.report),
-            "confusion_png": str(self.confusion_png),
+            "confusion_png": str(self.confusion_png) if self.confusion_png else None,
         }
 
 
@@ -136,7 +137,12 @@ def fit(config: FitConfig, dataset: Dataset | None = None) -> FitResult:
     ds = (
         dataset
         if dataset is not None
-        else load_dataset(config.data, val_fraction=config.val_fraction, seed=config.seed)
+        else load_dataset(
+            config.data,
+            val_fraction=config.val_fraction,
+            seed=config.seed,
+            multi_label=config.multi_label,
+        )
     )
     out = Path(config.out)
     _prepare_out(out, config.overwrite)
@@ -167,6 +173,18 @@ def fit(config: FitConfig, dataset: Dataset | None = None) -> FitResult:
         labels = np.asarray([all_samples[res.index[r]].label for r in rows], dtype=object)
         by_split[name] = (X_all[rows], labels)
     skipped = [(e.path, e.reason) for e in res.failures]
+    if ds.multi_label:
+        rows_of = {
+            name: [r for r, i in enumerate(res.index) if owner[i] == name] for name in splits
+        }
+        Y = {
+            name: ds.label_matrix([all_samples[res.index[r]] for r in rows])
+            for name, rows in rows_of.items()
+        }
+        X = {name: X_all[rows] for name, rows in rows_of.items()}
+        return _fit_multilabel(
+            config, ds, fx, X, Y, skipped, res.n_cached, out, t0, t_load, t_extract
+        )
 
     Xtr, ytr = by_split["train"]
     missing = sorted(set(ds.classes) - set(ytr))
@@ -530,4 +548,126 @@ def _write_finetune_report(out: Path, ds: Dataset, m: dict[str, Any], images: li
         summary=summary,
         sections=sections,
         images=[("Training curves", images[0]), ("Confusion matrix (validation)", images[1])],
+    )
+
+
+def _fit_multilabel(
+    config: FitConfig,
+    ds: Dataset,
+    fx: FeatureExtractor,
+    X: dict[str, np.ndarray],
+    Y: dict[str, np.ndarray],
+    skipped: list[tuple[str, str]],
+    n_cached: int,
+    out: Path,
+    t0: float,
+    t_load: float,
+    t_extract: float,
+) -> FitResult:
+    """Multi-label branch of `fit`: one-vs-rest probe, per-label thresholds tuned on validation."""
+    from transferlab.evaluate import evaluate_multilabel, tune_thresholds
+    from transferlab.probe import MultiLabelProbe
+
+    if len(Y["val"]) == 0:
+        raise DatasetError(
+            f"after skipping {len(skipped)} broken images, no validation image is left"
+        )
+    missing = [c for c, n in zip(ds.classes, Y["train"].sum(0), strict=True) if n == 0]
+    if missing:
+        raise DatasetError(f"label(s) {', '.join(missing)} have no training image left")
+    probe = MultiLabelProbe(
+        C=float(config.C) if config.C != "auto" else 1.0, class_weight=config.class_weight
+    ).fit(X["train"], Y["train"])
+    t_probe = time.perf_counter()
+    val_proba = probe.predict_proba(X["val"])
+    probe.thresholds_ = tune_thresholds(Y["val"], val_proba)
+    val = evaluate_multilabel(Y["val"], val_proba, ds.classes, probe.thresholds_)
+    metrics: dict[str, Any] = {
+        "multi_label": True,
+        "accuracy": val.subset_accuracy,
+        "mAP": val.mAP,
+        "f1_micro": val.f1_micro,
+        "f1_macro": val.f1_macro,
+        "at_threshold_0.5": val.at_half,
+        "thresholds": dict(zip(ds.classes, probe.thresholds_.tolist(), strict=True)),
+        "thresholds_note": "tuned on the validation split (F1 per label); at_threshold_0.5 is untuned",
+        "per_label": val.per_label,
+        "n_train": len(Y["train"]),
+        "n_val": val.n,
+        "n_test": len(Y["test"]),
+        "n_skipped": len(skipped),
+        "skipped": [{"path": p, "reason": r} for p, r in skipped],
+        "classes": list(ds.classes),
+        "backbone": fx.backbone_.name,
+        "weights_sha256": fx.backbone_.weights_sha256,
+        "layer": config.layer,
+        "pool": config.pool,
+        "classifier": "logreg-ovr",
+        "C": float(probe.C),
+        "dataset": {"path": ds.root, "source": ds.source, "split": ds.split_note},
+        "n_cached": n_cached,
+        "stage_seconds": {
+            "load_backbone": round(t_load - t0, 3),
+            "extract": round(t_extract - t_load, 3),
+            "probe": round(t_probe - t_extract, 3),
+        },
+        "seconds": 0.0,
+    }
+    if len(Y["test"]):
+        t = evaluate_multilabel(
+            Y["test"], probe.predict_proba(X["test"]), ds.classes, probe.thresholds_
+        )
+        metrics["test"] = {
+            "subset_accuracy": t.subset_accuracy,
+            "mAP": t.mAP,
+            "f1_micro": t.f1_micro,
+            "f1_macro": t.f1_macro,
+            "per_label": t.per_label,
+            "n": t.n,
+        }
+    model_dir = TransferModel(fx, probe, metrics, classes=ds.classes).save(
+        out / "model", overwrite=config.overwrite
+    )
+    metrics["seconds"] = round(time.perf_counter() - t0, 3)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+    from transferlab.report import html_table, write_html_report
+
+    summary = {
+        "validation mAP": val.mAP,
+        "micro F1 (tuned thresholds)": val.f1_micro,
+        "macro F1 (tuned thresholds)": val.f1_macro,
+        "subset accuracy": val.subset_accuracy,
+        "micro F1 at 0.5": val.at_half["f1_micro"],
+        "backbone / layer": f"{fx.backbone_.name} / {config.layer}",
+        "images": f"{metrics['n_train']} train, {val.n} val",
+        "skipped (broken) images": len(skipped),
+    }
+    table = html_table(
+        ["label", "AP", "precision", "recall", "f1", "threshold", "support"],
+        [
+            [
+                c,
+                v["average_precision"],
+                v["precision"],
+                v["recall"],
+                v["f1"],
+                v["threshold"],
+                v["support"],
+            ]
+            for c, v in val.per_label.items()
+        ],
+    )
+    report = write_html_report(
+        out / "report.html",
+        title=f"transferlab fit (multi-label) — {Path(ds.root).name}",
+        summary=summary,
+        sections=[("Per-label metrics (validation)", table)],
+    )
+    return FitResult(
+        metrics=metrics,
+        out=out,
+        model_dir=model_dir,
+        report=report,
+        confusion_png=None,
+        skipped=skipped,
     )

@@ -23,7 +23,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
 
 from transferlab.exceptions import InvalidParameterError
 
-__all__ = ["CLASSIFIERS", "LinearProbe"]
+__all__ = ["CLASSIFIERS", "LinearProbe", "MultiLabelProbe"]
 
 CLASSIFIERS = ("logreg", "svm", "centroid")
 #: Grid searched when ``C="auto"``.
@@ -248,3 +248,100 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         (scikit-learn's convention: positive means the second class)."""
         logp = np.log(np.clip(self.predict_proba(X), 1e-15, None))
         return logp[:, 1] - logp[:, 0] if logp.shape[1] == 2 else logp
+
+
+class MultiLabelProbe(ClassifierMixin, BaseEstimator):
+    """One-vs-rest logistic regressions on frozen features: several labels per image.
+
+    `fit(X, Y)` takes a 0/1 matrix `Y` (n_samples, n_labels). `predict_proba` gives each label's
+    independent probability; `predict` applies per-label `thresholds_` (0.5 until
+    `tune_thresholds` sets them from held-out data).
+
+    Args:
+        C: inverse regularisation strength of every per-label logistic regression.
+        standardize: scale features first.
+        class_weight: None or ``"balanced"`` (per label: positives vs negatives).
+        max_iter: solver iterations.
+        random_state: solver seed.
+
+    Attributes:
+        n_labels_: number of labels.
+        n_features_in_: feature length.
+        thresholds_: per-label decision thresholds.
+        pipeline_: the fitted scikit-learn pipeline.
+
+    Example:
+        >>> import numpy as np
+        >>> rng = np.random.default_rng(0)
+        >>> X = rng.normal(size=(60, 4))
+        >>> Y = np.c_[X[:, 0] > 0, X[:, 1] > 0].astype(int)
+        >>> MultiLabelProbe().fit(X, Y).predict(X[:3]).tolist() == Y[:3].tolist()
+        True
+    """
+
+    def __init__(
+        self,
+        *,
+        C: float = 1.0,
+        standardize: bool = True,
+        class_weight: str | None = None,
+        max_iter: int = 3000,
+        random_state: int | None = 0,
+    ) -> None:
+        self.C = C
+        self.standardize = standardize
+        self.class_weight = class_weight
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def fit(self, X: Any, Y: Any) -> MultiLabelProbe:
+        """Fit one logistic regression per label column of `Y`. Returns self."""
+        from sklearn.multiclass import OneVsRestClassifier
+
+        if not (isinstance(self.C, (int, float)) and self.C > 0):
+            raise InvalidParameterError(f"C must be a positive number, got {self.C!r}")
+        X = check_array(X, dtype=np.float64)
+        Y = np.asarray(Y)
+        if Y.ndim != 2 or Y.shape[0] != X.shape[0] or not np.isin(Y, (0, 1)).all():
+            raise InvalidParameterError(
+                f"Y must be a 0/1 matrix with one row per sample ({X.shape[0]}), got shape {Y.shape}"
+            )
+        lr = LogisticRegression(
+            C=float(self.C),
+            max_iter=self.max_iter,
+            class_weight=self.class_weight,
+            random_state=self.random_state,
+        )
+        steps: list[tuple[str, Any]] = [("scale", StandardScaler())] if self.standardize else []
+        steps.append(("clf", OneVsRestClassifier(lr)))
+        self.pipeline_ = Pipeline(steps)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", UserWarning)  # a label that is always (or never) on
+            self.pipeline_.fit(X, Y)
+        self.n_labels_ = Y.shape[1]
+        self.classes_ = np.arange(self.n_labels_)
+        self.n_features_in_ = X.shape[1]
+        self.thresholds_ = np.full(self.n_labels_, 0.5)
+        return self
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Each label's probability, (n_samples, n_labels)."""
+        check_is_fitted(self, "pipeline_")
+        X = check_array(X, dtype=np.float64)
+        if X.shape[1] != self.n_features_in_:
+            raise InvalidParameterError(
+                f"X has {X.shape[1]} features, but MultiLabelProbe is expecting {self.n_features_in_} "
+                "features as input (features from another layer or backbone?)"
+            )
+        return self.pipeline_.predict_proba(X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """0/1 matrix: label j is on where its probability reaches ``thresholds_[j]``."""
+        return (self.predict_proba(X) >= self.thresholds_[None, :]).astype(int)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = False
+        return tags

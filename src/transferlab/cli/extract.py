@@ -87,7 +87,7 @@ def extract_cmd(
         },
     )
     for f in res.failures:
-        err.print(f"skipped {f.path}: {f.reason}")
+        err.print(f"skipped {f.path}: {f.reason}", markup=False)
     X = res.features[layer]
     out.print(
         f"wrote {X.shape[0]} vectors of {X.shape[1] if X.ndim == 2 else 0} floats to {out_file} "

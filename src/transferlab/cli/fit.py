@@ -66,6 +66,11 @@ def fit_cmd(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace the files of an earlier run in --out."
     ),
+    multi_label: bool = typer.Option(
+        False,
+        "--multi-label",
+        help="CSV labels hold several ';'-separated labels per image (one-vs-rest probe).",
+    ),
     as_json: bool = typer.Option(
         False, "--json", help="Print metrics.json instead of the summary."
     ),
@@ -105,6 +110,7 @@ def fit_cmd(
         no_cache=no_cache,
         max_pixels=max_pixels,
         overwrite=overwrite,
+        multi_label=multi_label,
     )
     result = fit(config)
     if as_json:
@@ -115,9 +121,23 @@ def fit_cmd(
 
 def print_fit_summary(result: object) -> None:
     """The short summary `fit`, `finetune` and `demo` end with (skipped files on stderr)."""
+    from rich.markup import escape
+
     m = result.metrics  # type: ignore[attr-defined]
     for s in m["skipped"]:
-        err.print(f"[yellow]skipped[/] {s['path']}: {s['reason']}")
+        err.print(f"[yellow]skipped[/] {escape(s['path'])}: {escape(s['reason'])}")
+    if m.get("multi_label"):
+        out.print(
+            f"[bold]{m['backbone']} / {m['layer']}[/] multi-label probe on {len(m['classes'])} labels"
+        )
+        out.print(f"  train {m['n_train']}  val {m['n_val']}  skipped {m['n_skipped']}")
+        out.print(
+            f"  [bold green]val mAP {m['mAP']:.4f}[/]  micro F1 {m['f1_micro']:.4f}  macro F1 {m['f1_macro']:.4f}"
+            f"  (thresholds tuned on val; micro F1 at 0.5: {m['at_threshold_0.5']['f1_micro']:.4f})"
+        )
+        out.print(f"  model:  {result.model_dir}")  # type: ignore[attr-defined]
+        out.print(f"  report: {result.report}")  # type: ignore[attr-defined]
+        return
     if m.get("method") == "finetune":
         head = f"[bold]{m['backbone']}[/] fine-tuned on {len(m['classes'])} classes"
     else:

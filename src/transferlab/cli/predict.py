@@ -28,6 +28,8 @@ def predict_cmd(
       transferlab predict runs/hymenoptera/model photo.jpg --top-k 2
       transferlab predict runs/hymenoptera/model new_photos/ --json
     """
+    from rich.markup import escape
+
     from transferlab.artifacts import load_model
     from transferlab.data import list_images
     from transferlab.exceptions import DatasetError
@@ -48,9 +50,14 @@ def predict_cmd(
     else:
         for p in preds:
             if p.error:
-                out.print(f"{p.path}\t[red]error: {p.error}[/]")
+                out.print(f"{escape(p.path)}\t[red]error: {escape(p.error)}[/]")
             else:
                 tops = "  ".join(f"{c} {prob:.3f}" for c, prob in p.top)
-                out.print(f"{p.path}\t{tops}")
+                if p.labels is not None:
+                    out.print(
+                        f"{p.path}\t[{', '.join(p.labels) or 'no label'}]\t{tops}", markup=False
+                    )
+                else:
+                    out.print(f"{p.path}\t{tops}", markup=False)
     if any(p.error for p in preds):
         raise typer.Exit(1)
