@@ -93,3 +93,21 @@ def test_multilabel_from_folder_is_refused(tmp_path):
     (tmp_path / "a").mkdir()
     with pytest.raises(DatasetError, match="CSV with columns path,labels"):
         load_dataset(tmp_path, multi_label=True)
+
+
+def test_multilabel_finetune_learns_every_label(multilabel_csv, tmp_path):
+    out = tmp_path / "ft"
+    res = runner.invoke(app, ["finetune", str(multilabel_csv), "--multi-label", "--out", str(out),
+                              "--val-fraction", "0.3", "--epochs", "2", "--freeze-epochs", "1",
+                              "--image-size", "96", "--batch-size", "8"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["multi_label"] and m["method"] == "finetune"
+    for label in LABELS:
+        per = m["per_label"][label]
+        assert per["average_precision"] > per["support"] / m["n_val"] + 0.2, (label, per)
+    model = load_model(out / "model", progress=False)
+    assert model.multi_label and len(model.thresholds) == 3
+    ds = load_dataset(multilabel_csv, multi_label=True, val_fraction=0.3)
+    pred = model.predict_paths([ds.val[0].path], top_k=3)[0]
+    assert pred.labels is not None and all(0 <= q <= 1 for _, q in pred.top)

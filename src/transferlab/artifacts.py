@@ -219,7 +219,10 @@ class FinetunedModel:
         metrics: dict[str, Any] | None = None,
         batch_size: int = 32,
         progress: bool = True,
+        thresholds: Sequence[float] | None = None,
     ) -> None:
+        self.multi_label = thresholds is not None
+        self.thresholds = np.asarray(thresholds, dtype=float) if thresholds is not None else None
         self.backbone = backbone
         self.classes = [str(c) for c in classes]
         self.image_size = int(image_size)
@@ -251,6 +254,8 @@ class FinetunedModel:
             },
             "tta": self.tta,
             "classes": self.classes,
+            "multi_label": self.multi_label,
+            **({"thresholds": self.thresholds.tolist()} if self.thresholds is not None else {}),
         }
 
     def save(self, directory: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -288,6 +293,7 @@ class FinetunedModel:
             ds, batch_size=self.batch_size, collate_fn=collate_skipping_failures
         )
         model = self.backbone.model.eval()
+        act = torch.sigmoid if self.multi_label else (lambda z: z.softmax(-1))
         rows, index, errors = [], [], {}
         with torch.inference_mode():
             for idx, x, bad in loader:
@@ -296,9 +302,9 @@ class FinetunedModel:
                 if x is None:
                     continue
                 x = x.to(self.backbone.device).contiguous(memory_format=torch.channels_last)
-                p = model(x).float().softmax(-1)
+                p = act(model(x).float())
                 if self.tta:
-                    p = (p + model(torch.flip(x, dims=[3])).float().softmax(-1)) / 2
+                    p = (p + act(model(torch.flip(x, dims=[3])).float())) / 2
                 rows.append(p.cpu().numpy())
                 index.extend(idx)
         proba = np.concatenate(rows) if rows else np.zeros((0, len(self.classes)))
@@ -309,7 +315,7 @@ class FinetunedModel:
     ) -> list[Prediction]:
         """Predict each image; a broken image gets a `Prediction` with its `error`."""
         proba, index, errors = self.predict_proba_paths(paths)
-        return _predictions(paths, index, proba, self.classes, errors, top_k)
+        return _predictions(paths, index, proba, self.classes, errors, top_k, self.thresholds)
 
 
 def _file_sha256(path: Path) -> str:
@@ -491,4 +497,5 @@ def _load_finetuned(
         base=meta["backbone"],
         metrics=metrics,
         progress=progress,
+        thresholds=meta.get("thresholds") if meta.get("multi_label") else None,
     )

@@ -154,7 +154,8 @@ class FinetuneResult:
     """What `FineTuner.fit` produced.
 
     Attributes:
-        history: one dict per epoch: phase, train_loss, val_loss, val_accuracy, lrs, seconds.
+        history: one dict per epoch: phase, train_loss, val_loss, val_accuracy (val_map for
+            multi-label), lr_head, seconds.
         best_epoch: epoch (1-based, over both phases) with the best validation accuracy.
         best_val_accuracy: its accuracy.
         probe_val_accuracy: the linear probe's accuracy on the same validation images (when the
@@ -450,6 +451,8 @@ class FineTuner:
         self.callbacks = sorted(callbacks, key=lambda cb: cb.order)
         self.progress = progress
         self.epoch = 0  # epochs completed (both phases)
+        self.multi_label_ = False
+        self.score_key_ = "val_accuracy"
         self.history: list[dict[str, Any]] = []
 
     # -- building blocks ----------------------------------------------------------------------
@@ -477,12 +480,23 @@ class FineTuner:
         y_val: np.ndarray,
     ) -> float | None:
         """Fit a logistic-regression probe on pre-logits of the (un-augmented) train images and
-        copy it into the head; returns the probe's validation accuracy."""
-        from transferlab.probe import LinearProbe
+        copy it into the head; returns the probe's validation score (accuracy, or mAP)."""
+        from transferlab.probe import LinearProbe, MultiLabelProbe
 
-        model = self.backbone_.model
         xtr = self._embed(loader_eval)
         xva = self._embed(val_loader)
+        if self.multi_label_:
+            from transferlab.evaluate import evaluate_multilabel
+
+            ml = MultiLabelProbe(C=1.0).fit(xtr, y_train.astype(int))
+            scaler = ml.pipeline_[0]
+            ests = ml.pipeline_[-1].estimators_
+            raw = np.vstack([np.ravel(getattr(e, "coef_", np.zeros(xtr.shape[1]))) for e in ests])
+            icpt = np.array([float(np.ravel(getattr(e, "intercept_", [0.0]))[0]) for e in ests])
+            coef = raw / scaler.scale_[None, :]
+            bias = icpt - coef @ scaler.mean_
+            self._copy_head(coef, bias)
+            return evaluate_multilabel(y_val.astype(int), ml.predict_proba(xva), self.classes_).mAP
         probe = LinearProbe(C=1.0).fit(xtr, np.asarray(self.classes_)[y_train])
         scaler, clf = probe.pipeline_[0], probe.pipeline_[-1]
         coef = clf.coef_ / scaler.scale_[None, :]
@@ -490,12 +504,15 @@ class FineTuner:
         if coef.shape[0] == 1:  # binary logistic regression: logits (-z/2, +z/2)
             coef = np.vstack([-coef / 2, coef / 2])
             bias = np.array([-bias[0] / 2, bias[0] / 2])
-        head = model.get_classifier()
+        self._copy_head(coef, bias)
+        pred = probe.predict(xva)
+        return float(np.mean(pred == np.asarray(self.classes_)[y_val]))
+
+    def _copy_head(self, coef: np.ndarray, bias: np.ndarray) -> None:
+        head = self.backbone_.model.get_classifier()
         with torch.no_grad():
             head.weight.copy_(torch.as_tensor(coef, dtype=head.weight.dtype))
             head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
-        pred = probe.predict(xva)
-        return float(np.mean(pred == np.asarray(self.classes_)[y_val]))
 
     @torch.inference_mode()
     def _embed(self, loader: Any) -> np.ndarray:
@@ -614,7 +631,7 @@ class FineTuner:
                 for cb in self.callbacks:
                     cb.after_batch(self)
             train_seconds = time.perf_counter() - t0
-            val_loss, val_acc = self._evaluate_loader(loaders["val"], loss_fn)
+            val_loss, val_score = self._evaluate_loader(loaders["val"], loss_fn)
             self.epoch += 1
             self.history.append(
                 {
@@ -622,7 +639,7 @@ class FineTuner:
                     "phase": phase,
                     "train_loss": total / max(n_seen, 1),
                     "val_loss": val_loss,
-                    "val_accuracy": val_acc,
+                    self.score_key_: val_score,
                     "lr_head": float(sched.get_last_lr()[-1]),
                     "seconds": round(time.perf_counter() - t0, 2),
                     "train_images_per_second": round(n_seen / max(train_seconds, 1e-9), 2),
@@ -640,24 +657,50 @@ class FineTuner:
 
     @torch.inference_mode()
     def predict_proba_loader(self, loader: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Softmax probabilities (with mirror TTA when configured) and targets, for a loader."""
+        """Probabilities (softmax; sigmoid for multi-label; mirror TTA when configured) and
+        targets, for a loader."""
         model = self.backbone_.model
         model.eval()
+        act = torch.sigmoid if self.multi_label_ else (lambda z: z.softmax(-1))
         probs, targets = [], []
         for x, y in loader:
             x = x.to(self.backbone_.device).contiguous(memory_format=torch.channels_last)
-            logits = model(x).float()
-            p = logits.softmax(-1)
+            p = act(model(x).float())
             if self.config.tta:
-                p = (p + model(torch.flip(x, dims=[3])).float().softmax(-1)) / 2
+                p = (p + act(model(torch.flip(x, dims=[3])).float())) / 2
             probs.append(p.cpu().numpy())
             targets.append(y.numpy())
         return np.concatenate(probs), np.concatenate(targets)
 
     def _evaluate_loader(self, loader: Any, loss_fn: nn.Module) -> tuple[float, float]:
         proba, y = self.predict_proba_loader(loader)
+        if self.multi_label_:
+            from transferlab.evaluate import evaluate_multilabel
+
+            p = np.clip(proba, 1e-7, 1 - 1e-7)
+            bce = float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+            return bce, evaluate_multilabel(y.astype(int), proba, self.classes_).mAP
         nll = float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], 1e-12, None))))
         return nll, float(np.mean(proba.argmax(1) == y))
+
+    def _loss(self, y_train: np.ndarray) -> nn.Module:
+        """Cross-entropy (single-label) or BCE (multi-label), class-weighted when asked."""
+        cfg, dev = self.config, self.backbone_.device
+        if self.multi_label_:
+            pos_weight = None
+            if cfg.class_balance == "weights":
+                pos = y_train.sum(0).clip(min=1)
+                pos_weight = torch.as_tensor(
+                    (len(y_train) - pos) / pos, dtype=torch.float32, device=dev
+                )
+            return _SmoothedBCE(cfg.label_smoothing, pos_weight)
+        class_w = None
+        if cfg.class_balance == "weights":
+            counts = np.bincount(y_train, minlength=len(self.classes_)).astype(float)
+            class_w = torch.as_tensor(
+                len(y_train) / (len(counts) * counts), dtype=torch.float32, device=dev
+            )
+        return nn.CrossEntropyLoss(weight=class_w, label_smoothing=cfg.label_smoothing)
 
     # -- checkpoints --------------------------------------------------------------------------
     def _save_checkpoint(
@@ -681,8 +724,8 @@ class FineTuner:
         tmp = ckpt_dir / f".{CHECKPOINT}.tmp"
         torch.save(state, tmp)
         os.replace(tmp, ckpt_dir / CHECKPOINT)
-        best = max(h["val_accuracy"] for h in self.history)
-        if self.history[-1]["val_accuracy"] >= best:
+        best = max(h[self.score_key_] for h in self.history)
+        if self.history[-1][self.score_key_] >= best:
             tmp = ckpt_dir / ".best.pt.tmp"
             torch.save({"model": self.backbone_.model.state_dict(), "epoch": self.epoch}, tmp)
             os.replace(tmp, ckpt_dir / "best.pt")
@@ -783,6 +826,7 @@ class FineTuner:
         checkpoint_dir: str | os.PathLike[str] | None = None,
         resume: bool = False,
         on_error: str = "skip",
+        multi_label: bool = False,
     ) -> FinetuneResult:
         """Fine-tune on `train`, validating on `val` after every epoch; keep the best weights.
 
@@ -792,12 +836,20 @@ class FineTuner:
             checkpoint_dir: where ``last.pt``/``best.pt`` go (None: no checkpoints, no resume).
             resume: continue from ``checkpoint_dir/last.pt`` if it exists.
             on_error: ``"skip"`` broken images (listed in `failures_`) or ``"raise"`` the first.
+            multi_label: samples carry label sets (`Sample.labels`): sigmoid head, BCE loss,
+                model selection on validation mAP.
 
         Raises:
             DatasetError: a class has no decodable training image, or no validation image decodes.
         """
         t_start = time.perf_counter()
         cfg = self.config
+        if multi_label and cfg.class_balance == "sampler":
+            raise InvalidParameterError(
+                "class_balance='sampler' is for single-label data; use 'weights'"
+            )
+        self.multi_label_ = multi_label
+        self.score_key_ = "val_map" if multi_label else "val_accuracy"
         _seed_everything(cfg.seed)
         self._setup(classes)
         index = {c: i for i, c in enumerate(self.classes_)}
@@ -815,9 +867,16 @@ class FineTuner:
         self.failures_ = tr_fail + va_fail
         if on_error == "raise" and self.failures_:
             raise self.failures_[0]
-        y_train = np.array([index[train[i].label] for i in tr_kept], dtype=np.int64)
-        y_val = np.array([index[val[i].label] for i in va_kept], dtype=np.int64)
-        missing = [c for c in self.classes_ if index[c] not in set(y_train.tolist())]
+        if self.multi_label_:
+            from transferlab.data import label_matrix
+
+            y_train = label_matrix([train[i] for i in tr_kept], self.classes_).astype(np.float32)
+            y_val = label_matrix([val[i] for i in va_kept], self.classes_).astype(np.float32)
+            missing = [c for c, n in zip(self.classes_, y_train.sum(0), strict=True) if n == 0]
+        else:
+            y_train = np.array([index[train[i].label] for i in tr_kept], dtype=np.int64)
+            y_val = np.array([index[val[i].label] for i in va_kept], dtype=np.int64)
+            missing = [c for c in self.classes_ if index[c] not in set(y_train.tolist())]
         if missing:
             raise DatasetError(f"class(es) {', '.join(missing)} have no decodable training image")
         if not len(y_val):
@@ -860,15 +919,7 @@ class FineTuner:
                 num_workers=workers,
             ),
         }
-        class_w = None
-        if cfg.class_balance == "weights":
-            counts = np.bincount(y_train, minlength=len(self.classes_)).astype(float)
-            class_w = torch.as_tensor(
-                len(y_train) / (len(counts) * counts),
-                dtype=torch.float32,
-                device=self.backbone_.device,
-            )
-        loss_fn = nn.CrossEntropyLoss(weight=class_w, label_smoothing=cfg.label_smoothing)
+        loss_fn = self._loss(y_train)
 
         resume_state = None
         if resume and ckpt_dir is not None and (ckpt_dir / CHECKPOINT).exists():
@@ -925,7 +976,7 @@ class FineTuner:
             if not completed:
                 break
         # keep the best epoch's weights (selected on validation, reported as such)
-        best = int(np.argmax([h["val_accuracy"] for h in self.history]))
+        best = int(np.argmax([h[self.score_key_] for h in self.history]))
         if ckpt_dir is not None and (ckpt_dir / "best.pt").exists():
             self.backbone_.model.load_state_dict(
                 torch.load(ckpt_dir / "best.pt", map_location=self.backbone_.device)["model"]
@@ -937,7 +988,7 @@ class FineTuner:
         self.result_ = FinetuneResult(
             history=self.history,
             best_epoch=self.history[best]["epoch"],
-            best_val_accuracy=self.history[best]["val_accuracy"],
+            best_val_accuracy=self.history[best][self.score_key_],
             probe_val_accuracy=self.probe_val_accuracy_,
             stopped_early=not completed,
             seconds=round(time.perf_counter() - t_start, 2),
@@ -954,6 +1005,18 @@ def _is_grey(img: Image.Image) -> bool:
     )
 
 
+class _SmoothedBCE(nn.Module):
+    """BCE-with-logits with targets pulled towards 0.5 by `smoothing` (multi-label smoothing)."""
+
+    def __init__(self, smoothing: float, pos_weight: torch.Tensor | None) -> None:
+        super().__init__()
+        self.smoothing = smoothing
+        self.loss = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss(logits, target * (1 - self.smoothing) + 0.5 * self.smoothing)
+
+
 class EarlyStopping(Callback):
     """Stop when validation accuracy has not improved for `patience` epochs."""
 
@@ -963,7 +1026,7 @@ class EarlyStopping(Callback):
         self.patience = patience
 
     def after_epoch(self, tuner: FineTuner) -> None:
-        accs = [h["val_accuracy"] for h in tuner.history]
+        accs = [h[tuner.score_key_] for h in tuner.history]
         best = int(np.argmax(accs))
         if len(accs) - 1 - best >= self.patience:
             raise CancelFitException

@@ -378,6 +378,7 @@ def finetune(
     overwrite: bool = False,
     progress: bool = True,
     dataset: Dataset | None = None,
+    multi_label: bool = False,
 ) -> FitResult:
     """Fine-tune a backbone on `data`, evaluate the best epoch, save model, metrics and report.
 
@@ -394,7 +395,7 @@ def finetune(
     ds = (
         dataset
         if dataset is not None
-        else load_dataset(data, val_fraction=val_fraction, seed=cfg.seed)
+        else load_dataset(data, val_fraction=val_fraction, seed=cfg.seed, multi_label=multi_label)
     )
     out = Path(out)
     if resume:
@@ -409,8 +410,11 @@ def finetune(
         checkpoint_dir=out / "checkpoints",
         resume=resume,
         on_error="raise" if strict else "skip",
+        multi_label=ds.multi_label,
     )
     bb = tuner.backbone_
+    if ds.multi_label:
+        return _finish_multilabel_finetune(tuner, result, ds, out, cfg, t0, progress)
     model = FinetunedModel(
         bb,
         tuner.classes_,
@@ -662,6 +666,103 @@ def _fit_multilabel(
         title=f"transferlab fit (multi-label) — {Path(ds.root).name}",
         summary=summary,
         sections=[("Per-label metrics (validation)", table)],
+    )
+    return FitResult(
+        metrics=metrics,
+        out=out,
+        model_dir=model_dir,
+        report=report,
+        confusion_png=None,
+        skipped=skipped,
+    )
+
+
+def _finish_multilabel_finetune(
+    tuner: Any, result: Any, ds: Dataset, out: Path, cfg: Any, t0: float, progress: bool
+) -> FitResult:
+    """Multi-label end of `finetune`: thresholds tuned on validation, mAP/F1 metrics, save."""
+    from transferlab.artifacts import FinetunedModel
+    from transferlab.evaluate import evaluate_multilabel, tune_thresholds
+    from transferlab.report import html_table, plot_training_curves, write_html_report
+
+    bb = tuner.backbone_
+    model = FinetunedModel(
+        bb,
+        tuner.classes_,
+        tuner.size_,
+        tta=cfg.tta,
+        progress=progress,
+        base={"weights_sha256": bb.weights_sha256, "weights_source": bb.weights_source},
+        thresholds=np.full(len(tuner.classes_), 0.5),
+    )
+    proba, index, _ = model.predict_proba_paths([s.path for s in ds.val])
+    y_val = ds.label_matrix([ds.val[i] for i in index])
+    model.thresholds = tune_thresholds(y_val, proba)
+    val = evaluate_multilabel(y_val, proba, ds.classes, model.thresholds)
+    skipped = [(e.path, e.reason) for e in tuner.failures_]
+    metrics: dict[str, Any] = {
+        "multi_label": True,
+        "method": "finetune",
+        "accuracy": val.subset_accuracy,
+        "mAP": val.mAP,
+        "f1_micro": val.f1_micro,
+        "f1_macro": val.f1_macro,
+        "at_threshold_0.5": val.at_half,
+        "thresholds": dict(zip(ds.classes, model.thresholds.tolist(), strict=True)),
+        "thresholds_note": "tuned on the validation split (F1 per label); at_threshold_0.5 is untuned",
+        "per_label": val.per_label,
+        "n_train": len(ds.train)
+        - sum(1 for e in tuner.failures_ if e.path in {s.path for s in ds.train}),
+        "n_val": val.n,
+        "n_skipped": len(skipped),
+        "skipped": [{"path": p, "reason": r} for p, r in skipped],
+        "classes": list(ds.classes),
+        "backbone": bb.name,
+        "layer": "finetuned",
+        "epochs": cfg.freeze_epochs + cfg.epochs,
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "probe_val_map": result.probe_val_accuracy,
+        "history": result.history,
+        "config": asdict(cfg),
+        "seconds": 0.0,
+    }
+    model.metrics = metrics
+    model_dir = model.save(out / "model", overwrite=True)
+    hist = [{**h, "val_accuracy": h["val_map"]} for h in result.history]
+    curves = plot_training_curves(
+        hist, out / "training_curves.png", baseline=result.probe_val_accuracy
+    )
+    metrics["seconds"] = round(time.perf_counter() - t0, 3)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+    table = html_table(
+        ["label", "AP", "precision", "recall", "f1", "threshold", "support"],
+        [
+            [
+                c,
+                v["average_precision"],
+                v["precision"],
+                v["recall"],
+                v["f1"],
+                v["threshold"],
+                v["support"],
+            ]
+            for c, v in val.per_label.items()
+        ],
+    )
+    report = write_html_report(
+        out / "report.html",
+        title=f"transferlab finetune (multi-label) — {Path(ds.root).name}",
+        summary={
+            "validation mAP": val.mAP,
+            "micro F1 (tuned thresholds)": val.f1_micro,
+            "macro F1": val.f1_macro,
+            "linear probe mAP": result.probe_val_accuracy or "n/a",
+            "backbone": bb.name,
+            "images": f"{metrics['n_train']} train, {val.n} val",
+        },
+        sections=[("Per-label metrics (validation)", table)],
+        images=[("Training curves (validation mAP)", curves)],
     )
     return FitResult(
         metrics=metrics,

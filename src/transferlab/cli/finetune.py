@@ -79,6 +79,11 @@ def finetune_cmd(
     workers: int | None = WorkersOpt,
     device: str = DeviceOpt,
     max_pixels: int = MaxPixelsOpt,
+    multi_label: bool = typer.Option(
+        False,
+        "--multi-label",
+        help="CSV labels hold several ';'-separated labels (sigmoid head, BCE).",
+    ),
     as_json: bool = typer.Option(
         False, "--json", help="Print metrics.json instead of the summary."
     ),
@@ -132,9 +137,11 @@ def finetune_cmd(
         strict=strict,
         resume=resume,
         overwrite=overwrite,
+        multi_label=multi_label,
     )
     if as_json:
         print_json(result.metrics)
         return
     print_fit_summary(result)
-    out.print(f"  {result.metrics['advice']}")
+    if "advice" in result.metrics:
+        out.print(f"  {result.metrics['advice']}")
