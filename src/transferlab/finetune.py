@@ -78,6 +78,9 @@ class FinetuneConfig:
         class_balance: None, ``"weights"`` (class-weighted loss) or ``"sampler"`` (balanced
             sampling).
         early_stopping: stop after this many epochs without validation improvement (None: never).
+        wise: weight-space ensembling of the starting point and the fine-tuned weights (WiSE-FT,
+            Wortsman et al. 2022): ``"auto"`` picks alpha in {0.25, 0.5, 0.75, 1} on validation,
+            a number in (0, 1] fixes it, ``"off"`` keeps the fine-tuned weights (alpha = 1).
         image_size: train/eval input size (None: the backbone's own).
         seed: seeds Python, NumPy and torch, per epoch, so a resumed run matches.
         num_workers: data-loading processes (None: automatic).
@@ -102,6 +105,7 @@ class FinetuneConfig:
     tta: bool = False
     class_balance: str | None = None
     early_stopping: int | None = None
+    wise: str | float = "auto"
     image_size: int | None = None
     seed: int = 0
     num_workers: int | None = None
@@ -136,6 +140,11 @@ class FinetuneConfig:
                 f"class_balance must be None, 'weights' or 'sampler', got {self.class_balance!r}",
             ),
             (
+                self.wise in ("auto", "off")
+                or (isinstance(self.wise, (int, float)) and 0 < float(self.wise) <= 1),
+                f"wise must be 'auto', 'off' or a number in (0, 1], got {self.wise!r}",
+            ),
+            (
                 self.early_stopping is None or self.early_stopping >= 1,
                 f"early_stopping must be None or >= 1, got {self.early_stopping}",
             ),
@@ -168,6 +177,8 @@ class FinetuneResult:
     best_epoch: int
     best_val_accuracy: float
     probe_val_accuracy: float | None = None
+    wise_alpha: float = 1.0
+    wise_scores: dict[str, float] | None = None
     stopped_early: bool = False
     seconds: float = 0.0
     train_images_per_second: float = 0.0
@@ -646,6 +657,8 @@ class FineTuner:
                 }
             )
             logger.info("epoch %d %s: %s", self.epoch, phase, self.history[-1])
+            if self.history[-1][self.score_key_] >= max(h[self.score_key_] for h in self.history):
+                self._best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if ckpt_dir is not None:
                 self._save_checkpoint(ckpt_dir, phase, e + 1, opt, sched)
             try:
@@ -701,6 +714,32 @@ class FineTuner:
                 len(y_train) / (len(counts) * counts), dtype=torch.float32, device=dev
             )
         return nn.CrossEntropyLoss(weight=class_w, label_smoothing=cfg.label_smoothing)
+
+    def _wise(self, val_loader: Any, loss_fn: nn.Module) -> tuple[float, dict[str, float] | None]:
+        """Interpolate start and fine-tuned weights; keep the alpha with the best validation
+        score (ties: lower validation loss). Returns alpha and the score of each alpha tried."""
+        cfg = self.config
+        if cfg.wise == "off":
+            return 1.0, None
+        model = self.backbone_.model
+        tuned = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        alphas = [0.25, 0.5, 0.75, 1.0] if cfg.wise == "auto" else [float(cfg.wise)]
+
+        def blend(alpha: float) -> dict[str, torch.Tensor]:
+            return {
+                k: (1 - alpha) * self._init_state[k] + alpha * v if v.is_floating_point() else v
+                for k, v in tuned.items()
+            }
+
+        results = {}
+        for alpha in alphas:
+            model.load_state_dict(blend(alpha))
+            loss, score = self._evaluate_loader(val_loader, loss_fn)
+            results[alpha] = (score, -loss)
+        best = max(alphas, key=lambda a: results[a])
+        model.load_state_dict(blend(best))
+        model.eval()
+        return best, {str(a): results[a][0] for a in alphas}
 
     # -- checkpoints --------------------------------------------------------------------------
     def _save_checkpoint(
@@ -942,6 +981,22 @@ class FineTuner:
             )
         else:
             self.probe_val_accuracy_ = None
+        # the starting point, for weight-space ensembling at the end (kept beside checkpoints)
+        init_path = ckpt_dir / "init.pt" if ckpt_dir is not None else None
+        if resume_state is not None and init_path is not None and init_path.exists():
+            self._init_state = torch.load(init_path, map_location=self.backbone_.device)
+        else:
+            self._init_state = {
+                k: v.detach().clone() for k, v in self.backbone_.model.state_dict().items()
+            }
+            if init_path is not None:
+                init_path.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(self._init_state, init_path)
+        self._best_state: dict[str, torch.Tensor] | None = None
+        if resume_state is not None and ckpt_dir is not None and (ckpt_dir / "best.pt").exists():
+            self._best_state = torch.load(ckpt_dir / "best.pt", map_location=self.backbone_.device)[
+                "model"
+            ]
 
         if cfg.early_stopping and not any(isinstance(cb, EarlyStopping) for cb in self.callbacks):
             self.callbacks = sorted(
@@ -977,10 +1032,13 @@ class FineTuner:
                 break
         # keep the best epoch's weights (selected on validation, reported as such)
         best = int(np.argmax([h[self.score_key_] for h in self.history]))
-        if ckpt_dir is not None and (ckpt_dir / "best.pt").exists():
+        if self._best_state is not None:
+            self.backbone_.model.load_state_dict(self._best_state)
+        elif ckpt_dir is not None and (ckpt_dir / "best.pt").exists():
             self.backbone_.model.load_state_dict(
                 torch.load(ckpt_dir / "best.pt", map_location=self.backbone_.device)["model"]
             )
+        alpha, wise_scores = self._wise(loaders["val"], loss_fn)
         for cb in self.callbacks:
             cb.after_fit(self)
         self.backbone_.model.eval()
@@ -990,6 +1048,8 @@ class FineTuner:
             best_epoch=self.history[best]["epoch"],
             best_val_accuracy=self.history[best][self.score_key_],
             probe_val_accuracy=self.probe_val_accuracy_,
+            wise_alpha=alpha,
+            wise_scores=wise_scores,
             stopped_early=not completed,
             seconds=round(time.perf_counter() - t_start, 2),
             train_images_per_second=float(np.median(ips)) if ips else 0.0,

@@ -459,6 +459,8 @@ def finetune(
         "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early,
         "probe_val_accuracy": result.probe_val_accuracy,
+        "wise_alpha": result.wise_alpha,
+        "wise_scores": result.wise_scores,
         "advice": advice_probe_vs_finetune(result.probe_val_accuracy, val.accuracy, val.n),
         "history": result.history,
         "config": asdict(cfg),
