@@ -62,8 +62,10 @@ def test_loading_multilabel_csv(multilabel_csv):
 
 def test_multilabel_fit_learns_every_label_and_predicts_sets(multilabel_csv, tmp_path):
     out = tmp_path / "run"
-    res = runner.invoke(app, ["fit", str(multilabel_csv), "--multi-label", "--out", str(out),
-                              "--val-fraction", "0.3"])
+    res = runner.invoke(
+        app,
+        ["fit", str(multilabel_csv), "--multi-label", "--out", str(out), "--val-fraction", "0.3"],
+    )
     assert res.exit_code == 0, res.output
     m = json.loads((out / "metrics.json").read_text())
     assert m["multi_label"] is True
@@ -84,7 +86,7 @@ def test_multilabel_fit_learns_every_label_and_predicts_sets(multilabel_csv, tmp
     proba = np.array([[dict(p.top)[c] for c in ds.classes] for p in preds])
     report = evaluate_multilabel(Y, proba, ds.classes, model.probe.thresholds_)
     assert report.f1_micro == pytest.approx(m["f1_micro"])
-    assert (P == (proba >= model.probe.thresholds_).astype(int)).all()
+    assert ((proba >= model.probe.thresholds_).astype(int) == P).all()
     text = runner.invoke(app, ["predict", str(out / "model"), ds.val[0].path])
     assert text.exit_code == 0 and "[" in text.stdout
 
@@ -97,9 +99,26 @@ def test_multilabel_from_folder_is_refused(tmp_path):
 
 def test_multilabel_finetune_learns_every_label(multilabel_csv, tmp_path):
     out = tmp_path / "ft"
-    res = runner.invoke(app, ["finetune", str(multilabel_csv), "--multi-label", "--out", str(out),
-                              "--val-fraction", "0.3", "--epochs", "2", "--freeze-epochs", "1",
-                              "--image-size", "96", "--batch-size", "8"])
+    res = runner.invoke(
+        app,
+        [
+            "finetune",
+            str(multilabel_csv),
+            "--multi-label",
+            "--out",
+            str(out),
+            "--val-fraction",
+            "0.3",
+            "--epochs",
+            "2",
+            "--freeze-epochs",
+            "1",
+            "--image-size",
+            "96",
+            "--batch-size",
+            "8",
+        ],
+    )
     assert res.exit_code == 0, res.output
     m = json.loads((out / "metrics.json").read_text())
     assert m["multi_label"] and m["method"] == "finetune"

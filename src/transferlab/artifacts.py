@@ -60,6 +60,7 @@ class Prediction:
     top: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None
     labels: list[str] | None = None
+    uncertain: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,11 +69,60 @@ class Prediction:
             "probability": self.probability,
             "top": [{"label": c, "probability": p} for c, p in self.top],
             **({"labels": self.labels} if self.labels is not None else {}),
+            **({"uncertain": True} if self.uncertain else {}),
             **({"error": self.error} if self.error else {}),
         }
 
 
-class TransferModel:
+class _Predictor:
+    """What both model kinds share: calibrated probabilities and `Prediction`s for image paths.
+
+    Subclasses set `classes`, `multi_label`, `temperature` and implement `_raw_proba_paths`.
+    """
+
+    classes: list[str]
+    multi_label: bool
+    temperature: float = 1.0
+
+    def _raw_proba_paths(
+        self, paths: Sequence[str | os.PathLike[str]]
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+        raise NotImplementedError
+
+    def _label_thresholds(self) -> np.ndarray | None:
+        return None
+
+    def predict_proba_paths(
+        self, paths: Sequence[str | os.PathLike[str]], *, calibrated: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
+        """Probabilities for the images that decode (temperature-scaled when `calibrated`), their
+        positions in `paths`, and path -> reason for those that do not."""
+        proba, index, errors = self._raw_proba_paths(paths)
+        if calibrated and not self.multi_label and self.temperature != 1.0 and len(proba):
+            from transferlab.evaluate import TemperatureScaler
+
+            proba = TemperatureScaler(self.temperature).transform(proba)
+        return proba, index, errors
+
+    def predict_paths(
+        self,
+        paths: Sequence[str | os.PathLike[str]],
+        *,
+        top_k: int = 1,
+        threshold: float | None = None,
+    ) -> list[Prediction]:
+        """Predict each image; a broken image gets a `Prediction` with its `error`, not an exception.
+
+        With `threshold`, a single-label prediction whose top probability is below it is marked
+        ``uncertain`` and its label set to ``"uncertain"`` instead of a guess.
+        """
+        proba, index, errors = self.predict_proba_paths(paths)
+        return _predictions(
+            paths, index, proba, self.classes, errors, top_k, self._label_thresholds(), threshold
+        )
+
+
+class TransferModel(_Predictor):
     """A feature extractor + a fitted probe: images in, class probabilities out.
 
     Args:
@@ -125,6 +175,7 @@ class TransferModel:
             "classes": self.classes,
             "multi_label": self.multi_label,
             **({"thresholds": self.probe.thresholds_.tolist()} if self.multi_label else {}),
+            "calibration": {"temperature": self.temperature},
             "probe": {"file": PROBE_FILE, "params": self.probe.get_params()},
         }
 
@@ -147,19 +198,19 @@ class TransferModel:
 
         return _atomic_dir(Path(directory), overwrite, write)
 
-    def predict_paths(
-        self, paths: Sequence[str | os.PathLike[str]], *, top_k: int = 1
-    ) -> list[Prediction]:
-        """Predict each image; a broken image gets a `Prediction` with its `error`, not an exception."""
+    def _raw_proba_paths(
+        self, paths: Sequence[str | os.PathLike[str]]
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
         result = self.extractor.extract(paths, on_error="skip")
         proba = (
             self.probe.predict_proba(result.features[self.extractor.layer])
             if len(result.paths)
             else np.zeros((0, len(self.classes)))
         )
-        errors = {e.path: e.reason for e in result.failures}
-        thresholds = self.probe.thresholds_ if self.multi_label else None
-        return _predictions(paths, result.index, proba, self.classes, errors, top_k, thresholds)
+        return proba, result.index, {e.path: e.reason for e in result.failures}
+
+    def _label_thresholds(self) -> np.ndarray | None:
+        return self.probe.thresholds_ if self.multi_label else None
 
 
 def _predictions(
@@ -170,6 +221,7 @@ def _predictions(
     errors: dict[str, str],
     top_k: int,
     thresholds: np.ndarray | None = None,
+    uncertain_below: float | None = None,
 ) -> list[Prediction]:
     """One `Prediction` per input path: top-k classes for rows of `proba`, errors for the rest.
 
@@ -190,12 +242,14 @@ def _predictions(
         if thresholds is not None:
             on = [classes[j] for j in np.argsort(-proba[row]) if proba[row, j] >= thresholds[j]]
             preds.append(Prediction(path, ";".join(on), None, top, labels=on))
+        elif uncertain_below is not None and top[0][1] < uncertain_below:
+            preds.append(Prediction(path, "uncertain", top[0][1], top, uncertain=True))
         else:
             preds.append(Prediction(path, top[0][0], top[0][1], top))
     return preds
 
 
-class FinetunedModel:
+class FinetunedModel(_Predictor):
     """A fine-tuned network (backbone + new head): images in, class probabilities out.
 
     Args:
@@ -256,6 +310,7 @@ class FinetunedModel:
             "classes": self.classes,
             "multi_label": self.multi_label,
             **({"thresholds": self.thresholds.tolist()} if self.thresholds is not None else {}),
+            "calibration": {"temperature": self.temperature},
         }
 
     def save(self, directory: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -278,10 +333,9 @@ class FinetunedModel:
 
         return _atomic_dir(Path(directory), overwrite, write)
 
-    def predict_proba_paths(
+    def _raw_proba_paths(
         self, paths: Sequence[str | os.PathLike[str]]
     ) -> tuple[np.ndarray, np.ndarray, dict[str, str]]:
-        """Probabilities for the images that decode, their input positions, and the errors."""
         import torch
 
         from transferlab.features import ImageFileDataset, collate_skipping_failures
@@ -310,12 +364,8 @@ class FinetunedModel:
         proba = np.concatenate(rows) if rows else np.zeros((0, len(self.classes)))
         return proba, np.asarray(index, dtype=np.int64), errors
 
-    def predict_paths(
-        self, paths: Sequence[str | os.PathLike[str]], *, top_k: int = 1
-    ) -> list[Prediction]:
-        """Predict each image; a broken image gets a `Prediction` with its `error`."""
-        proba, index, errors = self.predict_proba_paths(paths)
-        return _predictions(paths, index, proba, self.classes, errors, top_k, self.thresholds)
+    def _label_thresholds(self) -> np.ndarray | None:
+        return self.thresholds
 
 
 def _file_sha256(path: Path) -> str:
@@ -454,7 +504,9 @@ def load_model(
         raise ModelFormatError(f"{probe_path} does not match {MODEL_JSON} (classes differ)")
     metrics_path = root / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    return TransferModel(extractor, probe, metrics, classes=meta["classes"])
+    model = TransferModel(extractor, probe, metrics, classes=meta["classes"])
+    model.temperature = float(meta.get("calibration", {}).get("temperature", 1.0))
+    return model
 
 
 def _load_finetuned(
@@ -489,7 +541,7 @@ def _load_finetuned(
     bb.model.to(bb.device, memory_format=torch.channels_last).eval()
     metrics_path = root / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    return FinetunedModel(
+    model = FinetunedModel(
         bb,
         meta["classes"],
         meta["image_size"],
@@ -499,3 +551,5 @@ def _load_finetuned(
         progress=progress,
         thresholds=meta.get("thresholds") if meta.get("multi_label") else None,
     )
+    model.temperature = float(meta.get("calibration", {}).get("temperature", 1.0))
+    return model

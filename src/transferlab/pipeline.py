@@ -25,7 +25,15 @@ from transferlab.exceptions import DatasetError, InvalidParameterError
 from transferlab.features import FeatureExtractor
 from transferlab.probe import CLASSIFIERS, LinearProbe
 
-__all__ = ["FitConfig", "FitResult", "advice_probe_vs_finetune", "finetune", "fit"]
+__all__ = [
+    "FitConfig",
+    "FitResult",
+    "advice_probe_vs_finetune",
+    "calibrate",
+    "evaluate_run",
+    "finetune",
+    "fit",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -203,10 +211,13 @@ def fit(config: FitConfig, dataset: Dataset | None = None) -> FitResult:
     t_probe = time.perf_counter()
 
     reports: dict[str, EvalReport] = {}
+    probas: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name in ("val", "test"):
         X, y = by_split[name]
         if len(y):
-            reports[name] = evaluate_predictions(y, probe.predict_proba(X), probe.classes_)
+            probas[name] = (probe.predict_proba(X), y)
+            reports[name] = evaluate_predictions(y, probas[name][0], probe.classes_)
+    calibration = calibrate(probas, [str(c) for c in probe.classes_])
     t_eval = time.perf_counter()
     val = reports["val"]
     metrics: dict[str, Any] = {
@@ -257,7 +268,10 @@ def fit(config: FitConfig, dataset: Dataset | None = None) -> FitResult:
             "confusion": t.confusion,
         }
 
-    model_dir = TransferModel(fx, probe, metrics).save(out / "model", overwrite=config.overwrite)
+    metrics["calibration"] = calibration
+    model = TransferModel(fx, probe, metrics)
+    model.temperature = calibration["temperature"]
+    model_dir = model.save(out / "model", overwrite=config.overwrite)
     from transferlab.report import plot_confusion_matrix
 
     cm_png = plot_confusion_matrix(
@@ -328,6 +342,36 @@ def _write_fit_report(
         sections=sections,
         images=[("Confusion matrix (validation)", cm_png)],
     )
+
+
+def calibrate(
+    probas: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str]
+) -> dict[str, Any]:
+    """Fit temperature scaling on the validation probabilities; ECE and log loss before/after on
+    validation (where T was fitted: optimistic) and on test when there is one (honest)."""
+    from sklearn.metrics import log_loss
+
+    from transferlab.evaluate import TemperatureScaler, expected_calibration_error
+
+    index = {c: i for i, c in enumerate(classes)}
+    proba, labels = probas["val"]
+    y = np.array([index[str(v)] for v in labels])
+    ts = TemperatureScaler().fit(proba, y)
+    out: dict[str, Any] = {"temperature": ts.temperature_, "fitted_on": "validation"}
+    for name, (p, lab) in probas.items():
+        yy = np.array([index[str(v)] for v in lab])
+        after = ts.transform(p)
+        out[name] = {
+            "ece_before": expected_calibration_error(p, yy),
+            "ece_after": expected_calibration_error(after, yy),
+            "log_loss_before": float(
+                log_loss(yy, np.clip(p, 1e-15, 1), labels=range(len(classes)))
+            ),
+            "log_loss_after": float(
+                log_loss(yy, np.clip(after, 1e-15, 1), labels=range(len(classes)))
+            ),
+        }
+    return out
 
 
 def _eval_block(report: EvalReport) -> dict[str, Any]:
@@ -424,15 +468,21 @@ def finetune(
         base={"weights_sha256": bb.weights_sha256, "weights_source": bb.weights_source},
     )
     reports: dict[str, EvalReport] = {}
+    probas: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     skipped = [(e.path, e.reason) for e in tuner.failures_]
     for name, samples in (("val", ds.val), ("test", ds.test)):
         if not samples:
             continue
-        proba, index, errors = model.predict_proba_paths([s.path for s in samples])
+        proba, index, errors = model.predict_proba_paths(
+            [s.path for s in samples], calibrated=False
+        )
         if name == "test":
             skipped += list(errors.items())
         labels = [samples[i].label for i in index]
+        probas[name] = (proba, np.asarray(labels, dtype=object))
         reports[name] = evaluate_predictions(labels, proba, tuner.classes_)
+    calibration = calibrate(probas, tuner.classes_)
+    model.temperature = calibration["temperature"]
     val = reports["val"]
     metrics: dict[str, Any] = {
         "accuracy": val.accuracy,
@@ -470,6 +520,7 @@ def finetune(
     }
     if "test" in reports:
         metrics["test"] = _eval_block(reports["test"])
+    metrics["calibration"] = calibration
     model.metrics = metrics
     model_dir = model.save(out / "model", overwrite=True)
     curves = plot_training_curves(
@@ -773,4 +824,382 @@ def _finish_multilabel_finetune(
         report=report,
         confusion_png=None,
         skipped=skipped,
+    )
+
+
+def _samples_to_evaluate(
+    data: str | os.PathLike[str], split: str, multi_label: bool
+) -> tuple[list[Any], str]:
+    """The labelled images `evaluate` scores: a named split, or all of a dataset without splits."""
+    from transferlab.data import Sample
+
+    ds = load_dataset(data, multi_label=multi_label)
+    explicit = ds.source == "imagefolder-split" or "CSV split column" in ds.split_note
+    if split == "auto":
+        split = ("test" if ds.test else "val") if explicit else "all"
+    chosen: dict[str, list[Sample]] = {
+        "train": ds.train,
+        "val": ds.val,
+        "test": ds.test,
+        "all": [*ds.train, *ds.val, *ds.test],
+    }
+    if split not in chosen:
+        raise InvalidParameterError(f"--split must be auto, train, val, test or all, got {split!r}")
+    if not chosen[split]:
+        raise DatasetError(f"{data} has no {split!r} images")
+    return chosen[split], split
+
+
+def evaluate_run(
+    model_dir: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    split: str = "auto",
+    threshold: float | None = None,
+    chunk_size: int = 512,
+    grid_size: int = 12,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> FitResult:
+    """Score a saved model on labelled images: metrics, calibration, confidence filtering,
+    interpretation (most confused, top losses) and plots, in OUT/metrics.json and OUT/report.html.
+
+    Images are predicted `chunk_size` at a time and only probabilities are kept, so memory grows
+    with the number of images by a few floats each, not by feature vectors or pixels.
+    """
+    from transferlab.artifacts import load_model
+    from transferlab.evaluate import (
+        Interpretation,
+        TemperatureScaler,
+        accuracy_coverage,
+        expected_calibration_error,
+        top_k_accuracy,
+    )
+
+    t0 = time.perf_counter()
+    if threshold is not None and not 0 < threshold < 1:
+        raise InvalidParameterError(f"--threshold must be between 0 and 1, got {threshold}")
+    model = load_model(model_dir, progress=progress)
+    samples, used_split = _samples_to_evaluate(data, split, model.multi_label)
+    out = Path(out)
+    _prepare_out(out, overwrite)
+    classes = model.classes
+    if not model.multi_label:
+        unknown = sorted({s.label for s in samples} - set(classes))
+        if unknown:
+            raise DatasetError(
+                f"{data} has classes the model does not know: {', '.join(unknown)} (model classes: {', '.join(classes)})"
+            )
+    raw_rows, kept_paths, kept_samples, errors = [], [], [], {}
+    from tqdm.auto import tqdm
+
+    for start in tqdm(
+        range(0, len(samples), chunk_size),
+        desc="evaluate",
+        unit="chunk",
+        disable=None if progress else True,
+        leave=False,
+    ):
+        chunk = samples[start : start + chunk_size]
+        proba, index, errs = model.predict_proba_paths([s.path for s in chunk], calibrated=False)
+        errors.update(errs)
+        raw_rows.append(proba.astype(np.float32))
+        kept_samples.extend(chunk[i] for i in index)
+    kept_paths = [s.path for s in kept_samples]
+    raw = np.concatenate(raw_rows) if raw_rows else np.zeros((0, len(classes)), np.float32)
+    if not len(raw):
+        raise DatasetError(f"no image of {data} ({used_split}) could be read")
+    skipped = [{"path": p, "reason": r} for p, r in errors.items()]
+    if model.multi_label:
+        return _evaluate_multilabel_run(
+            model, kept_samples, raw, skipped, out, used_split, data, t0, grid_size
+        )
+
+    ts = TemperatureScaler(model.temperature)
+    proba = ts.transform(raw.astype(np.float64))
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.array([index[s.label] for s in kept_samples])
+    rep = evaluate_predictions([s.label for s in kept_samples], proba, classes)
+    interp = Interpretation(kept_paths, y, proba, classes)
+    curve = accuracy_coverage(proba, y)
+    metrics: dict[str, Any] = {
+        "accuracy": rep.accuracy,
+        "balanced_accuracy": rep.balanced_accuracy,
+        "top_k_accuracy": {
+            str(k): top_k_accuracy(y, proba, k) for k in (1, 3, 5) if k <= len(classes)
+        },
+        "log_loss": rep.log_loss,
+        "per_class": rep.per_class,
+        "macro": rep.macro,
+        "micro": {"precision": rep.accuracy, "recall": rep.accuracy, "f1": rep.accuracy},
+        "confusion": rep.confusion,
+        "ece": expected_calibration_error(proba, y),
+        "calibration": {
+            "temperature": model.temperature,
+            "ece_uncalibrated": expected_calibration_error(raw.astype(np.float64), y),
+            "ece_calibrated": expected_calibration_error(proba, y),
+        },
+        "most_confused": [
+            {"true": t, "predicted": p, "count": n} for t, p, n in interp.most_confused()
+        ],
+        "top_losses": interp.top_losses(grid_size),
+        "accuracy_coverage": {
+            f"{t:.2f}": {"coverage": float(c), "accuracy": float(a)}
+            for t, c, a in zip(
+                curve["threshold"][::10],
+                curve["coverage"][::10],
+                curve["accuracy"][::10],
+                strict=True,
+            )
+        },
+        "n": rep.n,
+        "n_skipped": len(skipped),
+        "skipped": skipped,
+        "classes": classes,
+        "split": used_split,
+        "data": str(data),
+        "model": str(model_dir),
+    }
+    if threshold is not None:
+        keep = proba.max(1) >= threshold
+        metrics["threshold"] = {
+            "threshold": threshold,
+            "kept": int(keep.sum()),
+            "uncertain": int((~keep).sum()),
+            "coverage": float(keep.mean()),
+            "accuracy_kept": float((proba.argmax(1)[keep] == y[keep]).mean())
+            if keep.any()
+            else float("nan"),
+        }
+    images = _evaluation_plots(out, interp, proba, raw, y, rep, threshold, grid_size)
+    metrics["seconds"] = round(time.perf_counter() - t0, 3)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+    _write_predictions_csv(out / "predictions.csv", interp)
+    report = _write_evaluate_report(out, metrics, images)
+    return FitResult(
+        metrics=metrics,
+        out=out,
+        model_dir=Path(model_dir),
+        report=report,
+        confusion_png=images[0][1],
+        skipped=[(s["path"], s["reason"]) for s in skipped],
+    )
+
+
+def _evaluation_plots(
+    out: Path,
+    interp: Any,
+    proba: np.ndarray,
+    raw: np.ndarray,
+    y: np.ndarray,
+    rep: EvalReport,
+    threshold: float | None,
+    grid_size: int,
+) -> list[tuple[str, Path]]:
+    from transferlab.evaluate._plots import (
+        AccuracyCoverageDisplay,
+        ImageGridDisplay,
+        ReliabilityDisplay,
+    )
+    from transferlab.report import _pyplot, plot_confusion_matrix
+
+    plt = _pyplot()
+    images = [
+        (
+            "Confusion matrix",
+            plot_confusion_matrix(
+                rep.confusion,
+                rep.classes,
+                out / "confusion_matrix.png",
+                title=f"accuracy {rep.accuracy:.3f} (n={rep.n})",
+            ),
+        )
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5), constrained_layout=True)
+    ReliabilityDisplay.from_predictions(raw.astype(np.float64), y, proba).plot(ax=axes[0])
+    AccuracyCoverageDisplay.from_predictions(proba, y, threshold).plot(ax=axes[1])
+    fig.savefig(out / "calibration.png", dpi=100)
+    plt.close(fig)
+    images.append(("Calibration and confidence", out / "calibration.png"))
+    top = interp.top_losses(grid_size)
+    if top:
+        g = ImageGridDisplay(top, "top losses: the images the model got most wrong").plot()
+        g.figure_.savefig(out / "top_losses.png", dpi=90)
+        plt.close(g.figure_)
+        images.append(("Top losses", out / "top_losses.png"))
+    rows = interp.examples(grid_size // 2, correct=True) + interp.examples(
+        grid_size // 2, correct=False
+    )
+    if rows:
+        g = ImageGridDisplay(rows, "predictions: correct (black) and incorrect (red)").plot()
+        g.figure_.savefig(out / "predictions_grid.png", dpi=90)
+        plt.close(g.figure_)
+        images.append(("Correct and incorrect predictions", out / "predictions_grid.png"))
+    return images
+
+
+def _write_predictions_csv(path: Path, interp: Any) -> None:
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "true", "predicted", "probability", "p_true", "loss"])
+        for i, p in enumerate(interp.paths):
+            t, q = int(interp.y_true[i]), int(interp.y_pred[i])
+            w.writerow(
+                [
+                    p,
+                    interp.classes[t],
+                    interp.classes[q],
+                    f"{interp.proba[i, q]:.6f}",
+                    f"{interp.proba[i, t]:.6f}",
+                    f"{interp.losses[i]:.6f}",
+                ]
+            )
+
+
+def _write_evaluate_report(out: Path, m: dict[str, Any], images: list[tuple[str, Path]]) -> Path:
+    from transferlab.report import html_table, write_html_report
+
+    summary = {
+        "accuracy": m["accuracy"],
+        "balanced accuracy": m["balanced_accuracy"],
+        **{f"top-{k} accuracy": v for k, v in m["top_k_accuracy"].items() if k != "1"},
+        "log loss": m["log_loss"],
+        "expected calibration error": f"{m['calibration']['ece_calibrated']:.4f} with temperature "
+        f"{m['calibration']['temperature']:.3g} ({m['calibration']['ece_uncalibrated']:.4f} without)",
+        "images": f"{m['n']} ({m['split']} split of {m['data']}), {m['n_skipped']} skipped",
+        "model": m["model"],
+    }
+    if "threshold" in m:
+        t = m["threshold"]
+        summary["confidence threshold"] = (
+            f"{t['threshold']}: keeps {t['kept']} of {m['n']} ({t['coverage']:.0%}), "
+            f"accuracy {t['accuracy_kept']:.4f}; {t['uncertain']} marked uncertain"
+        )
+    sections = [
+        (
+            "Per-class metrics",
+            html_table(
+                ["class", "precision", "recall", "f1", "support"],
+                [
+                    [c, v["precision"], v["recall"], v["f1"], v["support"]]
+                    for c, v in m["per_class"].items()
+                ],
+            ),
+        ),
+        (
+            "Most confused",
+            html_table(
+                ["true", "predicted as", "count"],
+                [[d["true"], d["predicted"], d["count"]] for d in m["most_confused"][:15]],
+            )
+            if m["most_confused"]
+            else "<p>No confusions.</p>",
+        ),
+    ]
+    return write_html_report(
+        out / "report.html",
+        title="transferlab evaluate",
+        summary=summary,
+        sections=sections,
+        images=images,
+    )
+
+
+def _evaluate_multilabel_run(
+    model: Any,
+    samples: list[Any],
+    proba: np.ndarray,
+    skipped: list[dict[str, str]],
+    out: Path,
+    split: str,
+    data: Any,
+    t0: float,
+    grid_size: int,
+) -> FitResult:
+    """Multi-label evaluation: per-label metrics and confusion counts, per-label top losses."""
+    from transferlab.data import label_matrix
+    from transferlab.evaluate import evaluate_multilabel
+    from transferlab.report import html_table, write_html_report
+
+    classes = model.classes
+    y = label_matrix(samples, classes)
+    th = model._label_thresholds()
+    rep = evaluate_multilabel(y, proba, classes, th)
+    pred = (proba >= np.asarray(th)[None, :]).astype(int)
+    per_label_confusion = {
+        c: {
+            "tp": int(((pred[:, j] == 1) & (y[:, j] == 1)).sum()),
+            "fp": int(((pred[:, j] == 1) & (y[:, j] == 0)).sum()),
+            "fn": int(((pred[:, j] == 0) & (y[:, j] == 1)).sum()),
+            "tn": int(((pred[:, j] == 0) & (y[:, j] == 0)).sum()),
+        }
+        for j, c in enumerate(classes)
+    }
+    bce = -(y * np.log(np.clip(proba, 1e-7, 1)) + (1 - y) * np.log(np.clip(1 - proba, 1e-7, 1)))
+    top_losses = {
+        c: [
+            {
+                "path": samples[i].path,
+                "true": bool(y[i, j]),
+                "probability": float(proba[i, j]),
+                "loss": float(bce[i, j]),
+            }
+            for i in np.argsort(-bce[:, j])[:grid_size]
+        ]
+        for j, c in enumerate(classes)
+    }
+    metrics = {
+        "multi_label": True,
+        "accuracy": rep.subset_accuracy,
+        "mAP": rep.mAP,
+        "f1_micro": rep.f1_micro,
+        "f1_macro": rep.f1_macro,
+        "per_label": rep.per_label,
+        "per_label_confusion": per_label_confusion,
+        "top_losses": top_losses,
+        "n": rep.n,
+        "n_skipped": len(skipped),
+        "skipped": skipped,
+        "classes": classes,
+        "split": split,
+        "data": str(data),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+    table = html_table(
+        ["label", "AP", "precision", "recall", "f1", "TP", "FP", "FN", "TN"],
+        [
+            [
+                c,
+                v["average_precision"],
+                v["precision"],
+                v["recall"],
+                v["f1"],
+                *per_label_confusion[c].values(),
+            ]
+            for c, v in rep.per_label.items()
+        ],
+    )
+    report = write_html_report(
+        out / "report.html",
+        title="transferlab evaluate (multi-label)",
+        summary={
+            "mAP": rep.mAP,
+            "micro F1": rep.f1_micro,
+            "macro F1": rep.f1_macro,
+            "subset accuracy": rep.subset_accuracy,
+            "images": rep.n,
+        },
+        sections=[("Per-label metrics and confusion", table)],
+    )
+    return FitResult(
+        metrics=metrics,
+        out=out,
+        model_dir=out,
+        report=report,
+        confusion_png=None,
+        skipped=[(s["path"], s["reason"]) for s in skipped],
     )

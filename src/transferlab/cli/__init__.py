@@ -6,6 +6,7 @@ from transferlab.cli import (  # noqa: F401 - importing registers the commands
     backbones,
     cache,
     demo,
+    evaluate,
     export,
     extract,
     finetune,

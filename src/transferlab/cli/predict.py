@@ -19,6 +19,11 @@ def predict_cmd(
     top_k: int = typer.Option(
         1, "--top-k", "-k", min=1, help="How many classes to show per image."
     ),
+    threshold: float | None = typer.Option(
+        None,
+        "--threshold",
+        help="Below this (calibrated) probability, say 'uncertain' instead of guessing.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="JSON output, one object per image."),
     device: str = DeviceOpt,
 ) -> None:
@@ -44,7 +49,11 @@ def predict_cmd(
         else:
             paths.append(str(p))
     model = load_model(model_dir, device=device)
-    preds = model.predict_paths(paths, top_k=top_k)
+    if threshold is not None and not 0 < threshold < 1:
+        from transferlab.exceptions import InvalidParameterError
+
+        raise InvalidParameterError(f"--threshold must be between 0 and 1, got {threshold}")
+    preds = model.predict_paths(paths, top_k=top_k, threshold=threshold)
     if as_json:
         print_json([p.to_dict() for p in preds])
     else:

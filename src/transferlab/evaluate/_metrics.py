@@ -20,6 +20,7 @@ __all__ = [
     "MultiLabelReport",
     "evaluate_multilabel",
     "evaluate_predictions",
+    "top_k_accuracy",
     "tune_thresholds",
 ]
 
@@ -214,3 +215,12 @@ def evaluate_multilabel(
         n=len(y_true),
         classes=[str(c) for c in classes],
     )
+
+
+def top_k_accuracy(y_true_idx: np.ndarray, proba: np.ndarray, k: int) -> float:
+    """Fraction of rows whose true class is among the k most probable."""
+    if len(proba) == 0:
+        return float("nan")
+    k = min(k, proba.shape[1])
+    top = np.argsort(-proba, axis=1)[:, :k]
+    return float(np.mean((top == np.asarray(y_true_idx)[:, None]).any(axis=1)))

@@ -1,0 +1,78 @@
+"""`transferlab evaluate`: score a saved model on labelled images, with plots and a report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from transferlab.cli._common import app, handle_errors, out, print_json
+
+
+@app.command("evaluate")
+@handle_errors
+def evaluate_cmd(
+    model_dir: Path = typer.Argument(
+        ..., help="Model directory from `fit` or `finetune` (OUT/model)."
+    ),
+    data: Path = typer.Argument(..., help="Labelled images: a dataset folder or CSV."),
+    out_dir: Path | None = typer.Option(
+        None, "--out", "-o", help="Report directory (default: runs/evaluate-<data>-<time>)."
+    ),
+    split: str = typer.Option(
+        "auto", "--split", help="auto (test, else val, else all), train, val, test or all."
+    ),
+    threshold: float | None = typer.Option(
+        None,
+        "--threshold",
+        help="Also report accuracy and coverage when predictions under this confidence are set aside.",
+    ),
+    grid_size: int = typer.Option(
+        12, "--grid-size", min=1, help="Images in the top-losses and examples grids."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    as_json: bool = typer.Option(False, "--json", help="Print metrics.json."),
+) -> None:
+    """Metrics (accuracy, balanced, top-k, log loss, per class, ECE), confusion, most-confused
+    pairs, top losses, calibration and accuracy-coverage plots, predictions.csv, report.html.
+
+    Examples:
+      transferlab evaluate runs/hym/model ../shared/datasets/hymenoptera --out runs/hym-eval
+      transferlab evaluate runs/pneu/model ../shared/datasets/pneumoniamnist --split test --threshold 0.9
+    """
+    from transferlab.cli.fit import default_run_dir
+    from transferlab.pipeline import evaluate_run
+
+    res = evaluate_run(
+        model_dir,
+        data,
+        out_dir or default_run_dir(data, "evaluate"),
+        split=split,
+        threshold=threshold,
+        grid_size=grid_size,
+        overwrite=overwrite,
+    )
+    m = res.metrics
+    if as_json:
+        print_json(m)
+        return
+    if m.get("multi_label"):
+        out.print(
+            f"mAP {m['mAP']:.4f}  micro F1 {m['f1_micro']:.4f}  macro F1 {m['f1_macro']:.4f}  on {m['n']} images"
+        )
+    else:
+        out.print(
+            f"[bold green]accuracy {m['accuracy']:.4f}[/]  balanced {m['balanced_accuracy']:.4f}  "
+            f"log loss {m['log_loss']:.4f}  ECE {m['ece']:.4f}  on {m['n']} images ({m['split']})"
+        )
+        for d in m["most_confused"][:3]:
+            out.print(f"  confused: {d['true']} -> {d['predicted']} ({d['count']}x)", markup=False)
+        if "threshold" in m:
+            t = m["threshold"]
+            out.print(
+                f"  threshold {t['threshold']}: {t['kept']} kept ({t['coverage']:.0%}) with accuracy "
+                f"{t['accuracy_kept']:.4f}, {t['uncertain']} uncertain"
+            )
+    if m["n_skipped"]:
+        out.print(f"  skipped {m['n_skipped']} unreadable images (listed in metrics.json)")
+    out.print(f"  report: {res.report}", markup=False)

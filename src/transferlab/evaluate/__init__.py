@@ -1,0 +1,34 @@
+"""Evaluation: metrics, calibration, interpretation (top losses, most confused) and plots.
+
+Public names are re-exported here; the implementation lives in the private modules.
+"""
+
+from __future__ import annotations
+
+from transferlab.evaluate._calibration import TemperatureScaler as TemperatureScaler
+from transferlab.evaluate._calibration import accuracy_coverage as accuracy_coverage
+from transferlab.evaluate._calibration import (
+    expected_calibration_error as expected_calibration_error,
+)
+from transferlab.evaluate._calibration import reliability_bins as reliability_bins
+from transferlab.evaluate._interpret import Interpretation as Interpretation
+from transferlab.evaluate._metrics import EvalReport as EvalReport
+from transferlab.evaluate._metrics import MultiLabelReport as MultiLabelReport
+from transferlab.evaluate._metrics import evaluate_multilabel as evaluate_multilabel
+from transferlab.evaluate._metrics import evaluate_predictions as evaluate_predictions
+from transferlab.evaluate._metrics import top_k_accuracy as top_k_accuracy
+from transferlab.evaluate._metrics import tune_thresholds as tune_thresholds
+
+__all__ = [
+    "EvalReport",
+    "Interpretation",
+    "MultiLabelReport",
+    "TemperatureScaler",
+    "accuracy_coverage",
+    "evaluate_multilabel",
+    "evaluate_predictions",
+    "expected_calibration_error",
+    "reliability_bins",
+    "top_k_accuracy",
+    "tune_thresholds",
+]
