@@ -347,9 +347,15 @@ class _Images(torch.utils.data.Dataset):
 
 
 def _decode_all(
-    samples: Sequence[Sample], short_side: int, max_pixels: int | None, progress: bool
+    samples: Sequence[Sample],
+    short_side: int | None,
+    max_pixels: int | None,
+    progress: bool,
+    geometry: Callable[[Image.Image], Image.Image] | None = None,
 ) -> tuple[list[Image.Image], list[int], list[ImageLoadError]]:
-    """Decode each image once, reduce it (JPEG draft mode + resize), keep what decoded."""
+    """Decode each image once and keep it small: for training, reduced to `short_side` (JPEG
+    draft mode + resize); for evaluation, decoded in full and passed through `geometry` (the eval
+    resize + centre crop), so in-training validation sees exactly what `predict` will."""
     from tqdm.auto import tqdm
 
     images: list[Image.Image] = []
@@ -363,10 +369,15 @@ def _decode_all(
         except ImageLoadError as exc:
             failures.append(exc)
             continue
-        w, h = img.size
-        scale = short_side / min(w, h)
-        if scale < 1:
-            img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+        if geometry is not None:
+            img = geometry(img)
+        elif short_side is not None:
+            w, h = img.size
+            scale = short_side / min(w, h)
+            if scale < 1:
+                img = img.resize(
+                    (max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC
+                )
         images.append(img)
         kept.append(i)
     return images, kept, failures
@@ -399,8 +410,11 @@ def train_transform(
     )
 
 
-def eval_transform(backbone: Backbone, size: int) -> Callable[[Any], torch.Tensor]:
-    """The backbone's own eval preprocessing at `size` (resize shorter side, centre crop)."""
+def eval_transform(
+    backbone: Backbone, size: int, *, part: str = "all"
+) -> Callable[[Any], torch.Tensor]:
+    """The backbone's own eval preprocessing at `size`: resize the shorter side, centre crop
+    (``part="geometry"``), then to tensor and normalise (``part="tensor"``); ``"all"`` does both."""
     from torchvision import transforms as T
 
     cfg = backbone.data_config
@@ -410,14 +424,10 @@ def eval_transform(backbone: Backbone, size: int) -> Callable[[Any], torch.Tenso
         else T.InterpolationMode.BILINEAR
     )
     resize = math.floor(size / cfg.get("crop_pct", 0.875))
-    return T.Compose(
-        [
-            T.Resize(resize, interpolation=interp, antialias=True),
-            T.CenterCrop(size),
-            T.ToTensor(),
-            T.Normalize(cfg["mean"], cfg["std"]),
-        ]
-    )
+    geometry = [T.Resize(resize, interpolation=interp, antialias=True), T.CenterCrop(size)]
+    tensor = [T.ToTensor(), T.Normalize(cfg["mean"], cfg["std"])]
+    steps = {"all": geometry + tensor, "geometry": geometry, "tensor": tensor}[part]
+    return T.Compose(steps)
 
 
 def _seed_everything(seed: int) -> None:
@@ -902,7 +912,8 @@ class FineTuner:
 
         short = _preload_size(self.size_)
         tr_imgs, tr_kept, tr_fail = _decode_all(train, short, cfg.max_pixels, self.progress)
-        va_imgs, va_kept, va_fail = _decode_all(val, short, cfg.max_pixels, self.progress)
+        geometry = eval_transform(self.backbone_, self.size_, part="geometry")
+        va_imgs, va_kept, va_fail = _decode_all(val, None, cfg.max_pixels, self.progress, geometry)
         self.failures_ = tr_fail + va_fail
         if on_error == "raise" and self.failures_:
             raise self.failures_[0]
@@ -948,12 +959,18 @@ class FineTuner:
                 generator=g,
             ),
             "val": torch.utils.data.DataLoader(
-                _Images(va_imgs, y_val, eval_transform(self.backbone_, self.size_)),
+                _Images(va_imgs, y_val, eval_transform(self.backbone_, self.size_, part="tensor")),
                 batch_size=64,
                 num_workers=workers,
             ),
             "train_eval": torch.utils.data.DataLoader(
-                _Images(tr_imgs, y_train, eval_transform(self.backbone_, self.size_)),
+                _Images(
+                    _decode_all(
+                        [train[i] for i in tr_kept], None, cfg.max_pixels, self.progress, geometry
+                    )[0],
+                    y_train,
+                    eval_transform(self.backbone_, self.size_, part="tensor"),
+                ),
                 batch_size=64,
                 num_workers=workers,
             ),

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ __all__ = [
     "FitResult",
     "advice_probe_vs_finetune",
     "calibrate",
+    "curve_run",
     "evaluate_run",
     "finetune",
     "fit",
@@ -1203,3 +1205,94 @@ def _evaluate_multilabel_run(
         confusion_png=None,
         skipped=[(s["path"], s["reason"]) for s in skipped],
     )
+
+
+def curve_run(
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    shots: Sequence[int | str] = (1, 2, 5, 10, 20, "all"),
+    repeats: int = 5,
+    methods: Sequence[str] = ("transfer", "pixels", "scratch_cnn"),
+    cnn_epochs: int = 30,
+    backbone: str = "efficientnet_lite0",
+    layer: str = "pre_logits",
+    weights: str = "default",
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> FitResult:
+    """Learning curves of transfer vs from-scratch baselines: curve.png, metrics.json, report.html."""
+    from transferlab.evaluate import learning_curve
+    from transferlab.report import write_html_report
+
+    t0 = time.perf_counter()
+    ds = load_dataset(data, val_fraction=val_fraction, seed=seed)
+    out = Path(out)
+    _prepare_out(out, overwrite)
+    fx = FeatureExtractor(backbone, layer=layer, weights=weights, progress=progress)
+    res = fx.extract([s.path for s in [*ds.train, *ds.val]], on_error="skip")
+    X = res.features[layer]
+    n_tr = len(ds.train)
+    tr_rows = [r for r, i in enumerate(res.index) if i < n_tr]
+    va_rows = [r for r, i in enumerate(res.index) if i >= n_tr]
+    samples = [*ds.train, *ds.val]
+    tr_s = [samples[res.index[r]] for r in tr_rows]
+    va_s = [samples[res.index[r]] for r in va_rows]
+    curve = learning_curve(
+        X[tr_rows],
+        [s.label for s in tr_s],
+        X[va_rows],
+        [s.label for s in va_s],
+        train_paths=[s.path for s in tr_s],
+        val_paths=[s.path for s in va_s],
+        shots=shots,
+        repeats=repeats,
+        methods=methods,
+        cnn_epochs=cnn_epochs,
+        seed=seed,
+        progress=progress,
+    )
+    from transferlab.report import _pyplot, html_table
+
+    plt = _pyplot()
+    ax = curve.plot()
+    ax.figure.savefig(out / "learning_curve.png", dpi=100)
+    plt.close(ax.figure)
+    metrics = {
+        **curve.to_dict(),
+        "dataset": ds.root,
+        "backbone": backbone,
+        "layer": layer,
+        "n_skipped": len(res.failures),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+    header = ["images per class", *curve.scores]
+    rows = [
+        [
+            f"{s} ({n:.0f})" if s == "all" else str(s),
+            *[
+                f"{np.mean(curve.scores[m][i]):.3f} ± {np.std(curve.scores[m][i]):.3f}"
+                for m in curve.scores
+            ],
+        ]
+        for i, (s, n) in enumerate(zip(curve.shots, curve.n_per_class, strict=True))
+    ]
+    report = write_html_report(
+        out / "report.html",
+        title=f"transferlab curve — {Path(ds.root).name}",
+        summary={
+            "verdict": " ".join(curve.summary[:1]) or "-",
+            "repeats": repeats,
+            "validation images": curve.n_val,
+            "backbone / layer": f"{backbone} / {layer}",
+        },
+        sections=[
+            ("Accuracy (mean ± std over draws)", html_table(header, rows)),
+            ("Reading", "".join(f"<p>{html.escape(s)}</p>" for s in curve.summary)),
+        ],
+        images=[("Learning curves", out / "learning_curve.png")],
+    )
+    return FitResult(metrics=metrics, out=out, model_dir=out, report=report, confusion_png=None)

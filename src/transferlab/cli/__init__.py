@@ -5,6 +5,7 @@ from __future__ import annotations
 from transferlab.cli import (  # noqa: F401 - importing registers the commands
     backbones,
     cache,
+    curve,
     demo,
     evaluate,
     export,

@@ -11,6 +11,9 @@ from transferlab.evaluate._calibration import (
     expected_calibration_error as expected_calibration_error,
 )
 from transferlab.evaluate._calibration import reliability_bins as reliability_bins
+from transferlab.evaluate._curves import LearningCurve as LearningCurve
+from transferlab.evaluate._curves import learning_curve as learning_curve
+from transferlab.evaluate._curves import parse_shots as parse_shots
 from transferlab.evaluate._interpret import Interpretation as Interpretation
 from transferlab.evaluate._metrics import EvalReport as EvalReport
 from transferlab.evaluate._metrics import MultiLabelReport as MultiLabelReport
@@ -22,12 +25,15 @@ from transferlab.evaluate._metrics import tune_thresholds as tune_thresholds
 __all__ = [
     "EvalReport",
     "Interpretation",
+    "LearningCurve",
     "MultiLabelReport",
     "TemperatureScaler",
     "accuracy_coverage",
     "evaluate_multilabel",
     "evaluate_predictions",
     "expected_calibration_error",
+    "learning_curve",
+    "parse_shots",
     "reliability_bins",
     "top_k_accuracy",
     "tune_thresholds",

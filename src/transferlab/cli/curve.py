@@ -1,0 +1,80 @@
+"""`transferlab curve`: few-shot learning curves, transfer against learning from scratch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from transferlab.cli._common import (
+    BackboneOpt,
+    LayerOpt,
+    SeedOpt,
+    ValFractionOpt,
+    WeightsOpt,
+    app,
+    handle_errors,
+    out,
+)
+
+
+@app.command("curve")
+@handle_errors
+def curve_cmd(
+    data: Path = typer.Argument(..., help="Labelled images (same forms as `fit`)."),
+    out_dir: Path | None = typer.Option(
+        None, "--out", "-o", help="Report directory (default: runs/curve-<data>-<time>)."
+    ),
+    shots: str = typer.Option(
+        "1,2,5,10,20,all", "--shots", help="Images per class to train on; 'all' for all."
+    ),
+    repeats: int = typer.Option(5, "--repeats", min=1, help="Random draws per shot count."),
+    baselines: str = typer.Option(
+        "pixels,scratch_cnn",
+        "--baselines",
+        help="From-scratch baselines: pixels, scratch_cnn (or 'none').",
+    ),
+    cnn_epochs: int = typer.Option(
+        30, "--cnn-epochs", min=1, help="Training epochs of the from-scratch CNN."
+    ),
+    backbone: str = BackboneOpt,
+    layer: str = LayerOpt,
+    weights: str = WeightsOpt,
+    val_fraction: float = ValFractionOpt,
+    seed: int = SeedOpt,
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """For 1, 2, 5 ... images per class: the linear probe on pretrained features against a
+    logistic regression on raw pixels and a small CNN trained from scratch, on the same draws.
+
+    Example:
+      transferlab curve ../shared/datasets/hymenoptera --shots 1,2,5,10,20,all --repeats 5
+    """
+    from transferlab.cli.fit import default_run_dir
+    from transferlab.evaluate import parse_shots
+    from transferlab.pipeline import curve_run
+
+    methods = ["transfer"] + [
+        b.strip() for b in baselines.split(",") if b.strip() and b.strip() != "none"
+    ]
+    res = curve_run(
+        data,
+        out_dir or default_run_dir(data, "curve"),
+        shots=parse_shots(shots),
+        repeats=repeats,
+        methods=methods,
+        cnn_epochs=cnn_epochs,
+        backbone=backbone,
+        layer=layer,
+        weights=weights,
+        seed=seed,
+        val_fraction=val_fraction,
+        overwrite=overwrite,
+    )
+    m = res.metrics
+    for i, s in enumerate(m["shots"]):
+        row = "  ".join(f"{k} {v[i]:.3f}±{m['std'][k][i]:.3f}" for k, v in m["mean"].items())
+        out.print(f"{s!s:>4} per class: {row}", markup=False)
+    for line in m["summary"]:
+        out.print(line, markup=False)
+    out.print(f"report: {res.report}", markup=False)
