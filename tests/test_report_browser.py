@@ -6,8 +6,9 @@ import shutil
 
 import pytest
 
-from conftest import build_image_folder
 from transferlab.pipeline import FitConfig, evaluate_run, fit
+
+from conftest import build_image_folder
 
 CHROMIUM = (
     shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
