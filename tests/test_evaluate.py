@@ -142,8 +142,9 @@ def test_evaluate_command_writes_metrics_plots_and_report(fitted, tmp_path):
         "report.html",
     ):
         assert (out / f).stat().st_size > 0, f
+    assert (out / "feature_map.png").stat().st_size > 0
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4
+    assert html.count("data:image/png;base64,") >= 5
     rows = (out / "predictions.csv").read_text().strip().splitlines()
     assert len(rows) == 11 and rows[0].startswith("path,true,predicted")
 
@@ -174,3 +175,47 @@ def test_predict_threshold_marks_uncertain(fitted):
     assert sum(p.get("uncertain", False) for p in preds) == 1
     r = runner.invoke(app, ["predict", str(res.model_dir), imgs[0], "--threshold", "2"])
     assert r.exit_code == 2 and "--threshold" in r.output
+
+
+def test_errors_come_with_their_nearest_training_images(fitted, tmp_path):
+    import shutil
+
+    root, res = fitted
+    wrong = tmp_path / "wrong"
+    shutil.copytree(root / "test", wrong)
+    # two horizontal-stripe images filed under the other class: guaranteed "errors"
+    for p in sorted((wrong / "hstripes").glob("*.png"))[:2]:
+        shutil.move(str(p), wrong / "vstripes" / p.name)
+    r = runner.invoke(
+        app, ["evaluate", str(res.model_dir), str(wrong), "--out", str(tmp_path / "e")]
+    )
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert m["split"] == "all" and m["accuracy"] <= 0.8
+    neigh = m["error_neighbours"]
+    assert len(neigh) >= 2
+    first = neigh[0]
+    assert first["true"] == "vstripes" and first["predicted"] == "hstripes"
+    assert len(first["neighbours"]) == 3
+    # the closest training images of a horizontal-stripe picture are horizontal stripes
+    assert [n["label"] for n in first["neighbours"]].count("hstripes") >= 2
+    assert all(-1 <= n["cosine"] <= 1 for n in first["neighbours"])
+    assert (tmp_path / "e" / "error_neighbours.png").exists()
+
+
+@pytest.mark.parametrize("method", ["tsne", "pca", "umap"])
+def test_embed_command(tmp_path, method):
+    if method == "umap":
+        pytest.importorskip("umap", reason="umap-learn is not installed")
+    data = build_image_folder(tmp_path / "d", n_per_class=8)
+    out = tmp_path / "map"
+    r = runner.invoke(
+        app, ["embed", str(data), "--method", method, "--out", str(out), "--thumbnails"]
+    )
+    assert r.exit_code == 0, r.output
+    rows = (out / "embedding.csv").read_text().strip().splitlines()
+    assert len(rows) == 17 and rows[0] == "path,label,split,x,y"
+    xy = np.array([[float(v) for v in row.split(",")[-2:]] for row in rows[1:]])
+    assert np.isfinite(xy).all() and xy.std(axis=0).min() > 0
+    r = runner.invoke(app, ["embed", str(data), "--method", "mds", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "method must be one of" in r.output

@@ -38,6 +38,9 @@ FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
 PROBE_FILE = "probe.joblib"
 WEIGHTS_FILE = "weights.safetensors"
+TRAIN_INDEX_FILE = "train_index.npz"
+#: Training sets larger than this are not indexed in the model directory (size on disk).
+MAX_TRAIN_INDEX = 20_000
 
 
 def _version() -> str:
@@ -143,6 +146,7 @@ class TransferModel(_Predictor):
         self.probe = probe
         self.metrics = metrics or {}
         self.multi_label = isinstance(probe, MultiLabelProbe)
+        self.train_index: dict[str, Any] | None = None
         if self.multi_label and classes is None:
             raise ModelFormatError("a multi-label probe needs its label names (classes=...)")
         self._classes = [str(c) for c in (classes if classes is not None else probe.classes_)]
@@ -195,6 +199,13 @@ class TransferModel(_Predictor):
             (tmp / "metrics.json").write_text(
                 json.dumps(self.metrics, indent=2, default=_json_default)
             )
+            if self.train_index is not None:  # for nearest-neighbour explanations in evaluate
+                np.savez_compressed(
+                    tmp / TRAIN_INDEX_FILE,
+                    X=np.asarray(self.train_index["X"], np.float16),
+                    paths=np.asarray(self.train_index["paths"], dtype=str),
+                    labels=np.asarray(self.train_index["labels"], dtype=str),
+                )
 
         return _atomic_dir(Path(directory), overwrite, write)
 
@@ -506,6 +517,13 @@ def load_model(
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     model = TransferModel(extractor, probe, metrics, classes=meta["classes"])
     model.temperature = float(meta.get("calibration", {}).get("temperature", 1.0))
+    if (root / TRAIN_INDEX_FILE).is_file():
+        with np.load(root / TRAIN_INDEX_FILE, allow_pickle=False) as z:
+            model.train_index = {
+                "X": z["X"].astype(np.float32),
+                "paths": z["paths"].tolist(),
+                "labels": z["labels"].tolist(),
+            }
     return model
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from transferlab.artifacts import TransferModel, _json_default
+from transferlab.artifacts import MAX_TRAIN_INDEX, TransferModel, _json_default
 from transferlab.backbones import POOLS
 from transferlab.data import DEFAULT_MAX_PIXELS, Dataset, load_dataset
 from transferlab.evaluate import EvalReport, evaluate_predictions
@@ -32,6 +32,7 @@ __all__ = [
     "advice_probe_vs_finetune",
     "calibrate",
     "curve_run",
+    "embed_run",
     "evaluate_run",
     "finetune",
     "fit",
@@ -273,6 +274,13 @@ def fit(config: FitConfig, dataset: Dataset | None = None) -> FitResult:
     metrics["calibration"] = calibration
     model = TransferModel(fx, probe, metrics)
     model.temperature = calibration["temperature"]
+    if len(ytr) <= MAX_TRAIN_INDEX:
+        train_rows = [r for r, i in enumerate(res.index) if owner[i] == "train"]
+        model.train_index = {
+            "X": Xtr,
+            "labels": [str(v) for v in ytr],
+            "paths": [all_samples[res.index[r]].path for r in train_rows],
+        }
     model_dir = model.save(out / "model", overwrite=config.overwrite)
     from transferlab.report import plot_confusion_matrix
 
@@ -975,6 +983,7 @@ def evaluate_run(
             else float("nan"),
         }
     images = _evaluation_plots(out, interp, proba, raw, y, rep, threshold, grid_size)
+    images += _feature_views(model, interp, out, metrics)
     metrics["seconds"] = round(time.perf_counter() - t0, 3)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
     _write_predictions_csv(out / "predictions.csv", interp)
@@ -1038,6 +1047,91 @@ def _evaluation_plots(
         g.figure_.savefig(out / "predictions_grid.png", dpi=90)
         plt.close(g.figure_)
         images.append(("Correct and incorrect predictions", out / "predictions_grid.png"))
+    return images
+
+
+def _feature_views(
+    model: Any,
+    interp: Any,
+    out: Path,
+    metrics: dict[str, Any],
+    max_points: int = 2000,
+    n_errors: int = 6,
+    k: int = 3,
+) -> list[tuple[str, Path]]:
+    """For probe models: a t-SNE map of the evaluated images (misclassified ringed) and, for the
+    worst errors, their nearest training images in feature space: what the model compared with."""
+    from transferlab.artifacts import TransferModel
+    from transferlab.evaluate import EmbeddingDisplay, embed_2d, nearest_neighbours
+    from transferlab.report import _pyplot
+
+    if not isinstance(model, TransferModel) or len(interp.paths) < 3:
+        return []
+    plt = _pyplot()
+    images: list[tuple[str, Path]] = []
+    rng = np.random.default_rng(0)
+    pick = np.sort(
+        rng.choice(len(interp.paths), size=min(max_points, len(interp.paths)), replace=False)
+    )
+    res = model.extractor.extract([interp.paths[i] for i in pick], on_error="skip")  # cached by now
+    feats = res.features[model.extractor.layer]
+    rows = pick[res.index]
+    if len(rows) >= 3:
+        pts = embed_2d(feats, "tsne")
+        wrong = interp.y_pred[rows] != interp.y_true[rows]
+        d = EmbeddingDisplay(
+            pts,
+            [interp.classes[t] for t in interp.y_true[rows]],
+            wrong=wrong,
+            title=f"t-SNE of {model.extractor.layer} features (colour: true class)",
+        ).plot()
+        d.figure_.savefig(out / "feature_map.png", dpi=100)
+        plt.close(d.figure_)
+        images.append(("Feature map (t-SNE)", out / "feature_map.png"))
+    errors = interp.top_losses(n_errors, incorrect_only=True)
+    ti = model.train_index
+    if errors and ti is not None and len(ti["paths"]):
+        qres = model.extractor.extract([e["path"] for e in errors], on_error="skip")
+        nn_idx, nn_sim = nearest_neighbours(qres.features[model.extractor.layer], ti["X"], k)
+        listing = []
+        fig, axes = plt.subplots(
+            len(qres.paths),
+            k + 1,
+            figsize=(2.4 * (k + 1), 2.6 * len(qres.paths)),
+            squeeze=False,
+            constrained_layout=True,
+        )
+        from transferlab.data import load_image
+
+        for r, path in enumerate(qres.paths):
+            e = errors[int(qres.index[r])]
+            cells = [
+                (
+                    path,
+                    f"ERROR true {e['true']}\npred {e['predicted']} ({e['p_predicted']:.2f})",
+                    "C3",
+                )
+            ]
+            neigh = []
+            for j, s in zip(nn_idx[r], nn_sim[r], strict=True):
+                cells.append((ti["paths"][j], f"train: {ti['labels'][j]}\ncosine {s:.2f}", "black"))
+                neigh.append({"path": ti["paths"][j], "label": ti["labels"][j], "cosine": float(s)})
+            listing.append(
+                {"path": path, "true": e["true"], "predicted": e["predicted"], "neighbours": neigh}
+            )
+            for ax, (p, caption, colour) in zip(axes[r], cells, strict=True):
+                ax.axis("off")
+                try:
+                    img = load_image(p, draft_size=128)
+                    img.thumbnail((128, 128))
+                    ax.imshow(np.asarray(img))
+                except Exception:  # a moved training image: leave the cell blank, keep the caption
+                    pass
+                ax.set_title(caption, fontsize=8, color=colour)
+        fig.savefig(out / "error_neighbours.png", dpi=90)
+        plt.close(fig)
+        metrics["error_neighbours"] = listing
+        images.append(("Errors and their nearest training images", out / "error_neighbours.png"))
     return images
 
 
@@ -1294,5 +1388,77 @@ def curve_run(
             ("Reading", "".join(f"<p>{html.escape(s)}</p>" for s in curve.summary)),
         ],
         images=[("Learning curves", out / "learning_curve.png")],
+    )
+    return FitResult(metrics=metrics, out=out, model_dir=out, report=report, confusion_png=None)
+
+
+def embed_run(
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    method: str = "tsne",
+    colour: str = "class",
+    thumbnails: bool = False,
+    max_points: int = 3000,
+    backbone: str = "efficientnet_lite0",
+    layer: str = "pre_logits",
+    weights: str = "default",
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> FitResult:
+    """A 2-D map (t-SNE / UMAP / PCA) of any layer's features, coloured by class or split:
+    embedding.png, embedding.csv (path, label, split, x, y), report.html."""
+    from transferlab.data import collect_images
+    from transferlab.evaluate import EmbeddingDisplay, embed_2d
+    from transferlab.report import _pyplot, write_html_report
+
+    if colour not in ("class", "split"):
+        raise InvalidParameterError(f"--colour must be 'class' or 'split', got {colour!r}")
+    samples, splits = collect_images(data, seed=seed)
+    if len(samples) > max_points:  # a map of thousands of points says no more, and t-SNE is O(n^2)
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(len(samples), size=max_points, replace=False))
+        samples, splits = [samples[i] for i in keep], [splits[i] for i in keep]
+    out = Path(out)
+    _prepare_out(out, overwrite)
+    fx = FeatureExtractor(backbone, layer=layer, weights=weights, progress=progress)
+    res = fx.extract([s.path for s in samples], on_error="skip")
+    kept = [samples[i] for i in res.index]
+    kept_splits = [splits[i] or "-" for i in res.index]
+    points = embed_2d(res.features[layer], method, seed=seed)
+    labels = [s.label or "(unlabelled)" for s in kept]
+    by = labels if colour == "class" else kept_splits
+    plt = _pyplot()
+    d = EmbeddingDisplay(
+        points,
+        by,
+        title=f"{method.upper()} of {backbone} / {layer} ({len(kept)} images)",
+        paths=[s.path for s in kept],
+    ).plot(thumbnails=thumbnails)
+    d.figure_.savefig(out / "embedding.png", dpi=100)
+    plt.close(d.figure_)
+    import csv
+
+    with open(out / "embedding.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "split", "x", "y"])
+        for s, sp, (x, y) in zip(kept, kept_splits, points, strict=True):
+            w.writerow([s.path, s.label or "", sp, f"{x:.5f}", f"{y:.5f}"])
+    metrics = {
+        "method": method,
+        "colour": colour,
+        "n": len(kept),
+        "backbone": backbone,
+        "layer": layer,
+        "n_skipped": len(res.failures),
+        "classes": sorted(set(labels)),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    report = write_html_report(
+        out / "report.html",
+        title=f"transferlab embed — {Path(str(data)).name}",
+        summary={"images": len(kept), "map": f"{method} of {backbone} / {layer}"},
+        images=[("Feature map", out / "embedding.png")],
     )
     return FitResult(metrics=metrics, out=out, model_dir=out, report=report, confusion_png=None)

@@ -14,6 +14,9 @@ from transferlab.evaluate._calibration import reliability_bins as reliability_bi
 from transferlab.evaluate._curves import LearningCurve as LearningCurve
 from transferlab.evaluate._curves import learning_curve as learning_curve
 from transferlab.evaluate._curves import parse_shots as parse_shots
+from transferlab.evaluate._embed import EmbeddingDisplay as EmbeddingDisplay
+from transferlab.evaluate._embed import embed_2d as embed_2d
+from transferlab.evaluate._embed import nearest_neighbours as nearest_neighbours
 from transferlab.evaluate._interpret import Interpretation as Interpretation
 from transferlab.evaluate._metrics import EvalReport as EvalReport
 from transferlab.evaluate._metrics import MultiLabelReport as MultiLabelReport
@@ -23,16 +26,19 @@ from transferlab.evaluate._metrics import top_k_accuracy as top_k_accuracy
 from transferlab.evaluate._metrics import tune_thresholds as tune_thresholds
 
 __all__ = [
+    "EmbeddingDisplay",
     "EvalReport",
     "Interpretation",
     "LearningCurve",
     "MultiLabelReport",
     "TemperatureScaler",
     "accuracy_coverage",
+    "embed_2d",
     "evaluate_multilabel",
     "evaluate_predictions",
     "expected_calibration_error",
     "learning_curve",
+    "nearest_neighbours",
     "parse_shots",
     "reliability_bins",
     "top_k_accuracy",

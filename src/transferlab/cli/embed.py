@@ -1,0 +1,72 @@
+"""`transferlab embed`: a 2-D map of any layer's features (t-SNE, UMAP or PCA)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from transferlab.cli._common import (
+    BackboneOpt,
+    LayerOpt,
+    SeedOpt,
+    WeightsOpt,
+    app,
+    handle_errors,
+    out,
+)
+
+
+@app.command("embed")
+@handle_errors
+def embed_cmd(
+    data: Path = typer.Argument(
+        ..., help="Images: a dataset folder/CSV or a folder of unlabelled images."
+    ),
+    out_dir: Path | None = typer.Option(
+        None, "--out", "-o", help="Output directory (default: runs/embed-<data>-<time>)."
+    ),
+    method: str = typer.Option("tsne", "--method", help="tsne, umap or pca."),
+    colour: str = typer.Option(
+        "class", "--colour", "--color", help="Colour points by 'class' or 'split'."
+    ),
+    thumbnails: bool = typer.Option(
+        False, "--thumbnails", help="Draw image thumbnails on the map."
+    ),
+    max_points: int = typer.Option(
+        3000, "--max-points", min=3, help="Random sample size for large sets."
+    ),
+    backbone: str = BackboneOpt,
+    layer: str = LayerOpt,
+    weights: str = WeightsOpt,
+    seed: int = SeedOpt,
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """Map images by their features: do classes separate at this layer? Does a split or domain
+    sit apart?
+
+    Examples:
+      transferlab embed ../shared/datasets/trashnet --method umap --out runs/trash-map
+      transferlab embed photos/ --layer stage4 --thumbnails
+    """
+    from transferlab.cli.fit import default_run_dir
+    from transferlab.pipeline import embed_run
+
+    res = embed_run(
+        data,
+        out_dir or default_run_dir(data, "embed"),
+        method=method,
+        colour=colour,
+        thumbnails=thumbnails,
+        max_points=max_points,
+        backbone=backbone,
+        layer=layer,
+        weights=weights,
+        seed=seed,
+        overwrite=overwrite,
+    )
+    out.print(
+        f"{res.metrics['method']} map of {res.metrics['n']} images: {res.out / 'embedding.png'}",
+        markup=False,
+    )
+    out.print(f"report: {res.report}", markup=False)
