@@ -29,14 +29,19 @@ EXPORT_FORMATS = ("onnx",)
 
 
 class _Probs(nn.Module):
-    """Fine-tuned network + softmax."""
+    """Fine-tuned network + calibrated softmax (or per-label sigmoid for multi-label)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, temperature: float = 1.0, sigmoid: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.temperature = float(temperature)
+        self.sigmoid = sigmoid
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).softmax(-1)
+        z = self.model(x)
+        if self.sigmoid:
+            return torch.sigmoid(z)
+        return (z / self.temperature).softmax(-1)
 
 
 class _ProbeHead(nn.Module):
@@ -53,6 +58,7 @@ class _ProbeHead(nn.Module):
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
         self.kind = probe.classifier
+        self.calibration = 1.0  # the model's temperature scaling, set by export_onnx
         clf = pipe[-1]
         if hasattr(clf, "best_estimator_"):
             clf = clf.best_estimator_
@@ -95,7 +101,8 @@ class _ProbeHead(nn.Module):
             scores = -d / z.shape[1]
         else:
             scores = z @ self.weight.T + self.bias
-        return (scores / self.temperature).softmax(-1)
+        # softmax(log p / T) of the calibrated model equals softmax(scores / (t_probe * T))
+        return (scores / (self.temperature * self.calibration)).softmax(-1)
 
 
 def export_onnx(
@@ -117,7 +124,7 @@ def export_onnx(
     out.mkdir(parents=True, exist_ok=True)
     if isinstance(model, FinetunedModel):
         bb = model.backbone
-        module: nn.Module = _Probs(bb.model)
+        module: nn.Module = _Probs(bb.model, model.temperature, sigmoid=model.multi_label)
         size = model.image_size
         pre = {**bb.preprocessing(), "input_size": [3, size, size]}
         classes = model.classes
@@ -129,7 +136,13 @@ def export_onnx(
                 "pre_logits or logits (the default) to export it"
             )
         bb = model.extractor._backbone()
+        if model.multi_label:
+            raise InvalidParameterError(
+                "ONNX export of multi-label probe models is not supported yet; fine-tuned multi-label "
+                "models export (transferlab finetune --multi-label)"
+            )
         module = _ProbeHead(bb.model, layer, model.probe)
+        module.calibration = float(model.temperature)
         pre = bb.preprocessing()
         size = int(pre["input_size"][-1])
         classes = model.classes

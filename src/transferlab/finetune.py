@@ -667,6 +667,13 @@ class FineTuner:
                 }
             )
             logger.info("epoch %d %s: %s", self.epoch, phase, self.history[-1])
+            if self.progress:
+                h = self.history[-1]
+                name = "mAP" if self.multi_label_ else "accuracy"
+                tqdm.write(
+                    f"epoch {h['epoch']} ({phase}): train loss {h['train_loss']:.4f}  val loss "
+                    f"{h['val_loss']:.4f}  val {name} {h[self.score_key_]:.4f}  ({h['seconds']:.0f} s)"
+                )
             if self.history[-1][self.score_key_] >= max(h[self.score_key_] for h in self.history):
                 self._best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if ckpt_dir is not None:

@@ -319,6 +319,8 @@ def _write_fit_report(
         "images": f"{m['n_train']} train, {m['n_val']} val"
         + (f", {m['n_test']} test" if m.get("n_test") else ""),
         "skipped (broken) images": m["n_skipped"],
+        "calibration": f"temperature {m['calibration']['temperature']:.3g}; validation ECE "
+        f"{m['calibration']['val']['ece_before']:.4f} -> {m['calibration']['val']['ece_after']:.4f}",
         "time": f"{m['seconds']:.1f} s (extraction {m['stage_seconds']['extract']:.1f} s, {m['n_cached']} from cache)",
     }
     per_class = html_table(

@@ -77,6 +77,14 @@ def accuracy_coverage(
     }
 
 
+def _log_proba(proba: np.ndarray) -> np.ndarray:
+    """log p in float64, clipped only at the smallest positive float: saturated probabilities
+    (1e-20 and below, common for confident linear models) keep their real log-odds, so
+    rescaling them by a temperature gives the same result as rescaling the logits."""
+    p = np.asarray(proba, dtype=np.float64)
+    return np.log(np.clip(p, np.finfo(np.float64).tiny, None))
+
+
 def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
@@ -110,7 +118,7 @@ class TemperatureScaler:
             raise InvalidParameterError(
                 "temperature scaling needs at least one held-out prediction"
             )
-        logp = np.log(np.clip(proba, 1e-12, None))
+        logp = _log_proba(proba)
         y = np.asarray(y_true_idx)
         if (proba.argmax(axis=1) == y).all():
             # No held-out error: the likelihood only rewards ever sharper probabilities (T -> 0),
@@ -130,7 +138,7 @@ class TemperatureScaler:
         """Rescaled probabilities (rows still sum to 1, argmax unchanged)."""
         if self.temperature_ == 1.0:
             return proba
-        return _softmax(np.log(np.clip(proba, 1e-12, None)) / self.temperature_)
+        return _softmax(_log_proba(proba) / self.temperature_)
 
     def to_dict(self) -> dict[str, Any]:
         return {"temperature": self.temperature_}
