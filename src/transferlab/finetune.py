@@ -60,7 +60,8 @@ class FinetuneConfig:
     Attributes:
         backbone, weights: the network to start from (see `load_backbone`).
         epochs: epochs with the body unfrozen.
-        freeze_epochs: epochs training only the head first (0 skips the phase).
+        freeze_epochs: epochs training only the head first (0 skips the phase: the default, since
+            the head already starts from the linear probe; fastai's 1 is for a random head).
         lr: peak learning rate of the head in the one-cycle schedule.
         lr_mult: ratio of the head's to the stem's learning rate when unfrozen (fastai's
             ``slice(lr / lr_mult, lr)``, spaced geometrically over the layer groups).
@@ -74,6 +75,8 @@ class FinetuneConfig:
         head_init: ``"probe"`` starts the head from a linear probe on cached features (LP-FT);
             ``"random"`` uses a small random init.
         augment: random-resized crop + flip + colour jitter during training.
+        crop_scale: smallest share of the image area a random crop keeps (raise it when the
+            whole picture matters, e.g. x-rays; lower it for more augmentation).
         tta: average predictions over the image and its mirror at evaluation.
         class_balance: None, ``"weights"`` (class-weighted loss) or ``"sampler"`` (balanced
             sampling).
@@ -91,17 +94,18 @@ class FinetuneConfig:
     backbone: str = "efficientnet_lite0"
     weights: str = "default"
     epochs: int = 5
-    freeze_epochs: int = 1
-    lr: float = 2e-3
+    freeze_epochs: int = 0
+    lr: float = 5e-4
     lr_mult: float = 100.0
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
     grad_clip: float = 1.0
     pct_start: float = 0.25
     batch_size: int = 16
-    bn_policy: str = "train"
+    bn_policy: str = "freeze"
     head_init: str = "probe"
     augment: bool = True
+    crop_scale: float = 0.35
     tta: bool = False
     class_balance: str | None = None
     early_stopping: int | None = None
@@ -127,6 +131,10 @@ class FinetuneConfig:
             (self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}"),
             (0 < self.pct_start < 1, f"pct_start must be in (0, 1), got {self.pct_start}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (
+                0.05 <= self.crop_scale <= 1,
+                f"crop_scale must be in [0.05, 1], got {self.crop_scale}",
+            ),
             (
                 self.bn_policy in BN_POLICIES,
                 f"bn_policy must be one of {', '.join(BN_POLICIES)}, got {self.bn_policy!r}",
@@ -384,9 +392,10 @@ def _decode_all(
 
 
 def train_transform(
-    backbone: Backbone, size: int, *, augment: bool, greyscale: bool
+    backbone: Backbone, size: int, *, augment: bool, greyscale: bool, min_scale: float = 0.35
 ) -> Callable[[Any], torch.Tensor]:
-    """Random-resized crop, flip and colour jitter (brightness/contrast only for greyscale data)."""
+    """Random-resized crop (area `min_scale`..1), flip and colour jitter (brightness/contrast
+    only for greyscale data)."""
     from torchvision import transforms as T
 
     cfg = backbone.data_config
@@ -401,7 +410,7 @@ def train_transform(
     jitter = T.ColorJitter(0.2, 0.2) if greyscale else T.ColorJitter(0.2, 0.2, 0.2, 0.02)
     return T.Compose(
         [
-            T.RandomResizedCrop(size, scale=(0.35, 1.0), interpolation=interp, antialias=True),
+            T.RandomResizedCrop(size, scale=(min_scale, 1.0), interpolation=interp, antialias=True),
             T.RandomHorizontalFlip(),
             T.RandomApply([jitter], p=0.8),
             T.ToTensor(),
@@ -817,7 +826,13 @@ class FineTuner:
         ds = _Images(
             imgs,
             y,
-            train_transform(self.backbone_, self.size_, augment=cfg.augment, greyscale=greyscale),
+            train_transform(
+                self.backbone_,
+                self.size_,
+                augment=cfg.augment,
+                greyscale=greyscale,
+                min_scale=cfg.crop_scale,
+            ),
         )
         loader = torch.utils.data.DataLoader(
             ds,
@@ -947,7 +962,13 @@ class FineTuner:
         ds_train = _Images(
             tr_imgs,
             y_train,
-            train_transform(self.backbone_, self.size_, augment=cfg.augment, greyscale=greyscale),
+            train_transform(
+                self.backbone_,
+                self.size_,
+                augment=cfg.augment,
+                greyscale=greyscale,
+                min_scale=cfg.crop_scale,
+            ),
         )
         sampler = None
         if cfg.class_balance == "sampler":

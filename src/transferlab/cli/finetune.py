@@ -37,9 +37,12 @@ def finetune_cmd(
         5, "--epochs", min=0, help="Epochs with the whole network unfrozen."
     ),
     freeze_epochs: int = typer.Option(
-        1, "--freeze-epochs", min=0, help="Epochs training only the head first."
+        0,
+        "--freeze-epochs",
+        min=0,
+        help="Epochs training only the head first (its start is the probe).",
     ),
-    lr: float = typer.Option(2e-3, "--lr", help="Peak learning rate of the head (one-cycle)."),
+    lr: float = typer.Option(5e-4, "--lr", help="Peak learning rate of the head (one-cycle)."),
     lr_mult: float = typer.Option(
         100.0, "--lr-mult", help="Head LR / stem LR when unfrozen (discriminative LRs)."
     ),
@@ -47,7 +50,7 @@ def finetune_cmd(
     label_smoothing: float = typer.Option(0.1, "--label-smoothing"),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     bn_policy: str = typer.Option(
-        "train", "--bn", help="BatchNorm statistics: 'train' or 'freeze' (keep pretrained)."
+        "freeze", "--bn", help="BatchNorm statistics: 'freeze' (keep pretrained) or 'train'."
     ),
     head_init: str = typer.Option(
         "probe", "--head-init", help="'probe' (start from the linear probe) or 'random'."
@@ -56,6 +59,14 @@ def finetune_cmd(
         True, "--augment/--no-augment", help="Random-resized crop, flip, colour jitter."
     ),
     tta: bool = typer.Option(False, "--tta", help="Average predictions with the mirrored image."),
+    crop_scale: float = typer.Option(
+        0.35, "--crop-scale", help="Smallest image-area share a random crop keeps."
+    ),
+    wise: str = typer.Option(
+        "auto",
+        "--wise",
+        help="WiSE-FT blend of start and end weights: auto, off, or alpha in (0, 1].",
+    ),
     balance: str | None = typer.Option(
         None, "--balance", help="Class imbalance: 'weights' (weighted loss) or 'sampler'."
     ),
@@ -121,6 +132,8 @@ def finetune_cmd(
         head_init=head_init,
         augment=augment,
         tta=tta,
+        crop_scale=crop_scale,
+        wise=wise if wise in ("auto", "off") else _alpha(wise),
         class_balance=balance,
         early_stopping=early_stopping,
         image_size=image_size,
@@ -145,3 +158,14 @@ def finetune_cmd(
     print_fit_summary(result)
     if "advice" in result.metrics:
         out.print(f"  {result.metrics['advice']}")
+
+
+def _alpha(text: str) -> float:
+    from transferlab.exceptions import InvalidParameterError
+
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidParameterError(
+            f"--wise must be auto, off or a number in (0, 1], got {text!r}"
+        ) from None
