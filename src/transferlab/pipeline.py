@@ -620,6 +620,30 @@ def _write_finetune_report(out: Path, ds: Dataset, m: dict[str, Any], images: li
     )
 
 
+def _per_label_table(per_label: dict[str, dict[str, float]]) -> str:
+    from transferlab.report import html_table
+
+    cols = ["average_precision", "precision", "recall", "f1", "threshold", "support"]
+    return html_table(
+        ["label", "AP", "precision", "recall", "f1", "threshold", "support"],
+        [[c, *(v[k] for k in cols)] for c, v in per_label.items()],
+    )
+
+
+def _multilabel_block(val: Any, classes: Sequence[str], thresholds: np.ndarray) -> dict[str, Any]:
+    """The metrics.json keys every multi-label run reports (fit and finetune alike)."""
+    return {
+        "accuracy": val.subset_accuracy,
+        "mAP": val.mAP,
+        "f1_micro": val.f1_micro,
+        "f1_macro": val.f1_macro,
+        "at_threshold_0.5": val.at_half,
+        "thresholds": dict(zip(classes, np.asarray(thresholds).tolist(), strict=True)),
+        "thresholds_note": "tuned on the validation split (F1 per label); at_threshold_0.5 is untuned",
+        "per_label": val.per_label,
+    }
+
+
 def _fit_multilabel(
     config: FitConfig,
     ds: Dataset,
@@ -653,14 +677,7 @@ def _fit_multilabel(
     val = evaluate_multilabel(Y["val"], val_proba, ds.classes, probe.thresholds_)
     metrics: dict[str, Any] = {
         "multi_label": True,
-        "accuracy": val.subset_accuracy,
-        "mAP": val.mAP,
-        "f1_micro": val.f1_micro,
-        "f1_macro": val.f1_macro,
-        "at_threshold_0.5": val.at_half,
-        "thresholds": dict(zip(ds.classes, probe.thresholds_.tolist(), strict=True)),
-        "thresholds_note": "tuned on the validation split (F1 per label); at_threshold_0.5 is untuned",
-        "per_label": val.per_label,
+        **_multilabel_block(val, ds.classes, probe.thresholds_),
         "n_train": len(Y["train"]),
         "n_val": val.n,
         "n_test": len(Y["test"]),
@@ -699,7 +716,7 @@ def _fit_multilabel(
     )
     metrics["seconds"] = round(time.perf_counter() - t0, 3)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
-    from transferlab.report import html_table, write_html_report
+    from transferlab.report import write_html_report
 
     summary = {
         "validation mAP": val.mAP,
@@ -711,21 +728,7 @@ def _fit_multilabel(
         "images": f"{metrics['n_train']} train, {val.n} val",
         "skipped (broken) images": len(skipped),
     }
-    table = html_table(
-        ["label", "AP", "precision", "recall", "f1", "threshold", "support"],
-        [
-            [
-                c,
-                v["average_precision"],
-                v["precision"],
-                v["recall"],
-                v["f1"],
-                v["threshold"],
-                v["support"],
-            ]
-            for c, v in val.per_label.items()
-        ],
-    )
+    table = _per_label_table(val.per_label)
     report = write_html_report(
         out / "report.html",
         title=f"transferlab fit (multi-label) — {Path(ds.root).name}",
@@ -748,7 +751,7 @@ def _finish_multilabel_finetune(
     """Multi-label end of `finetune`: thresholds tuned on validation, mAP/F1 metrics, save."""
     from transferlab.artifacts import FinetunedModel
     from transferlab.evaluate import evaluate_multilabel, tune_thresholds
-    from transferlab.report import html_table, plot_training_curves, write_html_report
+    from transferlab.report import plot_training_curves, write_html_report
 
     bb = tuner.backbone_
     model = FinetunedModel(
@@ -768,14 +771,7 @@ def _finish_multilabel_finetune(
     metrics: dict[str, Any] = {
         "multi_label": True,
         "method": "finetune",
-        "accuracy": val.subset_accuracy,
-        "mAP": val.mAP,
-        "f1_micro": val.f1_micro,
-        "f1_macro": val.f1_macro,
-        "at_threshold_0.5": val.at_half,
-        "thresholds": dict(zip(ds.classes, model.thresholds.tolist(), strict=True)),
-        "thresholds_note": "tuned on the validation split (F1 per label); at_threshold_0.5 is untuned",
-        "per_label": val.per_label,
+        **_multilabel_block(val, ds.classes, model.thresholds),
         "n_train": len(ds.train)
         - sum(1 for e in tuner.failures_ if e.path in {s.path for s in ds.train}),
         "n_val": val.n,
@@ -800,21 +796,7 @@ def _finish_multilabel_finetune(
     )
     metrics["seconds"] = round(time.perf_counter() - t0, 3)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
-    table = html_table(
-        ["label", "AP", "precision", "recall", "f1", "threshold", "support"],
-        [
-            [
-                c,
-                v["average_precision"],
-                v["precision"],
-                v["recall"],
-                v["f1"],
-                v["threshold"],
-                v["support"],
-            ]
-            for c, v in val.per_label.items()
-        ],
-    )
+    table = _per_label_table(val.per_label)
     report = write_html_report(
         out / "report.html",
         title=f"transferlab finetune (multi-label) — {Path(ds.root).name}",
