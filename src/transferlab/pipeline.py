@@ -562,7 +562,7 @@ def _write_finetune_report(out: Path, ds: Dataset, m: dict[str, Any], images: li
 
     cfg = m["config"]
     summary = {
-        "validation accuracy (best epoch)": m["accuracy"],
+        "validation accuracy (final model)": m["accuracy"],
         "linear probe, same validation images": m["probe_val_accuracy"]
         if m["probe_val_accuracy"] is not None
         else "n/a",
@@ -572,6 +572,12 @@ def _write_finetune_report(out: Path, ds: Dataset, m: dict[str, Any], images: li
         "schedule": f"{cfg['freeze_epochs']} frozen + {cfg['epochs']} unfrozen epochs, lr {cfg['lr']:g}, "
         f"one-cycle, BN {cfg['bn_policy']}, head from {cfg['head_init']}",
         "best epoch": f"{m['best_epoch']} of {m['epochs_run']} (selected on validation)",
+        "WiSE-FT blend": (
+            f"alpha {m['wise_alpha']:g} of the fine-tuned weights with the probe-initialised start "
+            f"(validation accuracy per alpha: {', '.join(f'{a}: {v:.3f}' for a, v in m['wise_scores'].items())})"
+            if m.get("wise_scores")
+            else "off"
+        ),
         "images": f"{m['n_train']} train, {m['n_val']} val"
         + (f", {m['n_test']} test" if m.get("n_test") else ""),
         "skipped (broken) images": m["n_skipped"],

@@ -88,7 +88,10 @@ def plot_training_curves(
     if baseline is not None:
         ax_acc.axhline(baseline, color="grey", ls="--", label=f"linear probe ({baseline:.3f})")
     frozen = [h["epoch"] for h in history if h.get("phase") == "frozen"]
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if frozen:
             ax.axvspan(min(frozen) - 0.5, max(frozen) + 0.5, color="0.92", label="body frozen")
         ax.set_xlabel("epoch")
