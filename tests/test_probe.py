@@ -102,3 +102,31 @@ def test_wrong_feature_length_is_explained():
     probe = LinearProbe().fit(X, y)
     with pytest.raises(InvalidParameterError, match="another layer or backbone"):
         probe.predict(X[:, :8])
+
+
+def test_auto_scaling_uses_l2_for_few_shots_and_standardises_with_enough_data():
+    X, y = _blobs(n_per_class=30)
+    few = np.r_[0, 30, 60]  # one example per class
+    assert LinearProbe().fit(X[few], y[few]).scaling_ == "l2"
+    assert LinearProbe().fit(X, y).scaling_ == "standardize"
+    assert LinearProbe(standardize=True).fit(X[few], y[few]).scaling_ == "standardize"
+    assert LinearProbe(standardize=False).fit(X, y).scaling_ == "none"
+    with pytest.raises(InvalidParameterError, match="standardize must be"):
+        LinearProbe(standardize="zscore").fit(X, y)
+
+
+def test_one_shot_on_offset_features_is_saved_by_l2():
+    """Features like a CNN's: a large shared positive component, class signal in the direction.
+    Standardising two points per feature amplifies noise; unit-length vectors keep the signal."""
+    rng = np.random.default_rng(3)
+    base = rng.uniform(1, 3, 256)
+    dirs = rng.normal(0, 1, (2, 256))
+
+    def sample(c, n):
+        return base + 0.8 * dirs[c] + rng.normal(0, 0.9, (n, 256))
+
+    Xtr = np.r_[sample(0, 1), sample(1, 1)]
+    Xte = np.r_[sample(0, 200), sample(1, 200)]
+    yte = np.repeat(["a", "b"], 200)
+    l2 = LinearProbe().fit(Xtr, ["a", "b"]).score(Xte, yte)
+    assert l2 > 0.8

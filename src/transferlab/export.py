@@ -53,6 +53,7 @@ class _ProbeHead(nn.Module):
         self.layer = layer
         pipe = probe.pipeline_
         scaler = pipe.named_steps.get("scale")
+        self.l2 = "l2" in pipe.named_steps  # few-shot probes scale each vector to unit length
         mean = scaler.mean_ if scaler is not None else np.zeros(probe.n_features_in_)
         scale = scaler.scale_ if scaler is not None else np.ones(probe.n_features_in_)
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
@@ -91,6 +92,8 @@ class _ProbeHead(nn.Module):
             f = self.model.forward_head(feats, pre_logits=True)
         else:
             f = self.model.forward_head(feats)
+        if self.l2:
+            f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
         z = (f - self.mean) / self.scale
         if self.kind == "centroid":
             d = (

@@ -527,7 +527,8 @@ class FineTuner:
             bias = icpt - coef @ scaler.mean_
             self._copy_head(coef, bias)
             return evaluate_multilabel(y_val.astype(int), ml.predict_proba(xva), self.classes_).mAP
-        probe = LinearProbe(C=1.0).fit(xtr, np.asarray(self.classes_)[y_train])
+        # standardised, so the scaler folds into the head's weights below
+        probe = LinearProbe(C=1.0, standardize=True).fit(xtr, np.asarray(self.classes_)[y_train])
         scaler, clf = probe.pipeline_[0], probe.pipeline_[-1]
         coef = clf.coef_ / scaler.scale_[None, :]
         bias = clf.intercept_ - coef @ scaler.mean_

@@ -47,7 +47,11 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             out-of-fold training scores.
         C: inverse regularisation strength, or ``"auto"`` to choose it by stratified
             cross-validation on the training data (needs 2+ examples per class; else 1.0).
-        standardize: scale each feature to zero mean and unit variance first.
+        standardize: how features are scaled first: True (zero mean, unit variance per feature),
+            ``"l2"`` (each vector to unit length), False (as they are), or ``"auto"`` (default):
+            standardise when every class has at least `min_standardize` examples, else L2. Per-
+            feature statistics from one or two images per class are noise, and measured here they
+            cost 25 points of 1-shot accuracy on hymenoptera (0.634 vs 0.875 with L2).
         class_weight: None, ``"balanced"`` (weights inversely proportional to class frequency), or
             a dict label -> weight. Ignored by ``"centroid"`` except that a dict is refused.
         max_iter: solver iterations.
@@ -58,6 +62,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         classes_: class labels, in the order of `predict_proba` columns.
         n_features_in_: feature vector length seen in `fit`.
         C_: the C used (chosen, when ``C="auto"``).
+        scaling_: the feature scaling used: ``"standardize"``, ``"l2"`` or ``"none"``.
         pipeline_: the fitted scikit-learn `Pipeline`.
         n_iter_: solver iterations (logreg and svm).
 
@@ -76,11 +81,12 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         *,
         classifier: str = "logreg",
         C: float | str = 1.0,
-        standardize: bool = True,
+        standardize: bool | str = "auto",
         class_weight: str | dict[Any, float] | None = None,
         max_iter: int = 3000,
         cv: int = 5,
         random_state: int | None = 0,
+        min_standardize: int = 10,
     ) -> None:
         self.classifier = classifier
         self.C = C
@@ -88,6 +94,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.class_weight = class_weight
         self.max_iter = max_iter
         self.cv = cv
+        self.min_standardize = min_standardize
         self.random_state = random_state
 
     def _check_params(self) -> None:
@@ -161,8 +168,21 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             }
         n_min = int(np.bincount(y_enc).min())
         steps: list[tuple[str, Any]] = []
-        if self.standardize:
+        mode = self.standardize
+        if mode == "auto":
+            # a vector of one feature has no direction to keep: standardise it instead
+            mode = True if n_min >= self.min_standardize or X.shape[1] < 2 else "l2"
+        if mode not in (True, False, "l2"):
+            raise InvalidParameterError(
+                f"standardize must be True, False, 'l2' or 'auto', got {self.standardize!r}"
+            )
+        if mode == "l2":
+            from sklearn.preprocessing import Normalizer
+
+            steps.append(("l2", Normalizer()))
+        elif mode:
             steps.append(("scale", StandardScaler()))
+        self.scaling_ = "l2" if mode == "l2" else ("standardize" if mode else "none")
         steps.append(("clf", self._estimator(n_min)))
         self.pipeline_ = Pipeline(steps)
         with warnings.catch_warnings():
