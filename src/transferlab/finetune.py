@@ -518,20 +518,20 @@ class FineTuner:
         if self.multi_label_:
             from transferlab.evaluate import evaluate_multilabel
 
-            ml = MultiLabelProbe(C=1.0).fit(xtr, y_train.astype(int))
-            scaler = ml.pipeline_[0]
+            ml = MultiLabelProbe(C=1.0, standardize=False).fit(xtr, y_train.astype(int))
             ests = ml.pipeline_[-1].estimators_
             raw = np.vstack([np.ravel(getattr(e, "coef_", np.zeros(xtr.shape[1]))) for e in ests])
             icpt = np.array([float(np.ravel(getattr(e, "intercept_", [0.0]))[0]) for e in ests])
-            coef = raw / scaler.scale_[None, :]
-            bias = icpt - coef @ scaler.mean_
-            self._copy_head(coef, bias)
+            self._copy_head(raw, icpt)
             return evaluate_multilabel(y_val.astype(int), ml.predict_proba(xva), self.classes_).mAP
-        # standardised, so the scaler folds into the head's weights below
-        probe = LinearProbe(C=1.0, standardize=True).fit(xtr, np.asarray(self.classes_)[y_train])
-        scaler, clf = probe.pipeline_[0], probe.pipeline_[-1]
-        coef = clf.coef_ / scaler.scale_[None, :]
-        bias = clf.intercept_ - coef @ scaler.mean_
+        # On raw features, not standardised ones: folding a standardiser into the head divides by
+        # each feature's spread, and near-constant features (many, on x-rays) then get weights in
+        # the thousands; augmented images push those features off their constant and the first
+        # losses reached 34 (pneumoniamnist). Raw-feature probes score as well here.
+        probe = LinearProbe(C=1.0, standardize=False).fit(xtr, np.asarray(self.classes_)[y_train])
+        clf = probe.pipeline_[-1]
+        coef = clf.coef_
+        bias = clf.intercept_
         if coef.shape[0] == 1:  # binary logistic regression: logits (-z/2, +z/2)
             coef = np.vstack([-coef / 2, coef / 2])
             bias = np.array([-bias[0] / 2, bias[0] / 2])
