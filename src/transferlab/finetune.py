@@ -466,8 +466,8 @@ class FineTuner:
 
     Example:
         >>> tuner = FineTuner(FinetuneConfig(backbone="test_resnet", weights="random", epochs=1))
-        >>> tuner.config.freeze_epochs
-        1
+        >>> tuner.config.freeze_epochs, tuner.config.bn_policy
+        (0, 'freeze')
     """
 
     def __init__(
