@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -46,11 +47,11 @@ class Interpretation:
         y = np.array([index[str(lab)] for lab in labels], dtype=np.int64)
         return cls(list(paths), y, np.asarray(proba, dtype=float), [str(c) for c in classes])
 
-    @property
+    @cached_property
     def y_pred(self) -> np.ndarray:
         return self.proba.argmax(axis=1)
 
-    @property
+    @cached_property
     def losses(self) -> np.ndarray:
         """Cross-entropy of each image: -log p(true class)."""
         return -np.log(np.clip(self.proba[np.arange(len(self.y_true)), self.y_true], 1e-12, None))
