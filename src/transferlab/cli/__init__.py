@@ -7,6 +7,7 @@ from transferlab.cli import (  # noqa: F401 - importing registers the commands
     cache,
     curve,
     demo,
+    diagnose,
     embed,
     evaluate,
     export,

@@ -1,0 +1,240 @@
+"""`transferlab diagnose`, `rank` and `adapt-bn`: will transfer work, with which backbone and
+layer, and why not when it does not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from transferlab.cli._common import (
+    BackboneOpt,
+    BatchOpt,
+    CacheDirOpt,
+    DeviceOpt,
+    NoCacheOpt,
+    SeedOpt,
+    ValFractionOpt,
+    WeightsOpt,
+    app,
+    err,
+    handle_errors,
+    out,
+    print_json,
+)
+
+_COLOURS = {"problem": "red", "warning": "yellow", "info": "cyan", "ok": "green"}
+
+
+def _split(value: str | None) -> tuple[str, ...] | None:
+    if not value:
+        return None
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@app.command("diagnose")
+@handle_errors
+def diagnose_cmd(
+    data: Path = typer.Argument(..., help="Labelled images (same forms as `fit`)."),
+    out_dir: Path | None = typer.Option(
+        None, "--out", "-o", help="Report directory (default: runs/diagnose-<data>-<time>)."
+    ),
+    reference: Path | None = typer.Option(
+        None,
+        "--reference",
+        help="Folder of reference images (default: built-in natural photos shipped with the "
+        "dependencies).",
+    ),
+    layers: str | None = typer.Option(
+        None, "--layers", help="Comma-separated taps to probe (default: all but logits)."
+    ),
+    max_images: int = typer.Option(
+        2000, "--max-images", min=8, help="Labelled images used at most (stratified draw)."
+    ),
+    bn_images: int = typer.Option(
+        256, "--bn-images", min=8, help="Images for the BatchNorm statistics."
+    ),
+    adabn: str = typer.Option(
+        "auto", "--adabn", help="Measure AdaBN's effect: auto (when shifted), on, off."
+    ),
+    backbone: str = BackboneOpt,
+    weights: str = WeightsOpt,
+    batch_size: int = BatchOpt,
+    device: str = DeviceOpt,
+    cache_dir: Path | None = CacheDirOpt,
+    no_cache: bool = NoCacheOpt,
+    val_fraction: float = ValFractionOpt,
+    seed: int = SeedOpt,
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    as_json: bool = typer.Option(False, "--json", help="Print diagnosis.json to stdout."),
+) -> None:
+    """Diagnose transfer before training: probe accuracy per layer, domain gap and BatchNorm shift
+    against natural photos, AdaBN, and plain-language findings with the commands to act on them.
+
+    Example:
+      transferlab diagnose ../shared/datasets/pneumoniamnist --out runs/diag-pneumonia
+    """
+    from transferlab.cli.fit import default_run_dir
+    from transferlab.pipeline import DiagnoseConfig, diagnose_run
+
+    cfg = DiagnoseConfig(
+        data=str(data),
+        out=str(out_dir or default_run_dir(data, "diagnose")),
+        backbone=backbone,
+        weights=weights,
+        reference=str(reference) if reference else None,
+        layers=_split(layers),
+        max_images=max_images,
+        bn_images=bn_images,
+        adabn=adabn,
+        seed=seed,
+        val_fraction=val_fraction,
+        batch_size=batch_size,
+        device=device,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        no_cache=no_cache,
+        overwrite=overwrite,
+    )
+    res = diagnose_run(cfg, on_step=lambda s: err.print(f"[dim]» {s}[/]"))
+    if as_json:
+        print_json(res.metrics)
+        return
+    for f in res.metrics["findings"]:
+        colour = _COLOURS.get(f["severity"], "white")
+        out.print(f"[bold {colour}]{f['severity'].upper():8}[/] {f['title']}")
+        out.print(f"         {f['recommendation']}", markup=False)
+        for c in f.get("commands", []):
+            out.print(f"         $ {c}", markup=False)
+    out.print(f"report: {res.report}", markup=False)
+
+
+@app.command("rank")
+@handle_errors
+def rank_cmd(
+    data: Path = typer.Argument(..., help="Labelled images (same forms as `fit`)."),
+    backbones: str = typer.Option(
+        "efficientnet_lite0,efficientnet_lite1,efficientnet_lite2",
+        "--backbones",
+        help="Comma-separated backbones to score.",
+    ),
+    layers: str | None = typer.Option(
+        None, "--layers", help="Comma-separated taps (default: all but logits)."
+    ),
+    verify: bool = typer.Option(
+        False,
+        "--verify",
+        help="Also measure the cross-validated probe accuracy of each row and each score's "
+        "Kendall tau against it.",
+    ),
+    max_images: int = typer.Option(
+        2000, "--max-images", min=8, help="Labelled images used at most (stratified draw)."
+    ),
+    out_dir: Path | None = typer.Option(
+        None, "--out", "-o", help="Also write rank.json and report.html here."
+    ),
+    batch_size: int = BatchOpt,
+    device: str = DeviceOpt,
+    cache_dir: Path | None = CacheDirOpt,
+    val_fraction: float = ValFractionOpt,
+    seed: int = SeedOpt,
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+) -> None:
+    """Rank backbones x layers by transferability scores (LogME, LEEP, NCE, H-score, kNN),
+    computed from features alone, before any training.
+
+    Example:
+      transferlab rank ../shared/datasets/hymenoptera --verify --out runs/rank-hym
+    """
+    from rich.table import Table
+
+    from transferlab.pipeline import rank_run
+    from transferlab.pipeline._diagnose import SCORE_COLUMNS, rank_table
+
+    res = rank_run(
+        data,
+        out_dir,
+        backbones=_split(backbones) or (),
+        layers=_split(layers),
+        verify=verify,
+        max_images=max_images,
+        seed=seed,
+        val_fraction=val_fraction,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        batch_size=batch_size,
+        device=device,
+        overwrite=overwrite,
+        on_step=lambda s: err.print(f"[dim]» {s}[/]"),
+    )
+    if as_json:
+        print_json(res.to_dict())
+        return
+    header, rows = rank_table(res)
+    table = Table(
+        title=f"transferability on {data} ({res.n_images} images; value and rank, higher is better)"
+    )
+    for h in header:
+        table.add_column(h, justify="left" if h in ("backbone", "layer") else "right")
+    for r in rows:
+        table.add_row(*[str(c) for c in r])
+    out.print(table)
+    best = res.best("logme")
+    out.print(f"LogME's pick: {best['backbone']} / {best['layer']}", markup=False)
+    if res.tau:
+        measured = max(res.rows, key=lambda r: r["probe_accuracy"])
+        out.print(
+            f"measured best: {measured['backbone']} / {measured['layer']} "
+            f"(probe {measured['probe_accuracy']:.3f})",
+            markup=False,
+        )
+        out.print(
+            "Kendall tau vs probe accuracy: "
+            + ", ".join(f"{s} {res.tau[s]:.2f}" for s in SCORE_COLUMNS),
+            markup=False,
+        )
+    if res.report:
+        out.print(f"report: {res.report}", markup=False)
+
+
+@app.command("adapt-bn")
+@handle_errors
+def adapt_bn_cmd(
+    data: Path = typer.Argument(..., help="Target images (labels are not needed)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for weights.safetensors."),
+    max_images: int = typer.Option(
+        2000, "--max-images", min=2, help="Images used at most (a random draw)."
+    ),
+    backbone: str = BackboneOpt,
+    weights: str = WeightsOpt,
+    batch_size: int = BatchOpt,
+    device: str = DeviceOpt,
+    seed: int = SeedOpt,
+    overwrite: bool = typer.Option(False, "--overwrite"),
+) -> None:
+    """AdaBN: re-estimate the backbone's BatchNorm statistics on your images, without labels,
+    and save the weights for `--weights` in fit, extract and finetune.
+
+    Example:
+      transferlab adapt-bn ../shared/datasets/pneumoniamnist/train --out adapted/
+      transferlab fit ../shared/datasets/pneumoniamnist --weights adapted/weights.safetensors
+    """
+    from transferlab.pipeline import adapt_bn_run
+
+    res = adapt_bn_run(
+        data,
+        out_dir,
+        backbone=backbone,
+        weights=weights,
+        max_images=max_images,
+        batch_size=batch_size,
+        device=device,
+        seed=seed,
+        overwrite=overwrite,
+    )
+    m = res.metrics
+    out.print(f"re-estimated BatchNorm statistics on {m['n_images']} images", markup=False)
+    out.print("BN shift (W2) before -> after, by depth:", markup=False)
+    for tap, before in m["bn_shift_before"].items():
+        out.print(f"  {tap:>10}: {before:.3f} -> {m['bn_shift_after'][tap]:.3f}", markup=False)
+    out.print(f"weights: {m['weights']}", markup=False)
+    out.print(f"use: {m['use']}", markup=False)

@@ -1,0 +1,74 @@
+"""Diagnosis of transfer: where and why it works or fails.
+
+Layer-wise probing, transferability scores (LogME, LEEP/N-LEEP, NCE, H-score, kNN), domain gap to
+a reference set, BatchNorm statistics shift and AdaBN, preprocessing checks, and the findings with
+advice built from them. Public names are re-exported here; the code lives in private modules.
+"""
+
+from __future__ import annotations
+
+from transferlab.diagnose._advice import Finding as Finding
+from transferlab.diagnose._advice import advise as advise
+from transferlab.diagnose._bn import BNShift as BNShift
+from transferlab.diagnose._bn import adapt_bn as adapt_bn
+from transferlab.diagnose._bn import bn_layers as bn_layers
+from transferlab.diagnose._bn import bn_shift as bn_shift
+from transferlab.diagnose._bn import image_batches as image_batches
+from transferlab.diagnose._bn import save_backbone_weights as save_backbone_weights
+from transferlab.diagnose._domain import DomainGap as DomainGap
+from transferlab.diagnose._domain import ImageStats as ImageStats
+from transferlab.diagnose._domain import default_reference as default_reference
+from transferlab.diagnose._domain import domain_classifier_accuracy as domain_classifier_accuracy
+from transferlab.diagnose._domain import domain_gap as domain_gap
+from transferlab.diagnose._domain import image_statistics as image_statistics
+from transferlab.diagnose._domain import mmd_rbf as mmd_rbf
+from transferlab.diagnose._layers import LayerProbeResult as LayerProbeResult
+from transferlab.diagnose._layers import LayerProfileDisplay as LayerProfileDisplay
+from transferlab.diagnose._layers import cv_probe_accuracy as cv_probe_accuracy
+from transferlab.diagnose._layers import layer_probe as layer_probe
+from transferlab.diagnose._preprocess import PreprocessingIssue as PreprocessingIssue
+from transferlab.diagnose._preprocess import check_input_tensors as check_input_tensors
+from transferlab.diagnose._preprocess import check_preprocessing as check_preprocessing
+from transferlab.diagnose._scores import SCORES as SCORES
+from transferlab.diagnose._scores import hscore as hscore
+from transferlab.diagnose._scores import kendall_tau as kendall_tau
+from transferlab.diagnose._scores import knn_accuracy as knn_accuracy
+from transferlab.diagnose._scores import leep as leep
+from transferlab.diagnose._scores import logme as logme
+from transferlab.diagnose._scores import nce as nce
+from transferlab.diagnose._scores import pseudo_source_probs as pseudo_source_probs
+from transferlab.diagnose._scores import softmax as softmax
+
+__all__ = [
+    "SCORES",
+    "BNShift",
+    "DomainGap",
+    "Finding",
+    "ImageStats",
+    "LayerProbeResult",
+    "LayerProfileDisplay",
+    "PreprocessingIssue",
+    "adapt_bn",
+    "advise",
+    "bn_layers",
+    "bn_shift",
+    "check_input_tensors",
+    "check_preprocessing",
+    "cv_probe_accuracy",
+    "default_reference",
+    "domain_classifier_accuracy",
+    "domain_gap",
+    "hscore",
+    "image_batches",
+    "image_statistics",
+    "kendall_tau",
+    "knn_accuracy",
+    "layer_probe",
+    "leep",
+    "logme",
+    "mmd_rbf",
+    "nce",
+    "pseudo_source_probs",
+    "save_backbone_weights",
+    "softmax",
+]

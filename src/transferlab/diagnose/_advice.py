@@ -1,0 +1,290 @@
+"""Turn measurements into findings a person can act on: what is wrong, the numbers that show it,
+and what to do. Every rule is a plain threshold on a measured quantity, stated in the finding."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["LOW_TAPS", "Finding", "advise"]
+
+# taps that hold low-level features (colour, edges, textures) in stem/stage naming
+LOW_TAPS = ("stem", "stage1", "stage2")
+SEVERITIES = ("problem", "warning", "info", "ok")
+
+# thresholds, named so the report can quote them
+SHIFT_RATIO = 1.8  # target BN shift / reference BN shift that counts as a domain shift
+SHIFT_FLOOR = 0.35  # ... and the absolute W2 shift it must also exceed
+FEW_SHOT = 20  # images per class below which fine-tuning is not advised
+IMBALANCE = 3.0  # largest / smallest class count
+
+
+@dataclass
+class Finding:
+    """One diagnosis: a stable `code`, its severity, a one-line title, the evidence (numbers) and
+    a recommendation in plain language, with the command or flag that carries it out."""
+
+    code: str
+    severity: str
+    title: str
+    evidence: dict[str, Any]
+    recommendation: str
+    commands: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _mean_over(d: dict[str, float], keys: tuple[str, ...] | list[str]) -> float:
+    vals = [d[k] for k in keys if k in d]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def advise(
+    *,
+    class_counts: dict[str, int],
+    target_stats: dict[str, Any],
+    reference_stats: dict[str, Any] | None,
+    bn_target: dict[str, float] | None,
+    bn_reference: dict[str, float] | None,
+    layer_probe: dict[str, Any] | None,
+    domain_gap: dict[str, Any] | None,
+    preprocessing: list[dict[str, Any]] | None = None,
+    input_size: int = 224,
+    backbone: str = "efficientnet_lite0",
+    adabn: dict[str, float] | None = None,
+    data: str = "DATA",
+) -> list[Finding]:
+    """Findings from the measurements of `diagnose` (all arguments are its plain-dict outputs)."""
+    out: list[Finding] = []
+    # 1. preprocessing bugs come first: nothing else is meaningful until they are fixed
+    for issue in preprocessing or []:
+        out.append(
+            Finding(
+                f"preprocessing_{issue['code']}",
+                "problem",
+                f"Preprocessing does not match {backbone}: {issue['message']}",
+                issue.get("evidence", {}),
+                issue["fix"],
+            )
+        )
+
+    # 2. domain shift, located by depth from BatchNorm statistics (target vs natural photos)
+    shifted_from: str | None = None
+    if bn_target and bn_reference:
+        taps = [t for t in bn_target if t in bn_reference]
+        ratios = {t: bn_target[t] / max(bn_reference[t], 1e-6) for t in taps}
+        shifted = [t for t in taps if ratios[t] >= SHIFT_RATIO and bn_target[t] >= SHIFT_FLOOR]
+        low = [t for t in LOW_TAPS if t in taps]
+        low_t, low_r = _mean_over(bn_target, low), _mean_over(bn_reference, low)
+        evidence = {
+            "bn_shift_w2_target": {t: round(bn_target[t], 3) for t in taps},
+            "bn_shift_w2_reference": {t: round(bn_reference[t], 3) for t in taps},
+            "rule": f"target/reference >= {SHIFT_RATIO} and target >= {SHIFT_FLOOR}",
+        }
+        if domain_gap:
+            evidence["domain_classifier_accuracy"] = {
+                la: v["classifier_accuracy"] for la, v in domain_gap["layers"].items()
+            }
+        if shifted:
+            shifted_from = shifted[0]
+            is_low = shifted_from in LOW_TAPS
+            kind = "low-level" if is_low else "mid/high-level"
+            grey = target_stats.get("greyscale_fraction", 0) >= 0.5 and (
+                reference_stats is None or reference_stats.get("greyscale_fraction", 0) < 0.5
+            )
+            causes = []
+            if grey:
+                causes.append("the images are greyscale while the backbone learnt on colour photos")
+            if target_stats.get("median_min_side", input_size) < input_size / 2:
+                causes.append(
+                    f"the images are small ({target_stats['median_min_side']:.0f} px) and get "
+                    f"upsampled {input_size / target_stats['median_min_side']:.0f}x, so they are blurrier "
+                    "than any ImageNet photo"
+                )
+            because = f" ({'; '.join(causes)})" if causes else ""
+            n_stages = sum(1 for t in taps if t.startswith("stage"))
+            first = taps.index(shifted_from)
+            out.append(
+                Finding(
+                    "domain_shift_low_level" if is_low else "domain_shift_high_level",
+                    "problem" if is_low else "warning",
+                    f"{kind.capitalize()} domain shift: activations depart from ImageNet's from "
+                    f"the {shifted_from} on{because}",
+                    {
+                        **evidence,
+                        "first_shifted_tap": shifted_from,
+                        "low_level_shift_ratio": round(low_t / max(low_r, 1e-6), 2),
+                    },
+                    (
+                        "Low-level features are off, so a frozen backbone's features are "
+                        "mis-calibrated from the first layers: fine-tune the whole network, early "
+                        "stages included, with BatchNorm statistics trained (or at least re-estimated "
+                        "with AdaBN), and a gentler spread of learning rates."
+                        if is_low
+                        else f"Only deeper features are off: fine-tune from {shifted_from} upwards "
+                        f"(the last {max(1, n_stages - max(0, first - 1))} stages) and keep earlier "
+                        "ones frozen."
+                    ),
+                    [
+                        f"transferlab finetune {data} --bn train --lr-mult 10"
+                        + (" --adapt-bn" if is_low else f" --freeze-to {max(0, first)}"),
+                        f"transferlab adapt-bn {data} --out adapted/ && transferlab fit {data} "
+                        "--weights adapted/weights.safetensors",
+                    ],
+                )
+            )
+            if grey:
+                out.append(
+                    Finding(
+                        "augment_greyscale",
+                        "info",
+                        "Greyscale images: colour augmentation has nothing to vary",
+                        {"greyscale_fraction": target_stats.get("greyscale_fraction")},
+                        "Fine-tuning detects greyscale data and keeps jitter to brightness and "
+                        "contrast; geometry (crop scale, flips) carries the augmentation. Keep "
+                        "crops large (--crop-scale 0.6 or more) when the whole image matters, as in "
+                        "x-rays.",
+                    )
+                )
+        else:
+            out.append(
+                Finding(
+                    "no_domain_shift",
+                    "ok",
+                    "No domain shift: BatchNorm statistics on these images sit as close to "
+                    "ImageNet's as natural photos do",
+                    evidence,
+                    "Pretrained features fit these images; a linear probe on the last layer is the "
+                    "first thing to try.",
+                )
+            )
+    if adabn:
+        gain = adabn["after"] - adabn["before"]
+        out.append(
+            Finding(
+                "adabn",
+                "warning" if gain > 0.01 else "info",
+                f"Re-estimating BatchNorm statistics (AdaBN) changes probe accuracy by "
+                f"{100 * gain:+.1f} points",
+                {k: round(v, 4) for k, v in adabn.items()},
+                "Re-estimate BatchNorm statistics on your images before probing or fine-tuning."
+                if gain > 0.01
+                else "AdaBN does not help here; keep the pretrained statistics.",
+                [
+                    f"transferlab adapt-bn {data} --out adapted/ && transferlab fit {data} "
+                    "--weights adapted/weights.safetensors",
+                    f"transferlab finetune {data} --adapt-bn",
+                ]
+                if gain > 0.01
+                else [],
+            )
+        )
+
+    # 3. which layer: the layer-probe curve
+    if layer_probe:
+        layers = layer_probe["layers"]
+        names = list(layers)
+        accs = {k: v["accuracy"] for k, v in layers.items()}
+        deepest = "pre_logits" if "pre_logits" in accs else names[-1]
+        peak = layer_probe["peak_layer"]
+        gain = accs[peak] - accs[deepest]
+        if peak != deepest and gain > max(0.01, layers[deepest]["std"]):
+            out.append(
+                Finding(
+                    "earlier_layer_better",
+                    "warning",
+                    f"An earlier layer transfers better: {peak} {accs[peak]:.3f} vs {deepest} "
+                    f"{accs[deepest]:.3f}",
+                    {"probe_accuracy": accs},
+                    f"The last layers are too ImageNet-specific for this task. For a probe, read "
+                    f"features from {peak}; for fine-tuning, retrain the stages after it.",
+                    [f"transferlab fit {data} --layer {peak}"],
+                )
+            )
+        else:
+            out.append(
+                Finding(
+                    "best_layer",
+                    "ok",
+                    f"The last layer ({deepest}) transfers best or as well as any: {accs[deepest]:.3f}",
+                    {"probe_accuracy": accs},
+                    f"Use {deepest} features (the default).",
+                )
+            )
+
+    # 4. data: amount and balance
+    counts = np.asarray(list(class_counts.values()))
+    if counts.size:
+        smallest = int(counts.min())
+        probe_acc = (
+            layer_probe["layers"][layer_probe["peak_layer"]]["accuracy"] if layer_probe else None
+        )
+        if smallest < FEW_SHOT:
+            out.append(
+                Finding(
+                    "few_images",
+                    "warning",
+                    f"Few labelled images: the smallest class has {smallest}",
+                    {"class_counts": class_counts, "rule": f"< {FEW_SHOT} per class"},
+                    "Too few images to fine-tune safely: use the linear probe (it reaches most of "
+                    "its accuracy at 5-10 images per class), and label more images of the classes "
+                    "the probe confuses (transferlab evaluate lists them).",
+                    [f"transferlab fit {data}", f"transferlab curve {data}"],
+                )
+            )
+        elif shifted_from is not None or (probe_acc is not None and probe_acc < 0.9):
+            out.append(
+                Finding(
+                    "prefer_finetune",
+                    "info",
+                    "Fine-tuning is likely to beat the probe"
+                    + (" (domain shift)" if shifted_from else f" (probe only {probe_acc:.3f})"),
+                    {"smallest_class": smallest, "probe_accuracy": probe_acc},
+                    "There is enough data to fine-tune; compare against the probe on the same "
+                    "validation split (transferlab finetune reports both).",
+                    [f"transferlab finetune {data}"],
+                )
+            )
+        else:
+            out.append(
+                Finding(
+                    "prefer_probe",
+                    "info",
+                    f"The linear probe is already strong ({probe_acc:.3f}) and the domain matches",
+                    {"smallest_class": smallest, "probe_accuracy": probe_acc},
+                    "Start with the probe (seconds, no risk of forgetting); fine-tune the last "
+                    "stages only if you need the last points.",
+                    [f"transferlab fit {data}"],
+                )
+            )
+        if smallest and counts.max() / smallest >= IMBALANCE:
+            out.append(
+                Finding(
+                    "class_imbalance",
+                    "warning",
+                    f"Classes are imbalanced: {int(counts.max())} vs {smallest} images",
+                    {"class_counts": class_counts, "rule": f"largest/smallest >= {IMBALANCE}"},
+                    "Weight the loss by class (--balance weights) and judge by balanced accuracy; "
+                    "or collect more images of the small classes.",
+                    [f"transferlab finetune {data} --balance weights"],
+                )
+            )
+
+    # 5. image geometry
+    aspect = target_stats.get("median_aspect", 1.0)
+    if aspect >= 1.6 or aspect <= 1 / 1.6:
+        out.append(
+            Finding(
+                "aspect_ratio",
+                "warning",
+                f"Images are elongated (median aspect {aspect:.2f}): the centre crop cuts off their ends",
+                {"median_aspect": aspect},
+                "Check that the objects survive the centre crop (transferlab evaluate's grids "
+                "show inputs); if not, pad or tile images to a squarer shape before training.",
+            )
+        )
+    order = {s: i for i, s in enumerate(SEVERITIES)}
+    return sorted(out, key=lambda f: order[f.severity])
