@@ -85,6 +85,12 @@ class FinetuneConfig:
             Wortsman et al. 2022): ``"auto"`` picks alpha in {0.25, 0.5, 0.75, 1} on validation,
             a number in (0, 1] fixes it, ``"off"`` keeps the fine-tuned weights (alpha = 1).
         image_size: train/eval input size (None: the backbone's own).
+        adapt_bn: re-estimate BatchNorm statistics on the training images (AdaBN) before the
+            head is fit: for data far from ImageNet's photos (x-rays, sketches), where
+            `transferlab diagnose` finds a low-level shift.
+        freeze_to: the layer group the unfrozen phase trains from: 0 trains all (default), 2
+            keeps the stem and first stage frozen, negative counts from the end (fastai's
+            ``freeze_to``); `diagnose` suggests it when only deep features are off.
         seed: seeds Python, NumPy and torch, per epoch, so a resumed run matches.
         num_workers: data-loading processes (None: automatic).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
@@ -111,6 +117,8 @@ class FinetuneConfig:
     early_stopping: int | None = None
     wise: str | float = "auto"
     image_size: int | None = None
+    adapt_bn: bool = False
+    freeze_to: int = 0
     seed: int = 0
     num_workers: int | None = None
     device: str = "auto"
@@ -1021,12 +1029,23 @@ class FineTuner:
             self.epoch = int(resume_state["epoch"])
             self.probe_val_accuracy_ = resume_state.get("probe_val_accuracy")
             logger.info("resuming after epoch %d (%s)", self.epoch, resume_state["phase"])
-        elif cfg.head_init == "probe":
-            self.probe_val_accuracy_ = self._init_head_from_probe(
-                None, loaders["train_eval"], y_train, loaders["val"], y_val
+        if resume_state is None:
+            if cfg.adapt_bn:
+                from transferlab.backbones import reestimate_bn
+
+                n_bn = reestimate_bn(
+                    self.backbone_.model,
+                    (x for x, _ in loaders["train_eval"]),
+                    self.backbone_.device,
+                )
+                logger.info("AdaBN: BatchNorm statistics re-estimated on %d training images", n_bn)
+            self.probe_val_accuracy_ = (
+                self._init_head_from_probe(
+                    None, loaders["train_eval"], y_train, loaders["val"], y_val
+                )
+                if cfg.head_init == "probe"
+                else None
             )
-        else:
-            self.probe_val_accuracy_ = None
         # the starting point, for weight-space ensembling at the end (kept beside checkpoints)
         init_path = ckpt_dir / "init.pt" if ckpt_dir is not None else None
         if resume_state is not None and init_path is not None and init_path.exists():
@@ -1052,7 +1071,7 @@ class FineTuner:
             cb.before_fit(self)
         phases = [
             ("frozen", cfg.freeze_epochs, cfg.lr, 1.0, -1),
-            ("unfrozen", cfg.epochs, cfg.lr / 2, cfg.lr_mult, 0),
+            ("unfrozen", cfg.epochs, cfg.lr / 2, cfg.lr_mult, cfg.freeze_to),
         ]
         completed = True
         for phase, n_epochs, lr, mult, freeze in phases:

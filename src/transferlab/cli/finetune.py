@@ -76,6 +76,18 @@ def finetune_cmd(
     image_size: int | None = typer.Option(
         None, "--image-size", min=32, help="Input size (default: the backbone's)."
     ),
+    adapt_bn: bool = typer.Option(
+        False,
+        "--adapt-bn",
+        help="Re-estimate BatchNorm statistics on the training images first (AdaBN): for data "
+        "far from photos, e.g. x-rays (see `transferlab diagnose`).",
+    ),
+    freeze_to: int = typer.Option(
+        0,
+        "--freeze-to",
+        help="Layer group the unfrozen phase trains from (0: all; 2: keep stem and first stage "
+        "frozen; negative: from the end).",
+    ),
     resume: bool = typer.Option(
         False,
         "--resume",
@@ -137,6 +149,8 @@ def finetune_cmd(
         class_balance=balance,
         early_stopping=early_stopping,
         image_size=image_size,
+        adapt_bn=adapt_bn,
+        freeze_to=freeze_to,
         seed=seed,
         num_workers=workers,
         device=device,

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from transferlab.backbones import Backbone
+from transferlab.backbones import Backbone, reestimate_bn
 from transferlab.data import DEFAULT_MAX_PIXELS
 from transferlab.exceptions import InvalidParameterError
 
@@ -211,30 +211,13 @@ def adapt_bn(
         InvalidParameterError: no BatchNorm layer, or `batches` is empty.
     """
     model = copy.deepcopy(backbone.model)
-    layers = bn_layers(model)
-    if not layers:
+    if not bn_layers(model):
         raise InvalidParameterError(
             f"backbone {backbone.name!r} has no BatchNorm layer to re-estimate"
         )
-    momenta = {}
-    model.eval()
-    for name, m in layers:
-        momenta[name] = m.momentum
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average: every batch counts the same
-        m.train()
-    n = 0
-    for x in batches:
-        if x.shape[0] < 2:
-            continue  # a batch of one has no variance to learn from
-        model.forward_features(x.to(backbone.device).contiguous(memory_format=torch.channels_last))
-        n += x.shape[0]
-        if progress is not None:
-            progress(x.shape[0])
+    n = reestimate_bn(model, batches, backbone.device, progress)
     if n == 0:
         raise InvalidParameterError("AdaBN needs at least two readable target images")
-    for name, m in layers:
-        m.momentum = momenta[name]
     model.eval()
     adapted = Backbone(
         backbone.spec, model, f"adabn({n} images)<-{backbone.weights_source}", backbone.device

@@ -642,6 +642,18 @@ def _write_rank_report(out: Path, dataset: str, result: RankResult) -> Path:
         fig.savefig(out / "scores_vs_accuracy.png", dpi=90)
         plt.close(fig)
         images.append(("Scores against measured probe accuracy", out / "scores_vs_accuracy.png"))
+    from transferlab.diagnose import SCORES
+
+    notes = dict(SCORES)
+    notes["leep"] = (
+        notes["leep"] + " On feature layers this column is N-LEEP (" + notes.pop("nleep") + ")."
+    )
+    sections.append(
+        (
+            "What the scores mean",
+            html_table(["score", "meaning"], [[k, v] for k, v in notes.items()]),
+        )
+    )
     return write_html_report(
         out / "report.html",
         title=f"transferlab rank — {Path(dataset).name}",
