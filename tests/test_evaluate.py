@@ -214,8 +214,48 @@ def test_embed_command(tmp_path, method):
     )
     assert r.exit_code == 0, r.output
     rows = (out / "embedding.csv").read_text().strip().splitlines()
-    assert len(rows) == 17 and rows[0] == "path,label,split,x,y"
+    assert len(rows) == 17 and rows[0] == "path,label,split,domain,x,y"
     xy = np.array([[float(v) for v in row.split(",")[-2:]] for row in rows[1:]])
     assert np.isfinite(xy).all() and xy.std(axis=0).min() > 0
     r = runner.invoke(app, ["embed", str(data), "--method", "mds", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "method must be one of" in r.output
+
+
+def test_embed_colours_by_domain(tmp_path):
+    """Another folder mapped alongside is labelled by its name; --colour domain tells them apart,
+    and stripes vs checkerboards sit apart on the map."""
+    from conftest import make_pattern_image
+
+    data = build_image_folder(tmp_path / "stripes", n_per_class=5)
+    other = tmp_path / "checks"
+    other.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        make_pattern_image("checker", rng).save(other / f"c{i}.png")
+    out = tmp_path / "map"
+    r = runner.invoke(
+        app,
+        [
+            "embed",
+            str(data),
+            "--domain",
+            str(other),
+            "--colour",
+            "domain",
+            "--method",
+            "pca",
+            "--out",
+            str(out),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    import csv
+
+    rows = list(csv.DictReader((out / "embedding.csv").open()))
+    assert {row["domain"] for row in rows} == {"stripes", "checks"}
+    assert sum(row["domain"] == "checks" for row in rows) == 6
+    assert json.loads((out / "metrics.json").read_text())["domains"] == {"stripes": 10, "checks": 6}
+    r = runner.invoke(
+        app, ["embed", str(data), "--domain", str(tmp_path / "nope"), "--out", str(tmp_path / "y")]
+    )
+    assert r.exit_code == 2 and "nope" in r.output

@@ -28,7 +28,12 @@ def embed_cmd(
     ),
     method: str = typer.Option("tsne", "--method", help="tsne, umap or pca."),
     colour: str = typer.Option(
-        "class", "--colour", "--color", help="Colour points by 'class' or 'split'."
+        "class", "--colour", "--color", help="Colour points by 'class', 'split' or 'domain'."
+    ),
+    domains: list[Path] = typer.Option(
+        [],
+        "--domain",
+        help="Another image folder to map alongside (repeatable); --colour domain tells them apart.",
     ),
     thumbnails: bool = typer.Option(
         False, "--thumbnails", help="Draw image thumbnails on the map."
@@ -48,6 +53,7 @@ def embed_cmd(
     Examples:
       transferlab embed ../shared/datasets/trashnet --method umap --out runs/trash-map
       transferlab embed photos/ --layer stage4 --thumbnails
+      transferlab embed cartoons/ --domain photos/ --colour domain --layer stage2
     """
     from transferlab.cli.fit import default_run_dir
     from transferlab.pipeline import embed_run
@@ -57,6 +63,7 @@ def embed_cmd(
         out_dir or default_run_dir(data, "embed"),
         method=method,
         colour=colour,
+        domains=domains,
         thumbnails=thumbnails,
         max_points=max_points,
         backbone=backbone,

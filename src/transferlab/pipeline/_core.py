@@ -1388,6 +1388,7 @@ def embed_run(
     *,
     method: str = "tsne",
     colour: str = "class",
+    domains: Sequence[str | os.PathLike[str]] = (),
     thumbnails: bool = False,
     max_points: int = 3000,
     backbone: str = "efficientnet_lite0",
@@ -1397,28 +1398,49 @@ def embed_run(
     overwrite: bool = False,
     progress: bool = True,
 ) -> FitResult:
-    """A 2-D map (t-SNE / UMAP / PCA) of any layer's features, coloured by class or split:
-    embedding.png, embedding.csv (path, label, split, x, y), report.html."""
-    from transferlab.data import collect_images
+    """A 2-D map (t-SNE / UMAP / PCA) of any layer's features, coloured by class, split or
+    domain: embedding.png, embedding.csv (path, label, split, domain, x, y), report.html.
+
+    `domains` are other image folders mapped with `data` (e.g. photos beside cartoons); each
+    one's points are labelled by its folder name, and ``colour="domain"`` colours by source.
+    """
+    from transferlab.data import Sample, collect_images, list_images
     from transferlab.evaluate import EmbeddingDisplay, embed_2d
+    from transferlab.exceptions import DatasetNotFoundError
     from transferlab.report import _pyplot, write_html_report
 
-    if colour not in ("class", "split"):
-        raise InvalidParameterError(f"--colour must be 'class' or 'split', got {colour!r}")
+    if colour not in ("class", "split", "domain"):
+        raise InvalidParameterError(
+            f"--colour must be 'class', 'split' or 'domain', got {colour!r}"
+        )
     samples, splits = collect_images(data, seed=seed)
+    sources = [Path(str(data)).name] * len(samples)
+    for d in domains:
+        dp = Path(d)
+        if not dp.exists():
+            raise DatasetNotFoundError(f"--domain {dp}: no such file or folder")
+        paths = [str(dp)] if dp.is_file() else list_images(dp)[0]
+        if not paths:
+            raise DatasetError(f"--domain {dp}: no image files in it")
+        name = dp.name if dp.name not in sources else f"{dp.parent.name}/{dp.name}"
+        samples += [Sample(p) for p in paths]
+        splits += [""] * len(paths)
+        sources += [name] * len(paths)
     if len(samples) > max_points:  # a map of thousands of points says no more, and t-SNE is O(n^2)
         rng = np.random.default_rng(seed)
         keep = np.sort(rng.choice(len(samples), size=max_points, replace=False))
         samples, splits = [samples[i] for i in keep], [splits[i] for i in keep]
+        sources = [sources[i] for i in keep]
     out = Path(out)
     _prepare_out(out, overwrite)
     fx = FeatureExtractor(backbone, layer=layer, weights=weights, progress=progress)
     res = fx.extract([s.path for s in samples], on_error="skip")
     kept = [samples[i] for i in res.index]
     kept_splits = [splits[i] or "-" for i in res.index]
+    kept_sources = [sources[i] for i in res.index]
     points = embed_2d(res.features[layer], method, seed=seed)
     labels = [s.label or "(unlabelled)" for s in kept]
-    by = labels if colour == "class" else kept_splits
+    by = {"class": labels, "split": kept_splits, "domain": kept_sources}[colour]
     plt = _pyplot()
     d = EmbeddingDisplay(
         points,
@@ -1432,13 +1454,14 @@ def embed_run(
 
     with open(out / "embedding.csv", "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["path", "label", "split", "x", "y"])
-        for s, sp, (x, y) in zip(kept, kept_splits, points, strict=True):
-            w.writerow([s.path, s.label or "", sp, f"{x:.5f}", f"{y:.5f}"])
+        w.writerow(["path", "label", "split", "domain", "x", "y"])
+        for s, sp, dom, (x, y) in zip(kept, kept_splits, kept_sources, points, strict=True):
+            w.writerow([s.path, s.label or "", sp, dom, f"{x:.5f}", f"{y:.5f}"])
     metrics = {
         "method": method,
         "colour": colour,
         "n": len(kept),
+        "domains": dict(Counter(kept_sources)),
         "backbone": backbone,
         "layer": layer,
         "n_skipped": len(res.failures),
