@@ -174,7 +174,10 @@ def rank_cmd(
         title=f"transferability on {data} ({res.n_images} images; value and rank, higher is better)"
     )
     for h in header:
-        table.add_column(h, justify="left" if h in ("backbone", "layer") else "right")
+        if h in ("backbone", "layer"):
+            table.add_column(h, justify="left", no_wrap=True)
+        else:
+            table.add_column(h, justify="right")
     for r in rows:
         table.add_row(*[str(c) for c in r])
     out.print(table)

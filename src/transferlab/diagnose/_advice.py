@@ -72,6 +72,7 @@ def advise(
         )
 
     # 2. domain shift, located by depth from BatchNorm statistics (target vs natural photos)
+    adabn_helps = None if not adabn else adabn["after"] - adabn["before"] > 0.01
     shifted_from: str | None = None
     if bn_target and bn_reference:
         taps = [t for t in bn_target if t in bn_reference]
@@ -130,7 +131,11 @@ def advise(
                     ),
                     [
                         f"transferlab finetune {data} --bn train --lr-mult 10"
-                        + (" --adapt-bn" if is_low else f" --freeze-to {max(0, first)}"),
+                        + (
+                            (" --adapt-bn" if adabn_helps is not False else "")
+                            if is_low
+                            else f" --freeze-to {max(0, first)}"
+                        ),
                         f"transferlab adapt-bn {data} --out adapted/ && transferlab fit {data} "
                         "--weights adapted/weights.safetensors",
                     ],

@@ -43,7 +43,7 @@ def _as_tensor(out: Any, path: str) -> torch.Tensor:
     if isinstance(out, torch.Tensor):
         t = out
     elif isinstance(out, np.ndarray):
-        t = torch.from_numpy(out)
+        t = torch.from_numpy(np.ascontiguousarray(out))  # e.g. an OpenCV-style arr[..., ::-1]
         if t.ndim == 3 and t.shape[-1] in (1, 3, 4) and t.shape[0] not in (1, 3, 4):
             t = t.permute(2, 0, 1)  # HWC -> CHW
     else:
@@ -249,15 +249,29 @@ def check_input_tensors(backbone: Backbone, x: torch.Tensor) -> list[Preprocessi
         )
         return issues
     if lo >= 0 and hi <= 1.0 + 1e-6:
-        issues.append(
-            PreprocessingIssue(
-                "not_normalised",
-                "inputs are all in [0, 1]: scaled but not normalised with mean/std",
-                f"add Normalize(mean={mean.round(3).tolist()}, std={std.round(3).tolist()})",
-                rng,
+        # All in [0, 1]: raw pixels, or normalised bright images? Ask the first BatchNorm layer
+        # whether normalising brings its statistics closer to the pretrained ones.
+        m = torch.as_tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
+        sd = torch.as_tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
+        as_is, normalised = _first_bn_w2(backbone, x), _first_bn_w2(backbone, (x - m) / sd)
+        if normalised < 0.8 * as_is:
+            issues.append(
+                PreprocessingIssue(
+                    "not_normalised",
+                    "inputs are all in [0, 1] and normalising them with the backbone's mean/std "
+                    f"brings the first layer's statistics {100 * (1 - normalised / as_is):.0f}% "
+                    "closer to ImageNet's: scaled but not normalised (unless the images are "
+                    "unusually bright and washed out; check with the source images via "
+                    "check_preprocessing)",
+                    f"add Normalize(mean={mean.round(3).tolist()}, std={std.round(3).tolist()})",
+                    {
+                        **rng,
+                        "first_bn_w2": round(as_is, 4),
+                        "first_bn_w2_normalised": round(normalised, 4),
+                    },
+                )
             )
-        )
-        return issues
+            return issues
     if x.shape[1] == 3:
         as_is = _first_bn_w2(backbone, x)
         swapped = _first_bn_w2(backbone, x[:, [2, 1, 0]])

@@ -176,6 +176,7 @@ def diagnose_run(
     cfg = config
     out = Path(cfg.out)
     ds, samples = _labelled(cfg.data, cfg.val_fraction, cfg.seed, cfg.max_images)
+    ref_paths, ref_name = _reference_paths(cfg.reference)  # a bad --reference fails before work
     _prepare_out(out, cfg.overwrite)
     cache: Any = False if cfg.no_cache else (cfg.cache_dir or True)
     bb = load_backbone(cfg.backbone, weights=cfg.weights, device=cfg.device)
@@ -215,7 +216,6 @@ def diagnose_run(
 
     step("reference images and domain gap")
     t = time.perf_counter()
-    ref_paths, ref_name = _reference_paths(cfg.reference)
     ref_feats, _, _ = _features(fx, ref_paths, layers)
     gap = domain_gap(feats, ref_feats, seed=cfg.seed)
     target_stats = image_statistics([s.path for s in kept]).to_dict()
@@ -230,7 +230,8 @@ def diagnose_run(
     shift_t = bn_shift(
         bb, image_batches(bb, bn_paths, batch_size=cfg.batch_size, max_pixels=cfg.max_pixels)
     )
-    shift_r = bn_shift(bb, image_batches(bb, ref_paths[: cfg.bn_images], batch_size=cfg.batch_size))
+    ref_bn = ref_paths[:: max(1, len(ref_paths) // cfg.bn_images)][: cfg.bn_images]  # spread
+    shift_r = bn_shift(bb, image_batches(bb, ref_bn, batch_size=cfg.batch_size))
     timings["bn_shift"] = time.perf_counter() - t
 
     preprocessing = []
@@ -701,20 +702,26 @@ def adapt_bn_run(
     bb = load_backbone(backbone, weights=weights, device=device)
     from transferlab.features import _progress
 
-    with _progress(len(paths), f"AdaBN {bb.name}", progress) as bar:
-        adapted = adapt_bn(bb, image_batches(bb, paths, batch_size=batch_size), progress=bar.update)
-    probe_paths = paths[:256]
+    # measure the shift on images AdaBN did not see, when there are enough
+    held_out = len(paths) >= 512
+    probe_paths = paths[-256:] if held_out else paths[:256]
+    adapt_paths = paths[:-256] if held_out else paths
+    with _progress(len(adapt_paths), f"AdaBN {bb.name}", progress) as bar:
+        adapted = adapt_bn(
+            bb, image_batches(bb, adapt_paths, batch_size=batch_size), progress=bar.update
+        )
     before = bn_shift(bb, image_batches(bb, probe_paths, batch_size=batch_size)).by_tap()
     after = bn_shift(adapted, image_batches(adapted, probe_paths, batch_size=batch_size)).by_tap()
     wfile = save_backbone_weights(adapted, outp / "weights.safetensors")
     metrics = {
         "data": str(root),
         "backbone": bb.name,
-        "n_images": len(paths),
+        "n_images": len(adapt_paths),
         "weights": wfile,
         "weights_sha256": adapted.weights_sha256,
         "bn_shift_before": {k: round(v, 4) for k, v in before.items()},
         "bn_shift_after": {k: round(v, 4) for k, v in after.items()},
+        "bn_shift_measured_on": "held-out images" if held_out else "the adapted images",
         "use": f"transferlab fit DATA --backbone {bb.name} --weights {wfile}",
         "seconds": round(time.perf_counter() - t0, 1),
     }
