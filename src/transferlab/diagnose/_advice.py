@@ -136,9 +136,15 @@ def advise(
                             if is_low
                             else f" --freeze-to {max(0, first)}"
                         ),
-                        f"transferlab adapt-bn {data} --out adapted/ && transferlab fit {data} "
-                        "--weights adapted/weights.safetensors",
-                    ],
+                    ]
+                    + (
+                        [
+                            f"transferlab adapt-bn {data} --out adapted/ && transferlab fit "
+                            f"{data} --weights adapted/weights.safetensors"
+                        ]
+                        if adabn_helps is not False
+                        else []
+                    ),
                 )
             )
             if grey:

@@ -161,7 +161,10 @@ class LayerProfileDisplay:
             ax.axhline(self.hline[0], color="grey", ls="--", lw=1, label=self.hline[1])
         if self.mark in self.layers:
             ax.axvline(
-                self.layers.index(self.mark), color="tab:green", ls=":", label=f"best: {self.mark}"
+                self.layers.index(self.mark),
+                color="tab:green",
+                ls=":",
+                label=f"cut point: {self.mark}",
             )
         ax.set_xticks(x, self.layers, rotation=30, ha="right")
         ax.set_ylabel(self.ylabel)

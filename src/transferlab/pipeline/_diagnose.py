@@ -441,7 +441,10 @@ def _write_diagnosis_report(out: Path, d: dict[str, Any], pngs: list[tuple[str, 
             if problems
             else "No problem found: transfer should work as is",
             "backbone": d["backbone"],
-            "best layer": d["layer_probe"]["best_layer"],
+            "cut point (shallowest layer within noise of the peak)": (
+                f"{d['layer_probe']['best_layer']} (peak: {d['layer_probe']['peak_layer']} "
+                f"{d['layer_probe']['layers'][d['layer_probe']['peak_layer']]['accuracy']:.3f})"
+            ),
             "images": f"{d['n_images']} ({len(d['class_counts'])} classes)",
             "reference": d["reference"]["source"],
         },
