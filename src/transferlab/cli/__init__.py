@@ -16,6 +16,7 @@ from transferlab.cli import (  # noqa: F401 - importing registers the commands
     fit,
     lr_find,
     predict,
+    serve,
 )
 from transferlab.cli._common import app
 
