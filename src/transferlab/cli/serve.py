@@ -1,0 +1,136 @@
+"""`transferlab serve` (the HTTP service) and `transferlab keys create|list|revoke`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from transferlab.cli._common import app, handle_errors, out, print_json
+
+if TYPE_CHECKING:
+    from transferlab.serve.settings import Settings
+    from transferlab.store import Store
+
+DbOpt = typer.Option(
+    None,
+    "--db",
+    help="Database URL (default: $TRANSFERLAB_DB_URL, else SQLite in the data dir); "
+    "e.g. postgresql+psycopg://user@host/transferlab.",
+)
+DataDirOpt = typer.Option(
+    None,
+    "--data-dir",
+    help="Images, models and the SQLite file (default: $TRANSFERLAB_DATA_DIR or the user data dir).",
+)
+
+
+def _settings(db: str | None, data_dir: Path | None) -> Settings:
+    from transferlab.serve.settings import Settings
+
+    overrides: dict[str, object] = {}
+    if db:
+        overrides["db_url"] = db
+    if data_dir:
+        overrides["data_dir"] = data_dir
+    return Settings(**overrides)
+
+
+@app.command("serve")
+@handle_errors
+def serve_cmd(
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
+    db: str | None = DbOpt,
+    data_dir: Path | None = DataDirOpt,
+) -> None:
+    """Run the HTTP service: Image Features API, Custom Collections API, docs at /docs.
+
+    Every /v1 request needs an API key: create one first with `transferlab keys create NAME`.
+    Limits and more settings come from TRANSFERLAB_* environment variables (see /docs).
+
+    Examples:
+      transferlab keys create alice --data-dir srv && transferlab serve --data-dir srv
+      TRANSFERLAB_MAX_UPLOAD_BYTES=2000000 transferlab serve --port 9000
+    """
+    import uvicorn
+
+    from transferlab.serve.app import configure_logging, create_app
+
+    settings = _settings(db, data_dir)
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,  # the app logs each request as JSON
+    )
+
+
+keys_app = typer.Typer(
+    help="API keys for the service: create (printed once), list, revoke.", no_args_is_help=True
+)
+app.add_typer(keys_app, name="keys")
+
+
+def _store(db: str | None, data_dir: Path | None) -> Store:
+    from transferlab.store import Store
+
+    settings = _settings(db, data_dir)
+    return Store(settings.data_dir, settings.db_url)
+
+
+@keys_app.command("create")
+@handle_errors
+def keys_create(
+    name: str = typer.Argument(..., help="Who or what the key is for."),
+    db: str | None = DbOpt,
+    data_dir: Path | None = DataDirOpt,
+) -> None:
+    """Create a key and print it once (only its hash is stored: keep it safe)."""
+    store = _store(db, data_dir)
+    row, raw = store.create_key(name)
+    out.print(f"created key {row.id} ({row.name}); it is shown only this once:")
+    print(raw)
+
+
+@keys_app.command("list")
+@handle_errors
+def keys_list(
+    db: str | None = DbOpt,
+    data_dir: Path | None = DataDirOpt,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Keys with id, name, prefix, creation time and whether revoked (never the key)."""
+    rows = [
+        {
+            "id": k.id,
+            "name": k.name,
+            "prefix": k.prefix + "…",
+            "created": k.created.isoformat(timespec="seconds"),
+            "revoked": k.revoked.isoformat(timespec="seconds") if k.revoked else None,
+        }
+        for k in _store(db, data_dir).list_keys()
+    ]
+    if as_json:
+        print_json(rows)
+        return
+    if not rows:
+        out.print("no keys; create one with `transferlab keys create NAME`")
+    for r in rows:
+        state = f"revoked {r['revoked']}" if r["revoked"] else "active"
+        out.print(f"{r['id']:>4}  {r['prefix']:<14} {r['name']:<24} {r['created']}  {state}")
+
+
+@keys_app.command("revoke")
+@handle_errors
+def keys_revoke(
+    key_id: int = typer.Argument(..., help="Key id (see `keys list`)."),
+    db: str | None = DbOpt,
+    data_dir: Path | None = DataDirOpt,
+) -> None:
+    """Revoke a key: requests with it get 401 at once. Its collections stay in the database."""
+    row = _store(db, data_dir).revoke_key(key_id)
+    out.print(f"revoked key {row.id} ({row.name})")

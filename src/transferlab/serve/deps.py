@@ -1,0 +1,84 @@
+"""Request dependencies: the app's services, the caller's API key, an owned collection.
+
+Ownership is checked in one place (`owned_collection`): another key's collection answers 404
+exactly like a missing one, so ids cannot be probed.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+from sqlalchemy import select
+
+from transferlab.features import FeatureExtractor
+from transferlab.serve.errors import ApiError
+from transferlab.serve.jobs import FeatureBatcher, JobRunner
+from transferlab.serve.settings import Settings
+from transferlab.store import ApiKey, Collection, Store
+
+__all__ = ["CurrentKey", "Services", "ServicesDep", "get_collection"]
+
+
+@dataclass
+class Services:
+    """What the lifespan builds once and every request shares."""
+
+    settings: Settings
+    store: Store
+    extractor: FeatureExtractor
+    batcher: FeatureBatcher
+    runner: JobRunner
+    #: model id -> loaded predictor (LRU), per app: ids are only unique within one database
+    models: OrderedDict[int, Any] = field(default_factory=OrderedDict)
+    models_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_key(request: Request, services: ServicesDep) -> ApiKey:
+    """The active API key from ``Authorization: Bearer <key>`` or ``X-API-Key``; else 401."""
+    raw = request.headers.get("x-api-key")
+    auth = request.headers.get("authorization")
+    if raw is None and auth:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(
+                401,
+                "Authorization header must be 'Bearer <key>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        raw = token.strip()
+    if not raw:
+        raise ApiError(
+            401,
+            "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>' "
+            "(create one with `transferlab keys create NAME`)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    key = services.store.authenticate(raw)
+    if key is None:
+        raise ApiError(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+    return key
+
+
+CurrentKey = Annotated[ApiKey, Depends(get_key)]
+
+
+def get_collection(services: Services, key: ApiKey, collection_id: str) -> Collection:
+    """The collection if `key` owns it; 404 otherwise (missing and foreign look the same)."""
+    with services.store.session() as s:
+        coll = s.scalar(
+            select(Collection).where(Collection.id == collection_id, Collection.owner_id == key.id)
+        )
+    if coll is None:
+        raise ApiError(404, f"collection {collection_id!r} not found")
+    return coll

@@ -1,0 +1,100 @@
+"""One JSON error shape for every failure: ``{"error": code, "detail": message}``.
+
+Library errors (`TransferlabError`) become 4xx here, in one place; anything unexpected is logged
+with its traceback and answered 500 without internals.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from transferlab.exceptions import ImageLoadError, TransferlabError
+
+__all__ = ["ApiError", "install_error_handlers"]
+
+logger = logging.getLogger(__name__)
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "too_many_requests",
+    501: "not_implemented",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """An HTTP error with a machine code and a message a person can act on."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.code = code or _CODES.get(status, "error")
+        self.headers = headers
+
+
+def not_implemented(what: str) -> ApiError:
+    return ApiError(501, f"{what} is not implemented yet", "not_implemented")
+
+
+def _body(status: int, detail: str, code: str | None = None) -> dict[str, str]:
+    return {"error": code or _CODES.get(status, "error"), "detail": detail}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api(_req: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(
+            _body(exc.status, exc.detail, exc.code), exc.status, headers=exc.headers
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            _body(exc.status_code, str(exc.detail)),
+            exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for e in exc.errors():
+            loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "request"
+            parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+        return JSONResponse(_body(422, "; ".join(parts) or "invalid request"), 422)
+
+    @app.exception_handler(ImageLoadError)
+    async def _image(_req: Request, exc: ImageLoadError) -> JSONResponse:
+        return JSONResponse(_body(400, f"image cannot be used: {exc.reason}", "bad_image"), 400)
+
+    @app.exception_handler(TransferlabError)
+    async def _library(_req: Request, exc: TransferlabError) -> JSONResponse:
+        return JSONResponse(_body(400, str(exc)), 400)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(req: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", req.method, req.url.path)
+        return JSONResponse(
+            _body(500, f"internal error ({type(exc).__name__}); see the server log", "internal"),
+            500,
+        )

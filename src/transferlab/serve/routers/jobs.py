@@ -1,0 +1,29 @@
+"""Training job status: ``GET /v1/jobs/{id}`` (owner only)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from sqlalchemy import select
+
+from transferlab.serve.deps import CurrentKey, ServicesDep
+from transferlab.serve.errors import ApiError
+from transferlab.serve.schemas import JobPublic
+from transferlab.store import Collection, Job
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, services: ServicesDep, key: CurrentKey) -> JobPublic:
+    """Status (queued, running, succeeded, failed), progress 0-1, message and error."""
+    with services.store.session() as s:
+        job = s.scalar(
+            select(Job)
+            .join(Collection, Collection.id == Job.collection_id)
+            .where(Job.id == job_id, Collection.owner_id == key.id)
+        )
+    if job is None:
+        raise ApiError(404, f"job {job_id!r} not found")
+    return JobPublic.model_validate(job, from_attributes=True)

@@ -1,0 +1,109 @@
+"""Request and response bodies (pydantic), in Create/Public families."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "CollectionCreate",
+    "CollectionPublic",
+    "ExamplePublic",
+    "FeatureImage",
+    "FeaturesJSON",
+    "FeaturesResponse",
+    "HealthResponse",
+    "JobPublic",
+    "PredictResponse",
+    "TrainRequest",
+]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+    backbone: str
+    layers: list[str]
+    schema_version: int
+
+
+class FeatureImage(BaseModel):
+    name: str | None = Field(default=None, max_length=200, description="echoed back")
+    data: str = Field(description="the image file's bytes, base64-encoded")
+
+
+class FeaturesJSON(BaseModel):
+    images: list[FeatureImage] = Field(min_length=1)
+    layer: str | None = None
+    backbone: str | None = None
+
+
+class FeatureVector(BaseModel):
+    name: str | None
+    dim: int
+    vector: list[float]
+
+
+class FeaturesResponse(BaseModel):
+    backbone: str
+    layer: str
+    features: list[FeatureVector]
+
+
+class CollectionCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    multi_label: bool = False
+    backbone: str | None = Field(default=None, description="default: the server's backbone")
+    layer: str | None = Field(default=None, description="default: the server's layer")
+
+
+class CollectionPublic(BaseModel):
+    id: str
+    name: str
+    multi_label: bool
+    backbone: str
+    layer: str
+    created: dt.datetime
+    n_examples: int
+    labels: dict[str, int] = Field(description="label -> number of examples")
+    model: dict[str, Any] | None = Field(description="latest trained model, if any")
+
+
+class ExamplePublic(BaseModel):
+    id: str
+    labels: list[str]
+    image_sha256: str
+    dim: int
+    created: dt.datetime
+
+
+class TrainRequest(BaseModel):
+    kind: Literal["linear_probe", "finetune"] = "linear_probe"
+
+
+class JobPublic(BaseModel):
+    id: str
+    collection_id: str
+    kind: str
+    status: str
+    progress: float
+    message: str | None
+    error: str | None
+    created: dt.datetime
+    updated: dt.datetime
+
+
+class LabelProbability(BaseModel):
+    label: str
+    probability: float
+
+
+class PredictResponse(BaseModel):
+    label: str | None = Field(description="top label, 'uncertain' under the threshold")
+    probability: float | None
+    uncertain: bool
+    labels: list[str] | None = Field(default=None, description="multi-label: labels that are on")
+    top: list[LabelProbability]
+    model_id: int

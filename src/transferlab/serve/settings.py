@@ -1,0 +1,43 @@
+"""Service settings: environment variables ``TRANSFERLAB_*``, overridden by CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+def _default_data_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("transferlab")) / "service"
+
+
+class Settings(BaseSettings):
+    """Everything the service reads at startup; limits keep a hostile client from exhausting it.
+
+    Each field reads ``TRANSFERLAB_<NAME>`` (e.g. ``TRANSFERLAB_DB_URL``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TRANSFERLAB_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    db_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default SQLite in data_dir"
+    )
+    backbone: str = "efficientnet_lite0"
+    layer: str = Field(default="pre_logits", description="default layer of new collections")
+    weights: str = "default"
+    device: str = "auto"
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(default=40_000_000, ge=1)
+    max_images_per_request: int = Field(default=32, ge=1)
+    queue_size: int = Field(default=8, ge=1, description="training jobs waiting at most")
+    feature_queue_size: int = Field(default=64, ge=1, description="feature requests waiting")
+    batch_size: int = Field(default=32, ge=1)
+    batch_wait_ms: float = Field(default=5.0, ge=0)
+    request_timeout_s: float = Field(default=120.0, gt=0)
+    log_level: str = "INFO"

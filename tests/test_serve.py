@@ -1,0 +1,638 @@
+"""The HTTP service through FastAPI's TestClient: every endpoint, the errors, ownership, restarts."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_pattern_image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("sqlalchemy")
+
+from fastapi.testclient import TestClient
+
+from transferlab.serve import Settings, create_app
+from transferlab.store import (
+    Collection,
+    Example,
+    Job,
+    Store,
+    check_schema,
+    hash_key,
+)
+
+
+def png_bytes(img: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def pattern(kind: str, seed: int) -> bytes:
+    return png_bytes(make_pattern_image(kind, np.random.default_rng(seed)))
+
+
+def settings_for(data_dir: Path) -> Settings:
+    return Settings(
+        data_dir=data_dir,
+        max_upload_bytes=300_000,
+        max_pixels=1_000_000,
+        max_images_per_request=4,
+        queue_size=2,
+        batch_wait_ms=2,
+    )
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def make_keys(data_dir: Path, *names: str) -> list[str]:
+    store = Store(data_dir)
+    try:
+        return [store.create_key(n)[1] for n in names]
+    finally:
+        store.close()
+
+
+def wait_job(client: TestClient, job_id: str, key: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = client.get(f"/v1/jobs/{job_id}", headers=auth(key))
+        assert r.status_code == 200, r.text
+        job = r.json()
+        if job["status"] in ("succeeded", "failed") or time.monotonic() > deadline:
+            return job
+        time.sleep(0.1)
+
+
+def add_example(client: TestClient, cid: str, key: str, data: bytes, label: str) -> Any:
+    return client.post(
+        f"/v1/collections/{cid}/examples",
+        headers=auth(key),
+        files={"file": ("x.png", data, "image/png")},
+        data={"label": label},
+    )
+
+
+def trained_collection(client: TestClient, key: str, n: int = 4) -> str:
+    r = client.post("/v1/collections", headers=auth(key), json={"name": "stripes"})
+    assert r.status_code == 201, r.text
+    cid = r.json()["id"]
+    for i in range(n):
+        for kind in ("hstripes", "vstripes"):
+            r = add_example(client, cid, key, pattern(kind, 100 + i), kind)
+            assert r.status_code == 201, r.text
+    r = client.post(f"/v1/collections/{cid}/train", headers=auth(key))
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["id"], key)
+    assert job["status"] == "succeeded", job
+    return cid
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, list[str]]]:
+    """One running app for the tests that do not restart it; keys A, B and C (C gets revoked)."""
+    data_dir = tmp_path_factory.mktemp("serve")
+    keys = make_keys(data_dir, "alice", "bob", "carol")
+    with TestClient(create_app(settings_for(data_dir))) as client:
+        yield client, keys
+
+
+@pytest.fixture(scope="module")
+def trained(server: tuple[TestClient, list[str]]) -> str:
+    client, (a, _, _) = server
+    return trained_collection(client, a)
+
+
+def test_health_and_docs(server: tuple[TestClient, list[str]]) -> None:
+    client, _ = server
+    r = client.get("/health")
+    assert r.status_code == 200
+    assert r.json()["backbone"] == "efficientnet_lite0"
+    assert "pre_logits" in r.json()["layers"]
+    assert client.get("/docs").status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/features", "/v1/collections", "/v1/jobs/{job_id}"} <= set(paths)
+    assert r.headers["X-Request-ID"]
+
+
+def test_features_equal_library(server: tuple[TestClient, list[str]], tmp_path: Path) -> None:
+    from transferlab.features import FeatureExtractor
+
+    client, (a, _, _) = server
+    images = [pattern("hstripes", 1), pattern("checker", 2)]
+    paths = []
+    for i, data in enumerate(images):
+        p = tmp_path / f"{i}.png"
+        p.write_bytes(data)
+        paths.append(str(p))
+    expected = FeatureExtractor(cache=False, progress=False).transform(paths)
+
+    r = client.post(
+        "/v1/features",
+        headers=auth(a),
+        files=[("files", (f"{i}.png", d, "image/png")) for i, d in enumerate(images)],
+    )
+    assert r.status_code == 200, r.text
+    got = np.array([f["vector"] for f in r.json()["features"]], dtype=np.float32)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert [f["name"] for f in r.json()["features"]] == ["0.png", "1.png"]
+
+    body = {"images": [{"name": "b64", "data": base64.b64encode(images[1]).decode()}]}
+    r = client.post("/v1/features", headers={"X-API-Key": a}, json=body)
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(r.json()["features"][0]["vector"], expected[1], atol=1e-5)
+
+    r = client.post("/v1/features", headers=auth(a), json={**body, "layer": "stage3"})
+    assert r.status_code == 200 and r.json()["features"][0]["dim"] == 40
+
+
+def test_collection_lifecycle(server: tuple[TestClient, list[str]], trained: str) -> None:
+    client, (a, _, _) = server
+    cid = trained
+    coll = client.get(f"/v1/collections/{cid}", headers=auth(a)).json()
+    assert coll["n_examples"] == 8 and coll["labels"] == {"hstripes": 4, "vstripes": 4}
+    assert coll["model"]["classes"] == ["hstripes", "vstripes"]
+    assert cid in [c["id"] for c in client.get("/v1/collections", headers=auth(a)).json()]
+
+    for kind, seed in (("hstripes", 900), ("vstripes", 901)):
+        r = client.post(
+            f"/v1/collections/{cid}/predict",
+            headers=auth(a),
+            files={"file": ("q.png", pattern(kind, seed), "image/png")},
+            data={"top_k": "2"},
+        )
+        assert r.status_code == 200, r.text
+        pred = r.json()
+        assert pred["label"] == kind and not pred["uncertain"]
+        assert len(pred["top"]) == 2
+        assert abs(sum(t["probability"] for t in pred["top"]) - 1) < 1e-6
+
+    r = client.post(
+        f"/v1/collections/{cid}/predict",
+        headers=auth(a),
+        files={"file": ("q.png", pattern("checker", 5), "image/png")},
+        data={"threshold": "1.0"},
+    )
+    assert r.status_code == 200 and r.json()["uncertain"] and r.json()["label"] == "uncertain"
+
+    m = client.get(f"/v1/collections/{cid}/metrics", headers=auth(a)).json()
+    assert m["classes"] == ["hstripes", "vstripes"] and m["accuracy"] >= 0.75
+    assert np.sum(m["confusion"]) == 8
+
+    r = client.get(f"/v1/collections/{cid}/model", headers=auth(a))
+    assert r.status_code == 200
+    assert {"model.json", "probe.joblib"} <= set(zipfile.ZipFile(io.BytesIO(r.content)).namelist())
+
+    examples = client.get(f"/v1/collections/{cid}/examples", headers=auth(a)).json()
+    assert len(examples) == 8 and examples[0]["dim"] == 1280
+
+
+def test_example_delete_and_collection_delete(server: tuple[TestClient, list[str]]) -> None:
+    client, (a, _, _) = server
+    cid = client.post("/v1/collections", headers=auth(a), json={"name": "tmp"}).json()["id"]
+    ex = add_example(client, cid, a, pattern("checker", 77), "c").json()
+    store: Store = client.app.state.services.store  # type: ignore[attr-defined]
+    img = store.image_path(ex["image_sha256"], "png")
+    assert img.is_file()
+    assert (
+        client.delete(f"/v1/collections/{cid}/examples/{ex['id']}", headers=auth(a)).status_code
+        == 204
+    )
+    assert not img.exists()
+    assert client.delete(f"/v1/collections/{cid}", headers=auth(a)).status_code == 204
+    assert client.get(f"/v1/collections/{cid}", headers=auth(a)).status_code == 404
+
+
+def test_key_isolation(server: tuple[TestClient, list[str]], trained: str) -> None:
+    client, (a, b, c) = server
+    cid = trained
+    job_id = client.get(f"/v1/collections/{cid}", headers=auth(a)).json()["model"]["job_id"]
+    img = {"file": ("x.png", pattern("hstripes", 3), "image/png")}
+    attempts = [
+        client.get(f"/v1/collections/{cid}", headers=auth(b)),
+        client.get(f"/v1/collections/{cid}/examples", headers=auth(b)),
+        client.post(
+            f"/v1/collections/{cid}/examples", headers=auth(b), files=img, data={"label": "x"}
+        ),
+        client.post(f"/v1/collections/{cid}/train", headers=auth(b)),
+        client.post(f"/v1/collections/{cid}/predict", headers=auth(b), files=img),
+        client.get(f"/v1/collections/{cid}/metrics", headers=auth(b)),
+        client.get(f"/v1/collections/{cid}/model", headers=auth(b)),
+        client.delete(f"/v1/collections/{cid}", headers=auth(b)),
+        client.get(f"/v1/jobs/{job_id}", headers=auth(b)),
+    ]
+    for r in attempts:
+        assert r.status_code == 404, (r.request.method, r.request.url, r.text)
+        assert r.json()["error"] == "not_found"
+    assert cid not in [x["id"] for x in client.get("/v1/collections", headers=auth(b)).json()]
+    assert client.get(f"/v1/collections/{cid}", headers=auth(a)).status_code == 200  # untouched
+
+    assert client.get("/v1/collections", headers=auth(c)).status_code == 200
+    store: Store = client.app.state.services.store  # type: ignore[attr-defined]
+    key_c = next(k for k in store.list_keys() if k.name == "carol")
+    store.revoke_key(key_c.id)
+    r = client.get("/v1/collections", headers=auth(c))
+    assert r.status_code == 401 and "revoked" in r.json()["detail"]
+    assert client.get("/v1/collections").status_code == 401
+    assert client.get("/v1/collections", headers={"Authorization": "Basic abc"}).status_code == 401
+    assert client.get("/v1/collections", headers=auth("tl_wrong")).status_code == 401
+
+
+def test_bad_inputs_are_4xx_json(server: tuple[TestClient, list[str]], trained: str) -> None:
+    client, (a, _, _) = server
+    h = auth(a)
+    single = client.post("/v1/collections", headers=h, json={"name": "one"}).json()["id"]
+    assert add_example(client, single, a, pattern("hstripes", 1), "h").status_code == 201
+    huge = png_bytes(Image.new("L", (1200, 1000)))  # 1.2 Mpx > the 1 Mpx limit, few bytes
+    big = np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)
+    too_big = png_bytes(Image.fromarray(big))  # > 300 kB
+    truncated = pattern("vstripes", 1)[:200]
+    good = pattern("vstripes", 1)
+
+    def example(data: bytes, name: str = "x.jpg", **form: str) -> Any:
+        return client.post(
+            f"/v1/collections/{single}/examples",
+            headers=h,
+            files={"file": (name, data, "image/jpeg")},
+            data=form or {"label": "v"},
+        )
+
+    cases = {
+        "empty file": (example(b""), 400, "empty"),
+        "text renamed .jpg": (example(b"hello, not an image\n" * 10), 415, "not an image"),
+        "huge dimensions": (example(huge), 413, "pixels"),
+        "upload too large": (example(too_big), 413, "limit"),
+        "truncated image": (example(truncated), 400, "x.jpg"),
+        "missing label": (example(good, label=" "), 422, "label"),
+        "two labels, single-label": (example(good, labels="a;b"), 422, "single-label"),
+        "missing file": (
+            client.post(f"/v1/collections/{single}/examples", headers=h, data={"label": "a"}),
+            422,
+            "file",
+        ),
+        "unknown collection": (client.get("/v1/collections/nope", headers=h), 404, "nope"),
+        "unknown job": (client.get("/v1/jobs/nope", headers=h), 404, "nope"),
+        "train with one class": (
+            client.post(f"/v1/collections/{single}/train", headers=h),
+            400,
+            "at least 2",
+        ),
+        "metrics with one class": (
+            client.get(f"/v1/collections/{single}/metrics", headers=h),
+            400,
+            "at least 2",
+        ),
+        "predict before training": (
+            client.post(
+                f"/v1/collections/{single}/predict",
+                headers=h,
+                files={"file": ("q.png", good, "image/png")},
+            ),
+            409,
+            "train",
+        ),
+        "export before training": (
+            client.get(f"/v1/collections/{single}/model", headers=h),
+            409,
+            "trained",
+        ),
+        "finetune": (
+            client.post(f"/v1/collections/{trained}/train", headers=h, json={"kind": "finetune"}),
+            501,
+            "not implemented",
+        ),
+        "bad top_k": (
+            client.post(
+                f"/v1/collections/{trained}/predict",
+                headers=h,
+                files={"file": ("q.png", good, "image/png")},
+                data={"top_k": "0"},
+            ),
+            422,
+            "top_k",
+        ),
+        "predict on text": (
+            client.post(
+                f"/v1/collections/{trained}/predict",
+                headers=h,
+                files={"file": ("q.png", b"GIF89a nope", "image/png")},
+            ),
+            415,
+            "q.png",
+        ),
+        "bad base64": (
+            client.post("/v1/features", headers=h, json={"images": [{"data": "@@not base64@@"}]}),
+            400,
+            "base64",
+        ),
+        "base64 of text": (
+            client.post(
+                "/v1/features",
+                headers=h,
+                json={"images": [{"data": base64.b64encode(b"plain text").decode()}]},
+            ),
+            415,
+            "not an image",
+        ),
+        "bad JSON": (
+            client.post(
+                "/v1/features",
+                headers={**h, "Content-Type": "application/json"},
+                content=b"{nope",
+            ),
+            400,
+            "JSON",
+        ),
+        "no images": (client.post("/v1/features", headers=h, json={"images": []}), 422, "images"),
+        "too many images": (
+            client.post(
+                "/v1/features",
+                headers=h,
+                files=[("files", (f"{i}.png", good, "image/png")) for i in range(5)],
+            ),
+            413,
+            "at most 4",
+        ),
+        "unsupported content type": (
+            client.post("/v1/features", headers={**h, "Content-Type": "text/plain"}, content=b"x"),
+            415,
+            "multipart",
+        ),
+        "unknown layer": (
+            client.post("/v1/collections", headers=h, json={"name": "x", "layer": "stage99"}),
+            400,
+            "layer",
+        ),
+        "unknown backbone": (
+            client.post(
+                "/v1/features",
+                headers=h,
+                json={"images": [{"data": base64.b64encode(good).decode()}], "backbone": "vit_9"},
+            ),
+            400,
+            "vit_9",
+        ),
+        "empty collection name": (
+            client.post("/v1/collections", headers=h, json={"name": ""}),
+            422,
+            "name",
+        ),
+        "unknown route": (client.get("/v1/nothing", headers=h), 404, "Not Found"),
+    }
+    for what, (r, status, needle) in cases.items():
+        assert r.status_code == status, (what, r.status_code, r.text)
+        body = r.json()
+        assert isinstance(body["detail"], str) and body["detail"], what
+        assert needle.lower() in body["detail"].lower(), (what, body)
+    # nothing above left an image behind
+    store: Store = client.app.state.services.store  # type: ignore[attr-defined]
+    assert not list((store.data_dir / "tmp").iterdir())
+
+
+def test_multi_label_collection(server: tuple[TestClient, list[str]]) -> None:
+    client, (a, _, _) = server
+    r = client.post("/v1/collections", headers=auth(a), json={"name": "ml", "multi_label": True})
+    cid = r.json()["id"]
+    assert r.json()["multi_label"] is True
+    sets = {"hstripes": "h", "vstripes": "v", "checker": "h;v"}
+    for i in range(2):
+        for kind, labels in sets.items():
+            r = client.post(
+                f"/v1/collections/{cid}/examples",
+                headers=auth(a),
+                files={"file": ("x.png", pattern(kind, 40 + i), "image/png")},
+                data={"labels": labels},
+            )
+            assert r.status_code == 201, r.text
+    assert r.json()["labels"] == ["h", "v"]
+    r = client.post(f"/v1/collections/{cid}/train", headers=auth(a))
+    assert r.status_code == 202, r.text
+    assert wait_job(client, r.json()["id"], a)["status"] == "succeeded"
+    r = client.post(
+        f"/v1/collections/{cid}/predict",
+        headers=auth(a),
+        files={"file": ("q.png", pattern("hstripes", 77), "image/png")},
+    )
+    assert r.status_code == 200, r.text
+    assert isinstance(r.json()["labels"], list) and len(r.json()["top"]) == 2
+    m = client.get(f"/v1/collections/{cid}/metrics", headers=auth(a))
+    assert m.status_code == 200 and "mAP" in m.json()
+
+
+def test_full_queues_refuse_instead_of_growing() -> None:
+    """Bounded queues: a full feature queue is 503, a full training queue 429."""
+    import queue
+    import threading
+
+    from transferlab.serve.errors import ApiError
+    from transferlab.serve.jobs import FeatureBatcher, JobRunner
+
+    release = threading.Event()
+
+    class SlowExtractor:
+        pool = "avg"
+
+        def extract(self, paths: list[str], **_: Any) -> Any:
+            release.wait(10)
+            raise RuntimeError("stub")
+
+    batcher = FeatureBatcher(SlowExtractor(), max_batch=1, wait_s=0, queue_size=1)  # type: ignore[arg-type]
+    first = batcher.submit(["a"], ["pre_logits"])
+    deadline = time.monotonic() + 5
+    while batcher._queue.qsize() and time.monotonic() < deadline:
+        time.sleep(0.01)  # the worker has taken the first request and is stuck in it
+    batcher.submit(["b"], ["pre_logits"])
+    with pytest.raises(ApiError) as err:
+        batcher.submit(["c"], ["pre_logits"])
+    assert err.value.status == 503
+    release.set()
+    with pytest.raises(RuntimeError):
+        first.result(timeout=10)  # the extractor's failure reaches the waiting request
+    batcher.stop()
+
+    runner = JobRunner.__new__(JobRunner)  # the queue alone, no worker draining it
+    runner._queue = queue.Queue(maxsize=1)
+    runner.submit("job-1")
+    with pytest.raises(ApiError) as err:
+        runner.submit("job-2")
+    assert err.value.status == 429
+
+
+def test_restart_keeps_everything(tmp_path: Path) -> None:
+    (a,) = make_keys(tmp_path, "alice")
+    with TestClient(create_app(settings_for(tmp_path))) as client:
+        cid = trained_collection(client, a, n=3)
+        before = client.get(f"/v1/collections/{cid}", headers=auth(a)).json()
+        examples = client.get(f"/v1/collections/{cid}/examples", headers=auth(a)).json()
+    with TestClient(create_app(settings_for(tmp_path))) as client:
+        after = client.get(f"/v1/collections/{cid}", headers=auth(a)).json()
+        assert after == before
+        assert client.get(f"/v1/collections/{cid}/examples", headers=auth(a)).json() == examples
+        job = client.get(f"/v1/jobs/{before['model']['job_id']}", headers=auth(a)).json()
+        assert job["status"] == "succeeded" and job["progress"] == 1.0
+        r = client.post(
+            f"/v1/collections/{cid}/predict",
+            headers=auth(a),
+            files={"file": ("q.png", pattern("vstripes", 555), "image/png")},
+        )
+        assert r.status_code == 200 and r.json()["label"] == "vstripes"
+
+
+def test_interrupted_job_is_failed_and_rerunnable(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    key, raw = store.create_key("alice")
+    rng = np.random.default_rng(0)
+    with store.session() as s:
+        coll = Collection(
+            owner_id=key.id,
+            name="c",
+            multi_label=False,
+            backbone="efficientnet_lite0",
+            layer="pre_logits",
+        )
+        s.add(coll)
+        s.flush()
+        for i in range(6):
+            vec = (rng.normal(size=1280) + (3 if i % 2 else -3)).astype(np.float32)
+            s.add(
+                Example(
+                    collection_id=coll.id,
+                    labels=["a" if i % 2 else "b"],
+                    image_sha256=f"{i:064x}",
+                    image_ext="png",
+                    feature=vec.tobytes(),
+                    dim=1280,
+                )
+            )
+        job = Job(
+            collection_id=coll.id, kind="linear_probe", status="running", progress=0.5, params={}
+        )
+        s.add(job)
+    store.close()
+    with TestClient(create_app(settings_for(tmp_path))) as client:
+        got = client.get(f"/v1/jobs/{job.id}", headers=auth(raw)).json()
+        assert got["status"] == "failed" and "interrupted" in got["error"]
+        r = client.post(f"/v1/collections/{coll.id}/train", headers=auth(raw))
+        assert r.status_code == 202
+        assert wait_job(client, r.json()["id"], raw)["status"] == "succeeded"
+
+
+def test_keys_stored_hashed_and_schema_versioned(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    _, raw = store.create_key("alice")
+    assert store.authenticate(raw) is not None
+    assert check_schema(store.engine) == []
+    from sqlalchemy import text
+
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT MAX(version) FROM schema_version")).scalar() == 1
+    store.close()
+    Store(tmp_path).close()  # a second open migrates nothing and keeps the data
+    blobs = b"".join(p.read_bytes() for p in tmp_path.glob("transferlab.sqlite*"))
+    assert raw.encode() not in blobs
+    assert hash_key(raw).encode() in blobs
+
+
+def test_keys_cli(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from transferlab.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["keys", "create", "bot", "--data-dir", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    raw = r.output.strip().splitlines()[-1]
+    assert raw.startswith("tl_")
+    r = runner.invoke(app, ["keys", "list", "--data-dir", str(tmp_path), "--json"])
+    assert r.exit_code == 0 and '"bot"' in r.output and raw not in r.output
+    assert runner.invoke(app, ["keys", "revoke", "1", "--data-dir", str(tmp_path)]).exit_code == 0
+    assert Store(tmp_path).authenticate(raw) is None
+    assert runner.invoke(app, ["keys", "revoke", "7", "--data-dir", str(tmp_path)]).exit_code == 2
+    assert runner.invoke(app, ["serve", "--help"]).exit_code == 0
+
+
+def test_web_page_end_to_end(tmp_path: Path) -> None:
+    """The page at / in headless Chromium: create, add examples per label, train, predict."""
+    import shutil
+    import socket
+    import threading
+
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    import uvicorn
+
+    (a,) = make_keys(tmp_path / "data", "alice")
+    for kind in ("hstripes", "vstripes"):
+        for i in range(3):
+            (tmp_path / f"{kind}{i}.png").write_bytes(pattern(kind, 300 + i))
+    (tmp_path / "query.png").write_bytes(pattern("vstripes", 999))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings_for(tmp_path / "data")),
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=chromium, args=["--no-sandbox", "--disable-gpu"]
+            )
+            try:
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.fill("#key", a)
+                page.click("#save-key")
+                page.fill("#new-name", "stripes")
+                page.click("#create")
+                for kind in ("hstripes", "vstripes"):
+                    page.fill("#new-label", kind)
+                    page.click("#add-label")
+                    zone = page.locator(f'.drop[data-label="{kind}"]')
+                    zone.locator("input[type=file]").set_input_files(
+                        [str(tmp_path / f"{kind}{i}.png") for i in range(3)]
+                    )
+                    page.wait_for_function(
+                        f"document.querySelector('.drop[data-label=\"{kind}\"] .count')"
+                        ".textContent.startsWith('3 ')",
+                        timeout=30_000,
+                    )
+                page.click("#train")
+                page.wait_for_function(
+                    "document.getElementById('job-status').textContent.startsWith('succeeded')",
+                    timeout=60_000,
+                )
+                page.wait_for_selector("#confusion td", timeout=30_000)
+                page.set_input_files("#predict-file", str(tmp_path / "query.png"))
+                page.wait_for_selector("#prediction b", timeout=30_000)
+                assert page.text_content("#prediction b") == "prediction: vstripes"
+                assert page.locator("#prediction .bar").count() == 2
+                assert page.text_content("#error") == ""
+            finally:
+                browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
