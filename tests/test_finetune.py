@@ -343,3 +343,25 @@ def test_cli_export(data, tmp_path):
     assert (tmp_path / "run" / "model" / "export-onnx" / "model.onnx").exists()
     res = runner.invoke(app, ["export", str(tmp_path / "run" / "model"), "--format", "tflite"])
     assert res.exit_code == 2 and "--format must be one of onnx" in res.output
+
+
+def test_adapt_bn_and_freeze_to_in_fine_tuning(data):
+    """--adapt-bn re-estimates BatchNorm statistics before training (with --bn freeze nothing else
+    moves them); --freeze-to 2 trains only the groups from the third on: the stem's weights stay
+    the pretrained ones while deeper ones change."""
+    from transferlab.backbones import load_backbone
+
+    ds = load_dataset(data)
+    cfg = FinetuneConfig(
+        **FAST, epochs=1, freeze_to=2, adapt_bn=True, bn_policy="freeze", wise="off"
+    )
+    tuner = FineTuner(cfg, progress=False)
+    tuner.fit(ds.train, ds.val, ds.classes)
+    fresh = load_backbone("test_resnet", weights="random").model.state_dict()
+    tuned = tuner.backbone_.model.state_dict()
+    stem_params = tuner.groups_[0][1]
+    deep_params = [n for n in tuner.groups_[2][1] if n.endswith("weight")]
+    assert all(torch.equal(tuned[n], fresh[n]) for n in stem_params)
+    assert not all(torch.equal(tuned[n], fresh[n]) for n in deep_params)
+    bn_means = [k for k in fresh if k.endswith("running_mean")]
+    assert bn_means and all(not torch.allclose(tuned[k], fresh[k]) for k in bn_means[:3])

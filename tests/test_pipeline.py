@@ -299,3 +299,27 @@ def test_hymenoptera_probe_accuracy(tmp_path):
     data = shared_dataset("hymenoptera")
     result = fit(FitConfig(data=str(data), out=str(tmp_path / "run"), progress=False))
     assert result.metrics["accuracy"] >= 0.94
+
+
+def test_fit_adapt_bn_keeps_the_adapted_backbone_in_the_model(data, tmp_path):
+    """`fit --adapt-bn` re-estimates BatchNorm statistics on the training images; the model folder
+    carries those weights, so it predicts the same after being moved, and they differ from the
+    pretrained ones."""
+    from transferlab.backbones import load_backbone
+
+    r = runner.invoke(
+        app, ["fit", str(data), "--out", str(tmp_path / "run"), "--adapt-bn", "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.output)
+    assert m["adapt_bn"] == {"images": 16}
+    assert m["weights_sha256"] != load_backbone("efficientnet_lite0").weights_sha256
+    meta = json.loads((tmp_path / "run" / "model" / "model.json").read_text())
+    assert meta["backbone"]["weights_source"] == "file:backbone.safetensors"
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(tmp_path / "run" / "model"), moved)
+    model = load_model(moved, progress=False)
+    assert model.extractor.backbone_.weights_sha256 == m["weights_sha256"]
+    val_images = sorted((data / "val").rglob("*.png"))
+    acc = np.mean([p.label == Path(p.path).parent.name for p in model.predict_paths(val_images)])
+    assert acc == pytest.approx(m["accuracy"])

@@ -38,6 +38,7 @@ FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
 PROBE_FILE = "probe.joblib"
 WEIGHTS_FILE = "weights.safetensors"
+BACKBONE_FILE = "backbone.safetensors"  # a probe's backbone whose weights are its own (AdaBN)
 TRAIN_INDEX_FILE = "train_index.npz"
 #: Training sets larger than this are not indexed in the model directory (size on disk).
 MAX_TRAIN_INDEX = 20_000
@@ -170,7 +171,10 @@ class TransferModel(_Predictor):
             "backbone": {
                 "name": bb.name,
                 "timm_name": bb.spec.timm_name,
-                "weights_source": bb.weights_source,
+                # weights adapted in this run (AdaBN) travel inside the model folder
+                "weights_source": f"file:{BACKBONE_FILE}"
+                if bb.weights_source.startswith("adabn")
+                else bb.weights_source,
                 "weights_sha256": bb.weights_sha256,
             },
             "layer": self.extractor.layer,
@@ -196,6 +200,12 @@ class TransferModel(_Predictor):
                 json.dumps(self.describe(), indent=2, default=_json_default)
             )
             joblib.dump(self.probe, tmp / PROBE_FILE)
+            bb = self.extractor._backbone()
+            if bb.weights_source.startswith("adabn"):
+                from safetensors.torch import save_file
+
+                state = {k: v.detach().cpu().contiguous() for k, v in bb.model.state_dict().items()}
+                save_file(state, tmp / BACKBONE_FILE)
             (tmp / "metrics.json").write_text(
                 json.dumps(self.metrics, indent=2, default=_json_default)
             )
@@ -471,6 +481,8 @@ def load_model(
     bb_meta = meta["backbone"]
     source = str(bb_meta.get("weights_source", "default"))
     weights = source.split(":", 1)[1] if source.startswith("file:") else source
+    if source.startswith("file:") and not os.path.isabs(weights):
+        weights = str(root / weights)  # weights saved inside the model folder
     if weights == "package":
         weights = "default"
     extractor = FeatureExtractor(

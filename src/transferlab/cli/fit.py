@@ -71,6 +71,12 @@ def fit_cmd(
         "--multi-label",
         help="CSV labels hold several ';'-separated labels per image (one-vs-rest probe).",
     ),
+    adapt_bn: bool = typer.Option(
+        False,
+        "--adapt-bn",
+        help="Re-estimate BatchNorm statistics on the training images first (AdaBN); the "
+        "model keeps the adapted backbone. See `transferlab diagnose`.",
+    ),
     as_json: bool = typer.Option(
         False, "--json", help="Print metrics.json instead of the summary."
     ),
@@ -111,6 +117,7 @@ def fit_cmd(
         max_pixels=max_pixels,
         overwrite=overwrite,
         multi_label=multi_label,
+        adapt_bn=adapt_bn,
     )
     result = fit(config)
     if as_json:

@@ -137,14 +137,7 @@ def advise(
                             else f" --freeze-to {max(0, first)}"
                         ),
                     ]
-                    + (
-                        [
-                            f"transferlab adapt-bn {data} --out adapted/ && transferlab fit "
-                            f"{data} --weights adapted/weights.safetensors"
-                        ]
-                        if adabn_helps is not False
-                        else []
-                    ),
+                    + ([f"transferlab fit {data} --adapt-bn"] if adabn_helps is not False else []),
                 )
             )
             if grey:
@@ -185,8 +178,7 @@ def advise(
                 if gain > 0.01
                 else "AdaBN does not help here; keep the pretrained statistics.",
                 [
-                    f"transferlab adapt-bn {data} --out adapted/ && transferlab fit {data} "
-                    "--weights adapted/weights.safetensors",
+                    f"transferlab fit {data} --adapt-bn",
                     f"transferlab finetune {data} --adapt-bn",
                 ]
                 if gain > 0.01

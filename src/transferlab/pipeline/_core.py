@@ -79,6 +79,7 @@ class FitConfig:
     overwrite: bool = False
     progress: bool = True
     multi_label: bool = False
+    adapt_bn: bool = False
 
     def __post_init__(self) -> None:
         if self.pool not in POOLS:
@@ -170,6 +171,23 @@ def fit(config: FitConfig, dataset: Dataset | None = None) -> FitResult:
         progress=config.progress,
         max_pixels=config.max_pixels,
     ).fit()
+    adabn_images = 0
+    if config.adapt_bn:  # AdaBN on the training images; the model keeps the adapted backbone
+        from transferlab.diagnose import adapt_bn, image_batches
+
+        counter = [0]
+        fx.backbone_ = adapt_bn(
+            fx.backbone_,
+            image_batches(
+                fx.backbone_,
+                [s.path for s in ds.train],
+                batch_size=config.batch_size,
+                max_pixels=config.max_pixels,
+            ),
+            progress=lambda k: counter.__setitem__(0, counter[0] + k),
+        )
+        fx.backbone = fx.backbone_
+        adabn_images = counter[0]
     t_load = time.perf_counter()
 
     splits = {"train": ds.train, "val": ds.val, "test": ds.test}
@@ -249,6 +267,7 @@ def fit(config: FitConfig, dataset: Dataset | None = None) -> FitResult:
             "n_ignored": len(ds.ignored),
         },
         "n_cached": res.n_cached,
+        "adapt_bn": {"images": adabn_images} if config.adapt_bn else None,
         "seconds": round(time.perf_counter() - t0, 3),
         "stage_seconds": {
             "load_backbone": round(t_load - t0, 3),
