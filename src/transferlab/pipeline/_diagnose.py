@@ -244,19 +244,20 @@ def diagnose_run(
             )
         ]
 
-    findings = advise(
-        class_counts=dict(counts),
-        target_stats=target_stats,
-        reference_stats=ref_stats,
-        bn_target=shift_t.by_tap(),
-        bn_reference=shift_r.by_tap(),
-        layer_probe=probe.to_dict(),
-        domain_gap=gap.to_dict(),
-        preprocessing=preprocessing,
-        input_size=int(bb.data_config["input_size"][-1]),
-        backbone=bb.name,
-        data=str(cfg.data),
-    )
+    evidence: dict[str, Any] = {
+        "class_counts": dict(counts),
+        "target_stats": target_stats,
+        "reference_stats": ref_stats,
+        "bn_target": shift_t.by_tap(),
+        "bn_reference": shift_r.by_tap(),
+        "layer_probe": probe.to_dict(),
+        "domain_gap": gap.to_dict(),
+        "preprocessing": preprocessing,
+        "input_size": int(bb.data_config["input_size"][-1]),
+        "backbone": bb.name,
+        "data": str(cfg.data),
+    }
+    findings = advise(**evidence)
     adabn_result = None
     low_shift = any(f.code == "domain_shift_low_level" for f in findings)
     if cfg.adabn == "on" or (cfg.adabn == "auto" and low_shift):
@@ -285,19 +286,8 @@ def diagnose_run(
         after, _ = cv_probe_accuracy(fa[last], ya, cv=cfg.cv, seed=cfg.seed)
         adabn_result = {"layer": last, "before": before, "after": after, "n_images": len(sub)}
         timings["adabn"] = time.perf_counter() - t
-        findings = advise(
-            class_counts=dict(counts),
-            target_stats=target_stats,
-            reference_stats=ref_stats,
-            bn_target=shift_t.by_tap(),
-            bn_reference=shift_r.by_tap(),
-            layer_probe=probe.to_dict(),
-            domain_gap=gap.to_dict(),
-            preprocessing=preprocessing,
-            input_size=int(bb.data_config["input_size"][-1]),
-            backbone=bb.name,
-            adabn={k: v for k, v in adabn_result.items() if k in ("before", "after")},
-            data=str(cfg.data),
+        findings = advise(  # again, now that AdaBN's effect is known
+            **evidence, adabn={k: v for k, v in adabn_result.items() if k in ("before", "after")}
         )
 
     step("plots and report")
