@@ -896,3 +896,45 @@ def test_real_data_rank_two_backbones(tmp_path):
         assert max(r[f"{s}_gap"] for r in res.rows) == 0
     assert all(math.isfinite(v) for v in res.tau.values())
     assert max(r["probe_accuracy"] for r in res.rows) > 0.8
+
+
+def test_diagnose_says_how_to_choose_a_backbone(photo_diagnosis):
+    res, _ = photo_diagnosis
+    f = {f["code"]: f for f in res.metrics["findings"]}["backbone_choice"]
+    assert res.metrics["backbones"] is None
+    assert any(c.startswith("transferlab rank ") for c in f["commands"])
+
+
+def test_diagnose_compare_scores_each_backbone(xray_like, tmp_path):
+    out = tmp_path / "cmp"
+    r = runner.invoke(
+        app,
+        [
+            "diagnose",
+            str(xray_like),
+            "--out",
+            str(out),
+            "--max-images",
+            "9",
+            "--bn-images",
+            "8",
+            "--adabn",
+            "off",
+            "--compare",
+            "efficientnet_lite1",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    d = json.loads((out / "diagnosis.json").read_text())
+    assert set(d["backbones"]) == {"efficientnet_lite0", "efficientnet_lite1"}
+    f = {f["code"]: f for f in d["findings"]}["backbone_choice"]
+    assert set(f["evidence"]["logme"]) == {"efficientnet_lite0", "efficientnet_lite1"}
+    logme = {b: v["logme"] for b, v in d["backbones"].items()}
+    best = max(logme, key=logme.__getitem__)
+    # a clear LogME lead names the better backbone; within 0.02 it says to keep the current one
+    expected = best if logme[best] - logme["efficientnet_lite0"] >= 0.02 else "efficientnet_lite0"
+    assert expected in f["title"]
+    assert (f["severity"] == "ok") == (expected == "efficientnet_lite0")
+    severities = [f["severity"] for f in d["findings"]]
+    order = ["problem", "warning", "info", "ok"]
+    assert severities == sorted(severities, key=order.index)

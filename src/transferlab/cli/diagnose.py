@@ -57,6 +57,12 @@ def diagnose_cmd(
     adabn: str = typer.Option(
         "auto", "--adabn", help="Measure AdaBN's effect: auto (when shifted), on, off."
     ),
+    compare: str | None = typer.Option(
+        None,
+        "--compare",
+        help="Other backbones to score against --backbone (comma-separated), for a backbone "
+        "recommendation.",
+    ),
     backbone: str = BackboneOpt,
     weights: str = WeightsOpt,
     batch_size: int = BatchOpt,
@@ -87,6 +93,7 @@ def diagnose_cmd(
         max_images=max_images,
         bn_images=bn_images,
         adabn=adabn,
+        compare=_split(compare) or (),
         seed=seed,
         val_fraction=val_fraction,
         batch_size=batch_size,
