@@ -670,8 +670,16 @@ def _write_rank_report(out: Path, dataset: str, result: RankResult) -> Path:
     from transferlab.report import _pyplot, html_table, write_html_report
 
     header, rows = rank_table(result)
+    gaps = [
+        [r["backbone"], r["layer"], *[round(r[f"{s}_gap"], 4) for s in SCORE_COLUMNS]]
+        for r in sorted(result.rows, key=lambda r: r["logme_rank"])
+    ]
     sections = [
-        ("Scores per backbone × layer (value, rank; higher is better)", html_table(header, rows))
+        ("Scores per backbone × layer (value, rank; higher is better)", html_table(header, rows)),
+        (
+            "Relative to the best row of each score (0 = best; same units as the score)",
+            html_table(["backbone", "layer", *SCORE_COLUMNS], gaps),
+        ),
     ]
     images = []
     best = result.best("logme")
