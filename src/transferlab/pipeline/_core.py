@@ -434,7 +434,9 @@ def advice_probe_vs_finetune(probe_acc: float | None, finetuned_acc: float, n_va
     if diff < -margin:
         return (
             f"The linear probe is better here ({probe_acc:.3f} vs {finetuned_acc:.3f}): use "
-            "`transferlab fit` — the data is too small or too close to ImageNet for fine-tuning to help."
+            "`transferlab fit`. Fine-tuning overfits when data is small and gains little when it is "
+            "close to ImageNet; if neither holds, `transferlab diagnose` shows where the features "
+            "are off (for a mid-level optimum, `fit --layer stageN`)."
         )
     return (
         f"Fine-tuning and the linear probe tie ({finetuned_acc:.3f} vs {probe_acc:.3f}): prefer the "
