@@ -187,3 +187,31 @@ def test_save_and_load_feature_files(tmp_path, suffix):
     assert back["splits"] == ["train", "val", ""]
     assert back["meta"] == {"layer": "stage2"}
     assert not list(tmp_path.glob(".*tmp"))
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_lite0", "test_resnet"])
+def test_onnx_engine_matches_pytorch_and_exports_once(images, tmp_path, backbone):
+    """engine='onnx' exports the backbone once into the cache folder and gives the same vectors
+    as PyTorch (within 1e-4) for every tap kind: an early stage, pre_logits and logits."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    layers = ["stage2", "pre_logits", "logits"]
+    weights = "random" if backbone == "test_resnet" else "default"
+    ref = FeatureExtractor(backbone, weights=weights, cache=False, progress=False).extract(
+        images, layers=layers
+    )
+    cache = FeatureCache(tmp_path / "cache")
+    fx = FeatureExtractor(backbone, weights=weights, cache=cache, progress=False, engine="onnx")
+    got = fx.extract(images, layers=layers)
+    for layer in layers:
+        np.testing.assert_allclose(got.features[layer], ref.features[layer], atol=1e-4, rtol=1e-4)
+    exported = list((tmp_path / "cache" / "onnx").glob("*.onnx"))
+    assert len(exported) == 1
+    stamp = exported[0].stat().st_mtime_ns
+    # new images (not in the feature cache) go through the exported graph again, not a new export
+    more = _paths(build_image_folder(tmp_path / "more", n_per_class=2, seed=5))
+    fx2 = FeatureExtractor(backbone, weights=weights, cache=cache, progress=False, engine="onnx")
+    res = fx2.extract(more, layers=layers)
+    assert res.n_cached == 0 and res.features["pre_logits"].shape[0] == len(more)
+    assert [p.stat().st_mtime_ns for p in (tmp_path / "cache" / "onnx").glob("*.onnx")] == [stamp]
+    with pytest.raises(InvalidParameterError, match="engine must be one of"):
+        FeatureExtractor(backbone, engine="tensorrt", cache=False).fit()

@@ -37,6 +37,7 @@ from transferlab.exceptions import (
 __all__ = [
     "Backbone",
     "BackboneSpec",
+    "OnnxTaps",
     "TapInfo",
     "get_backbone_spec",
     "list_backbones",
@@ -489,6 +490,110 @@ def pool_features(out: torch.Tensor, pool: str) -> torch.Tensor:
     if pool == "max":
         return out.amax(dim=dims)
     return torch.cat([out.mean(dim=dims), out.amax(dim=dims)], dim=1)
+
+
+class _TapGraph(nn.Module):
+    """The backbone as a plain module returning pooled taps, for ONNX export (no early exit)."""
+
+    def __init__(self, backbone: Backbone, layers: list[str], pool: str) -> None:
+        super().__init__()
+        self.model = backbone.model
+        self.layers = layers
+        self.pool = pool
+        self.module_taps = {
+            backbone._taps[n]: n for n in layers if not backbone._taps[n].startswith("<")
+        }
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outs: dict[str, torch.Tensor] = {}
+        modules = dict(self.model.named_modules())
+
+        def make_hook(tap: str) -> Callable[..., None]:
+            def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
+                outs[tap] = pool_features(
+                    out[0] if isinstance(out, (tuple, list)) else out, self.pool
+                )
+
+            return hook
+
+        handles = [
+            modules[m].register_forward_hook(make_hook(t)) for m, t in self.module_taps.items()
+        ]
+        try:
+            feats = self.model.forward_features(x)
+            if "pre_logits" in self.layers:
+                outs["pre_logits"] = pool_features(
+                    self.model.forward_head(feats, pre_logits=True), self.pool
+                )
+            if "logits" in self.layers:
+                outs["logits"] = self.model.forward_head(feats)
+        finally:
+            for h in handles:
+                h.remove()
+        return tuple(outs[n] for n in self.layers)
+
+
+class OnnxTaps:
+    """Pooled taps computed by ONNX Runtime: the backbone exported once per (weights, layers,
+    pool, input size) and kept in `directory`, so later runs only load it.
+
+    ONNX Runtime runs this CPU graph several times faster than PyTorch eager (issue 8's
+    measurements: ~220 vs ~35 img/s for lite0), with outputs within 1e-4 of it.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        layers: Iterable[str],
+        pool: str,
+        directory: str | os.PathLike[str],
+    ) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise InvalidParameterError(
+                "engine='onnx' needs onnxruntime and onnx: pip install 'transferlab[onnx]'"
+            ) from exc
+        self.layers = [backbone.check_layer(la) for la in layers]
+        size = list(backbone.data_config["input_size"])
+        key = hashlib.sha256(
+            f"{backbone.fingerprint()}|{','.join(self.layers)}|{pool}|{size}".encode()
+        ).hexdigest()[:24]
+        folder = os.fspath(directory)
+        os.makedirs(folder, exist_ok=True)
+        self.path = os.path.join(folder, f"{backbone.name}-{key}.onnx")
+        if not os.path.isfile(self.path):
+            self._export(backbone, pool, size)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(1, torch.get_num_threads())
+        self.session = ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
+
+    def _export(self, backbone: Backbone, pool: str, size: list[int]) -> None:
+        graph = _TapGraph(backbone, self.layers, pool).eval()
+        backbone.model.to(memory_format=torch.contiguous_format)
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+                torch.onnx.export(
+                    graph,
+                    (torch.zeros(2, *size),),
+                    tmp,
+                    dynamo=False,
+                    input_names=["image"],
+                    output_names=self.layers,
+                    dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in self.layers}},
+                    opset_version=17,
+                )
+            os.replace(tmp, self.path)  # atomic: a concurrent run sees a whole file or none
+        finally:
+            backbone.model.to(memory_format=torch.channels_last)
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        outs = self.session.run(None, {"image": x.float().contiguous().cpu().numpy()})
+        return {n: torch.from_numpy(o) for n, o in zip(self.layers, outs, strict=True)}
 
 
 def _package_weights(spec: BackboneSpec) -> tuple[dict[str, torch.Tensor], str]:

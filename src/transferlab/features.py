@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 #: Bump when the meaning of a stored vector changes (pooling code, dtype...): old entries then miss.
 FEATURE_FORMAT = 1
+ENGINES = ("torch", "onnx")
 
 
 def default_cache_dir() -> Path:
@@ -275,6 +276,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         cache: True (default cache dir), False (no cache), a directory, or a `FeatureCache`.
         progress: show a progress bar on long work.
         max_pixels: decompression-bomb limit passed to `load_image`.
+        engine: ``"torch"`` (PyTorch, channels-last) or ``"onnx"`` (the backbone exported once to
+            ONNX and run by ONNX Runtime on CPU; outputs within 1e-4 of PyTorch's, cached
+            together with them).
 
     Attributes:
         backbone_: the loaded `Backbone` (after `fit` or the first `transform`).
@@ -303,6 +307,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         cache: bool | str | os.PathLike[str] | FeatureCache = True,
         progress: bool = True,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        engine: str = "torch",
     ) -> None:
         self.backbone = backbone
         self.layer = layer
@@ -314,6 +319,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         self.cache = cache
         self.progress = progress
         self.max_pixels = max_pixels
+        self.engine = engine
 
     # -- estimator API -------------------------------------------------------------------------
     def fit(self, X: Any = None, y: Any = None) -> FeatureExtractor:
@@ -346,6 +352,10 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
     # -- the work ------------------------------------------------------------------------------
     def _validate_params(self) -> None:
+        if self.engine not in ENGINES:
+            raise InvalidParameterError(
+                f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}"
+            )
         if self.pool not in POOLS:
             raise InvalidParameterError(
                 f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}"
@@ -494,6 +504,14 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             pin_memory=bb.device.type == "cuda",
         )
         channels_last = bb.device.type == "cpu" or bb.device.type == "cuda"
+        runner = None
+        if self.engine == "onnx":
+            if bb.device.type != "cpu":
+                raise InvalidParameterError("engine='onnx' runs on CPU; use device='cpu'")
+            from transferlab.backbones import OnnxTaps
+
+            folder = (cache.directory if cache is not None else default_cache_dir()) / "onnx"
+            runner = OnnxTaps(bb, layers, self.pool, folder)
         with _progress(len(todo), f"features {bb.name}:{'/'.join(layers)}", self.progress) as bar:
             for local_idx, x, bad in loader:
                 for j, reason in bad:
@@ -509,7 +527,11 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
                     x = x.to(bb.device, non_blocking=True)
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    outs = bb.forward_taps(x, layers, pool=self.pool)
+                    outs = (
+                        runner(x)
+                        if runner is not None
+                        else bb.forward_taps(x, layers, pool=self.pool)
+                    )
                     for layer in layers:
                         vecs = outs[layer].float().cpu().numpy()
                         new = {}

@@ -42,6 +42,12 @@ def extract_cmd(
     cache_dir: Path | None = CacheDirOpt,
     no_cache: bool = NoCacheOpt,
     max_pixels: int = MaxPixelsOpt,
+    engine: str = typer.Option(
+        "torch",
+        "--engine",
+        help="torch, or onnx (ONNX Runtime on CPU; exported once into the cache folder; same "
+        "vectors within 1e-4).",
+    ),
     strict: bool = StrictOpt,
     val_fraction: float = ValFractionOpt,
     seed: int = SeedOpt,
@@ -70,6 +76,7 @@ def extract_cmd(
         device=device,
         cache=False if no_cache else (cache_dir or True),
         max_pixels=max_pixels,
+        engine=engine,
     )
     res = fx.extract([s.path for s in samples], on_error="raise" if strict else "skip")
     kept = [samples[i] for i in res.index]
