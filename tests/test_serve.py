@@ -636,3 +636,91 @@ def test_web_page_end_to_end(tmp_path: Path) -> None:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def _start_server(data_dir: Path, port: int) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRANSFERLAB_DATA_DIR": str(data_dir)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "transferlab.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    import httpx
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise AssertionError("the server did not come up in 120 s")
+
+
+def test_sigkill_during_training_loses_no_examples(tmp_path: Path) -> None:
+    """A real `transferlab serve` process killed with SIGKILL right after a training job is
+    accepted: after a restart every example is there, the job is either finished or marked failed
+    as interrupted, and training again succeeds."""
+    import signal
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    key = make_keys(tmp_path, "alice")[0]
+    proc = _start_server(tmp_path, port)
+    try:
+        with httpx.Client(base_url=base, headers=auth(key), timeout=60) as c:
+            cid = c.post("/v1/collections", json={"name": "kill"}).json()["id"]
+            for i in range(5):
+                for kind in ("hstripes", "vstripes"):
+                    r = c.post(
+                        f"/v1/collections/{cid}/examples",
+                        files={"file": ("x.png", pattern(kind, 300 + i), "image/png")},
+                        data={"label": kind},
+                    )
+                    assert r.status_code == 201, r.text
+            r = c.post(f"/v1/collections/{cid}/train")
+            assert r.status_code == 202, r.text
+            job_id = r.json()["id"]
+            proc.send_signal(signal.SIGKILL)  # no shutdown handler runs
+            proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    proc = _start_server(tmp_path, port)
+    try:
+        with httpx.Client(base_url=base, headers=auth(key), timeout=60) as c:
+            examples = c.get(f"/v1/collections/{cid}/examples").json()
+            items = examples["items"] if isinstance(examples, dict) else examples
+            assert len(items) == 10
+            job = c.get(f"/v1/jobs/{job_id}").json()
+            assert job["status"] in ("succeeded", "failed"), job
+            if job["status"] == "failed":
+                assert "interrupted" in job["error"]
+            r = c.post(f"/v1/collections/{cid}/train")
+            assert r.status_code == 202, r.text
+            deadline = time.monotonic() + 60
+            while (j := c.get(f"/v1/jobs/{r.json()['id']}").json())["status"] not in (
+                "succeeded",
+                "failed",
+            ) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert j["status"] == "succeeded", j
+            p = c.post(
+                f"/v1/collections/{cid}/predict",
+                files={"file": ("q.png", pattern("vstripes", 999), "image/png")},
+            )
+            assert p.status_code == 200, p.text
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
