@@ -343,6 +343,11 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         result = self.extract(X, on_error="raise")
         return result.features[self.layer]
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_onnx_runners", None)  # ONNX Runtime sessions do not pickle; rebuilt on use
+        return state
+
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.requires_fit = False
@@ -510,8 +515,14 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
                 raise InvalidParameterError("engine='onnx' runs on CPU; use device='cpu'")
             from transferlab.backbones import OnnxTaps
 
-            folder = (cache.directory if cache is not None else default_cache_dir()) / "onnx"
-            runner = OnnxTaps(bb, layers, self.pool, folder)
+            # one ONNX Runtime session per set of layers, kept: evaluate and predict call
+            # extract once per chunk, and loading a session each time would dominate
+            runners = self.__dict__.setdefault("_onnx_runners", {})
+            key = (bb.fingerprint(), tuple(layers), self.pool)
+            if key not in runners:
+                folder = (cache.directory if cache is not None else default_cache_dir()) / "onnx"
+                runners[key] = OnnxTaps(bb, layers, self.pool, folder)
+            runner = runners[key]
         with _progress(len(todo), f"features {bb.name}:{'/'.join(layers)}", self.progress) as bar:
             for local_idx, x, bad in loader:
                 for j, reason in bad:

@@ -88,6 +88,21 @@ def image_batches(
             yield x
 
 
+def shift_from_running(
+    bn: nn.modules.batchnorm._BatchNorm, mu: np.ndarray, var: np.ndarray
+) -> tuple[float, float, float]:
+    """Mean shift, |log variance ratio| and W2 (see `BNShift`) of input statistics `mu`, `var`
+    (per channel) against `bn`'s running statistics, each averaged over channels."""
+    rmu = bn.running_mean.double().cpu().numpy()
+    rvar = bn.running_var.double().cpu().numpy() + bn.eps
+    sd, rsd = np.sqrt(var + bn.eps), np.sqrt(rvar)
+    return (
+        float(np.mean(np.abs(mu - rmu) / rsd)),
+        float(np.mean(np.abs(np.log((var + bn.eps) / rvar)))),
+        float(np.mean(np.sqrt(((mu - rmu) ** 2 + (sd - rsd) ** 2) / rvar))),
+    )
+
+
 @dataclass
 class BNShift:
     """Per BatchNorm layer: how far the target's input statistics sit from the running ones.
@@ -176,12 +191,10 @@ def bn_shift(backbone: Backbone, batches: Iterable[torch.Tensor]) -> BNShift:
     for name, m in layers:
         mu = (sums[name] / counts[name]).cpu().numpy()
         var = np.maximum((sqs[name] / counts[name]).cpu().numpy() - mu**2, 0.0)
-        rmu = m.running_mean.double().cpu().numpy()
-        rvar = m.running_var.double().cpu().numpy() + m.eps
-        sd, rsd = np.sqrt(var + m.eps), np.sqrt(rvar)
-        mean_shift.append(float(np.mean(np.abs(mu - rmu) / rsd)))
-        log_var.append(float(np.mean(np.abs(np.log((var + m.eps) / rvar)))))
-        w2.append(float(np.mean(np.sqrt(((mu - rmu) ** 2 + (sd - rsd) ** 2) / rvar))))
+        ms, lv, w = shift_from_running(m, mu, var)
+        mean_shift.append(ms)
+        log_var.append(lv)
+        w2.append(w)
     names = [n for n, _ in layers]
     return BNShift(
         layers=names,

@@ -194,7 +194,7 @@ def check_preprocessing(
 
 @torch.no_grad()
 def _first_bn_w2(backbone: Backbone, x: torch.Tensor) -> float:
-    from transferlab.diagnose._bn import bn_layers
+    from transferlab.diagnose._bn import bn_layers, shift_from_running
 
     _, bn = bn_layers(backbone.model)[0]
     seen: dict[str, torch.Tensor] = {}
@@ -215,10 +215,8 @@ def _first_bn_w2(backbone: Backbone, x: torch.Tensor) -> float:
         h.remove()
     a = seen["x"]
     dims = [d for d in range(a.ndim) if d != 1]
-    mu, var = a.mean(dims).cpu().numpy(), a.var(dims).cpu().numpy()
-    rmu = bn.running_mean.double().cpu().numpy()
-    rvar = bn.running_var.double().cpu().numpy() + bn.eps
-    return float(np.mean(np.sqrt(((mu - rmu) ** 2 + (np.sqrt(var) - np.sqrt(rvar)) ** 2) / rvar)))
+    mu, var = a.mean(dims).cpu().numpy(), a.var(dims, correction=0).cpu().numpy()
+    return shift_from_running(bn, mu, var)[2]
 
 
 def check_input_tensors(backbone: Backbone, x: torch.Tensor) -> list[PreprocessingIssue]:

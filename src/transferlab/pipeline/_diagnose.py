@@ -266,7 +266,8 @@ def diagnose_run(
     if cfg.adabn == "on" or (cfg.adabn == "auto" and low_shift):
         step("AdaBN: probe accuracy with BatchNorm statistics re-estimated on these images")
         t = time.perf_counter()
-        sub = [kept[i] for i in sorted(rng.choice(len(kept), min(1000, len(kept)), replace=False))]
+        sub_idx = np.sort(rng.choice(len(kept), min(1000, len(kept)), replace=False))
+        sub = [kept[i] for i in sub_idx]
         adapted = adapt_bn(
             bb,
             image_batches(
@@ -282,10 +283,8 @@ def diagnose_run(
         )
         last = "pre_logits" if "pre_logits" in layers else layers[-1]
         fa, ia, _ = _features(fx_a, [s.path for s in sub], [last])
-        fb, ib, _ = _features(fx, [s.path for s in sub], [last])
         ya = [sub[i].label for i in ia]
-        yb = [sub[i].label for i in ib]
-        before, _ = cv_probe_accuracy(fb[last], yb, cv=cfg.cv, seed=cfg.seed)
+        before, _ = cv_probe_accuracy(feats[last][sub_idx], y[sub_idx], cv=cfg.cv, seed=cfg.seed)
         after, _ = cv_probe_accuracy(fa[last], ya, cv=cfg.cv, seed=cfg.seed)
         adabn_result = {"layer": last, "before": before, "after": after, "n_images": len(sub)}
         timings["adabn"] = time.perf_counter() - t
@@ -297,24 +296,30 @@ def diagnose_run(
     if cfg.compare:
         step(f"comparing backbones: {', '.join((bb.name, *cfg.compare))}")
         t = time.perf_counter()
-        ranked = rank_run(
-            cfg.data,
-            None,
-            backbones=(bb.name, *[c for c in cfg.compare if c != bb.name]),
-            layers=("pre_logits",),
-            max_images=cfg.max_images,
-            cv=cfg.cv,
-            seed=cfg.seed,
-            val_fraction=cfg.val_fraction,
-            cache_dir=cfg.cache_dir,
-            batch_size=cfg.batch_size,
-            device=cfg.device,
-            progress=cfg.progress,
-        )
-        backbones = {
-            r["backbone"]: {"logme": r["logme"], "knn_accuracy": r["knn_accuracy"]}
-            for r in ranked.rows
-        }
+        paths = [s.path for s in kept]
+        backbones = {}
+        for name in (bb.name, *[c for c in cfg.compare if c != bb.name]):
+            if name == bb.name and "pre_logits" in scores:
+                X, yc = feats["pre_logits"], y
+            else:
+                fx_c = (
+                    fx
+                    if name == bb.name
+                    else FeatureExtractor(
+                        name,
+                        batch_size=cfg.batch_size,
+                        device=cfg.device,
+                        cache=cache,
+                        progress=cfg.progress,
+                        max_pixels=cfg.max_pixels,
+                    )
+                )
+                fc, ic, _ = _features(fx_c, paths, ["pre_logits"])
+                X, yc = fc["pre_logits"], y[ic]
+            backbones[name] = {
+                "logme": logme(X, yc),
+                "knn_accuracy": knn_accuracy(X, yc, cv=cfg.cv, seed=cfg.seed),
+            }
         timings["compare"] = time.perf_counter() - t
     from transferlab.diagnose._advice import SEVERITIES
 
@@ -703,7 +708,6 @@ def _write_rank_report(out: Path, dataset: str, result: RankResult) -> Path:
         fig, axes = plt.subplots(
             1, len(SCORE_COLUMNS), figsize=(4 * len(SCORE_COLUMNS), 3.6), constrained_layout=True
         )
-        acc = [r["probe_accuracy"] for r in result.rows]
         for ax, s in zip(axes, SCORE_COLUMNS, strict=True):
             for bbn in dict.fromkeys(r["backbone"] for r in result.rows):
                 pts = [(r[s], r["probe_accuracy"]) for r in result.rows if r["backbone"] == bbn]
@@ -713,7 +717,6 @@ def _write_rank_report(out: Path, dataset: str, result: RankResult) -> Path:
             ax.grid(alpha=0.3)
         axes[0].set_ylabel("probe accuracy")
         axes[0].legend(fontsize=7)
-        del acc
         fig.savefig(out / "scores_vs_accuracy.png", dpi=90)
         plt.close(fig)
         images.append(("Scores against measured probe accuracy", out / "scores_vs_accuracy.png"))
