@@ -10,6 +10,7 @@ __all__ = [
     "BackboneMismatchError",
     "DatasetError",
     "DatasetNotFoundError",
+    "DistributedError",
     "ImageLoadError",
     "InvalidParameterError",
     "ModelFormatError",
@@ -63,3 +64,7 @@ class ModelFormatError(TransferlabError, ValueError):
 
 class BackboneMismatchError(ModelFormatError):
     """A saved model was trained on other backbone weights than the ones available now."""
+
+
+class DistributedError(TransferlabError, RuntimeError):
+    """Distributed (torchrun/DDP) training could not start or a worker process failed."""

@@ -34,6 +34,7 @@ from torch import nn
 
 from transferlab.backbones import Backbone, load_backbone
 from transferlab.data import DEFAULT_MAX_PIXELS, Sample, load_image
+from transferlab.distributed import _ddp
 from transferlab.exceptions import DatasetError, ImageLoadError, InvalidParameterError
 
 __all__ = [
@@ -497,7 +498,10 @@ class FineTuner:
     def _setup(self, classes: Sequence[str]) -> None:
         cfg = self.config
         self.backbone_ = load_backbone(
-            cfg.backbone, weights=cfg.weights, device=cfg.device, channels_last=True
+            cfg.backbone,
+            weights=cfg.weights,
+            device=_ddp.rank_device(cfg.device),
+            channels_last=True,
         )
         self.classes_ = [str(c) for c in classes]
         model = self.backbone_.model
@@ -563,6 +567,8 @@ class FineTuner:
             out.append(
                 model.forward_head(model.forward_features(x), pre_logits=True).float().cpu().numpy()
             )
+        if isinstance(loader.sampler, _ddp.ShardSampler):  # DDP: this rank's share, then all
+            return _ddp.gather_shards(np.concatenate(out))
         return np.concatenate(out)
 
     def freeze_to(self, n: int) -> None:
@@ -635,8 +641,10 @@ class FineTuner:
 
         device = self.backbone_.device
         model = self.backbone_.model
+        # DDP (under torchrun): wrapped after freeze_to, as it syncs what requires grad
+        train_model = _ddp.wrap_model(model, device, sync_bn=self.config.bn_policy == "train")
         for e in range(start_epoch_in_phase, epochs):
-            _seed_everything(self.config.seed * 1000 + self.epoch)
+            _seed_everything(self.config.seed * 1000 + self.epoch + _ddp.seed_offset())
             self._generator.manual_seed(self.config.seed * 1000 + self.epoch)
             for cb in self.callbacks:
                 cb.before_epoch(self)
@@ -653,7 +661,7 @@ class FineTuner:
             for x, y in bar:
                 x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 y = y.to(device)
-                logits = model(x)
+                logits = train_model(x)
                 loss = loss_fn(logits, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -670,6 +678,7 @@ class FineTuner:
                 for cb in self.callbacks:
                     cb.after_batch(self)
             train_seconds = time.perf_counter() - t0
+            total, n_seen = _ddp.all_reduce_sums([total, n_seen], device)  # over ranks
             val_loss, val_score = self._evaluate_loader(loaders["val"], loss_fn)
             self.epoch += 1
             self.history.append(
@@ -694,7 +703,7 @@ class FineTuner:
                 )
             if self.history[-1][self.score_key_] >= max(h[self.score_key_] for h in self.history):
                 self._best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if ckpt_dir is not None:
+            if ckpt_dir is not None and _ddp.is_main_process():
                 self._save_checkpoint(ckpt_dir, phase, e + 1, opt, sched)
             try:
                 for cb in self.callbacks:
@@ -718,6 +727,10 @@ class FineTuner:
                 p = (p + act(model(torch.flip(x, dims=[3])).float())) / 2
             probs.append(p.cpu().numpy())
             targets.append(y.numpy())
+        if isinstance(loader.sampler, _ddp.ShardSampler):  # DDP: this rank's share, then all
+            return _ddp.gather_shards(np.concatenate(probs)), _ddp.gather_shards(
+                np.concatenate(targets)
+            )
         return np.concatenate(probs), np.concatenate(targets)
 
     def _evaluate_loader(self, loader: Any, loss_fn: nn.Module) -> tuple[float, float]:
@@ -777,6 +790,21 @@ class FineTuner:
         return best, {str(a): results[a][0] for a in alphas}
 
     # -- checkpoints --------------------------------------------------------------------------
+    def _load_file(self, path: Path | None, *, weights_only: bool = True) -> Any:
+        """``torch.load(path)`` onto the device, or None when there is no such file. Under DDP
+        rank 0 reads it and sends it to the others (the run directory need not be shared)."""
+        if not _ddp.is_distributed():
+            if path is None or not path.exists():
+                return None
+            return torch.load(path, map_location=self.backbone_.device, weights_only=weights_only)
+
+        def read() -> Any:
+            if path is None or not path.exists():
+                return None
+            return torch.load(path, map_location="cpu", weights_only=weights_only)
+
+        return _ddp.to_device(_ddp.on_main(read), self.backbone_.device)
+
     def _save_checkpoint(
         self, ckpt_dir: Path, phase: str, epoch_in_phase: int, opt: Any, sched: Any
     ) -> None:
@@ -794,6 +822,7 @@ class FineTuner:
             "config": asdict(self.config),
             "probe_val_accuracy": getattr(self, "probe_val_accuracy_", None),
             "fingerprint": self._fingerprint_,
+            "world_size": _ddp.get_world_size(),
         }
         tmp = ckpt_dir / f".{CHECKPOINT}.tmp"
         torch.save(state, tmp)
@@ -924,6 +953,7 @@ class FineTuner:
         """
         t_start = time.perf_counter()
         cfg = self.config
+        self.progress = self.progress and _ddp.is_main_process()  # DDP: rank 0 reports
         if multi_label and cfg.class_balance == "sampler":
             raise InvalidParameterError(
                 "class_balance='sampler' is for single-label data; use 'weights'"
@@ -1013,12 +1043,21 @@ class FineTuner:
             ),
         }
         loss_fn = self._loss(y_train)
+        train_eval_all = loaders["train_eval"]  # AdaBN sees every image on every rank
+        loaders = {k: _ddp.shard_loader(v, train=k == "train") for k, v in loaders.items()}
 
-        resume_state = None
-        if resume and ckpt_dir is not None and (ckpt_dir / CHECKPOINT).exists():
-            resume_state = torch.load(
-                ckpt_dir / CHECKPOINT, map_location=self.backbone_.device, weights_only=False
-            )
+        resume_state = self._load_file(
+            ckpt_dir / CHECKPOINT if resume and ckpt_dir is not None else None, weights_only=False
+        )
+        if resume_state is not None:
+            saved_world = int(resume_state.get("world_size", 1))
+            if saved_world != _ddp.get_world_size():
+                raise InvalidParameterError(
+                    f"cannot resume from {ckpt_dir / CHECKPOINT}: it was made by {saved_world} "
+                    f"process(es), this run has {_ddp.get_world_size()}; the global batch and the "
+                    f"LR schedule depend on it, so resume with {saved_world} (--nproc / "
+                    "--nproc_per_node x nodes)"
+                )
             if resume_state.get("fingerprint") != self._fingerprint_:
                 raise InvalidParameterError(
                     f"cannot resume from {ckpt_dir / CHECKPOINT}: it was made with other data or settings; "
@@ -1035,7 +1074,7 @@ class FineTuner:
 
                 n_bn = reestimate_bn(
                     self.backbone_.model,
-                    (x for x, _ in loaders["train_eval"]),
+                    (x for x, _ in train_eval_all),
                     self.backbone_.device,
                 )
                 logger.info("AdaBN: BatchNorm statistics re-estimated on %d training images", n_bn)
@@ -1048,20 +1087,24 @@ class FineTuner:
             )
         # the starting point, for weight-space ensembling at the end (kept beside checkpoints)
         init_path = ckpt_dir / "init.pt" if ckpt_dir is not None else None
-        if resume_state is not None and init_path is not None and init_path.exists():
-            self._init_state = torch.load(init_path, map_location=self.backbone_.device)
+        init_state = self._load_file(init_path) if resume_state is not None else None
+        if init_state is not None:
+            self._init_state = init_state
         else:
             self._init_state = {
                 k: v.detach().clone() for k, v in self.backbone_.model.state_dict().items()
             }
-            if init_path is not None:
+            if init_path is not None and _ddp.is_main_process():
                 init_path.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(self._init_state, init_path)
         self._best_state: dict[str, torch.Tensor] | None = None
-        if resume_state is not None and ckpt_dir is not None and (ckpt_dir / "best.pt").exists():
-            self._best_state = torch.load(ckpt_dir / "best.pt", map_location=self.backbone_.device)[
-                "model"
-            ]
+        best_ckpt = (
+            self._load_file(ckpt_dir / "best.pt")
+            if resume_state is not None and ckpt_dir is not None
+            else None
+        )
+        if best_ckpt is not None:
+            self._best_state = best_ckpt["model"]
 
         if cfg.early_stopping and not any(isinstance(cb, EarlyStopping) for cb in self.callbacks):
             self.callbacks = sorted(
@@ -1097,12 +1140,11 @@ class FineTuner:
                 break
         # keep the best epoch's weights (selected on validation, reported as such)
         best = int(np.argmax([h[self.score_key_] for h in self.history]))
+        if self._best_state is None and ckpt_dir is not None:
+            best_ckpt = self._load_file(ckpt_dir / "best.pt")
+            self._best_state = best_ckpt["model"] if best_ckpt is not None else None
         if self._best_state is not None:
             self.backbone_.model.load_state_dict(self._best_state)
-        elif ckpt_dir is not None and (ckpt_dir / "best.pt").exists():
-            self.backbone_.model.load_state_dict(
-                torch.load(ckpt_dir / "best.pt", map_location=self.backbone_.device)["model"]
-            )
         alpha, wise_scores = self._wise(loaders["val"], loss_fn)
         for cb in self.callbacks:
             cb.after_fit(self)
@@ -1155,3 +1197,13 @@ class EarlyStopping(Callback):
         best = int(np.argmax(accs))
         if len(accs) - 1 - best >= self.patience:
             raise CancelFitException
+
+
+if __name__ == "__main__":
+    # `torchrun --nproc_per_node N -m transferlab.finetune DATA --out DIR ...` (or plain `python -m`):
+    # the `transferlab finetune` command, which joins torchrun's process group when there is one
+    import sys
+
+    from transferlab.cli import app
+
+    app(["finetune", *sys.argv[1:]], prog_name="python -m transferlab")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -20,6 +21,10 @@ from transferlab.cli._common import (
     out,
     print_json,
 )
+
+if TYPE_CHECKING:
+    from transferlab.finetune import FinetuneConfig
+    from transferlab.pipeline import FitResult
 
 
 @app.command("finetune")
@@ -110,6 +115,14 @@ def finetune_cmd(
     as_json: bool = typer.Option(
         False, "--json", help="Print metrics.json instead of the summary."
     ),
+    nproc: int | None = typer.Option(
+        None,
+        "--nproc",
+        min=1,
+        help="Data-parallel processes on this machine (DDP, started through torchrun): one per "
+        "GPU, or CPU processes. --batch-size is per process. For several machines run torchrun "
+        "yourself: torchrun --nproc_per_node N ... -m transferlab.finetune DATA --out DIR.",
+    ),
 ) -> None:
     """Fine-tune: head first (body frozen), then all layers with discriminative learning rates.
 
@@ -119,8 +132,11 @@ def finetune_cmd(
     Examples:
       transferlab finetune ../shared/datasets/hymenoptera --out runs/hym-ft --epochs 4
       transferlab finetune data/ --out runs/ft --resume          # after Ctrl-C
+      transferlab finetune data/ --out runs/ft --nproc 4         # 4 GPUs, DDP
+      torchrun --nproc_per_node 4 -m transferlab.finetune data/ --out runs/ft
     """
     from transferlab.cli.fit import default_run_dir, print_fit_summary
+    from transferlab.distributed import _ddp
     from transferlab.finetune import FinetuneConfig
     from transferlab.pipeline import finetune
 
@@ -156,16 +172,22 @@ def finetune_cmd(
         device=device,
         max_pixels=max_pixels,
     )
-    result = finetune(
-        data,
-        out_dir or default_run_dir(data, "finetune"),
-        config,
-        val_fraction=val_fraction,
-        strict=strict,
-        resume=resume,
-        overwrite=overwrite,
-        multi_label=multi_label,
-    )
+    kwargs = {
+        "val_fraction": val_fraction,
+        "strict": strict,
+        "resume": resume,
+        "overwrite": overwrite,
+        "multi_label": multi_label,
+    }
+    if nproc is not None and nproc > 1:
+        result = _launch(data, out_dir or default_run_dir(data, "finetune"), config, nproc, kwargs)
+    else:
+        # under torchrun (`-m transferlab.finetune`): one process of the group; else plain
+        with _ddp.distributed_session(device):
+            run_dir = _ddp.on_main(lambda: out_dir or default_run_dir(data, "finetune"))
+            result = finetune(data, run_dir, config, **kwargs)
+            if not _ddp.is_main_process():
+                return
     if as_json:
         print_json(result.metrics)
         return
@@ -183,3 +205,61 @@ def _alpha(text: str) -> float:
         raise InvalidParameterError(
             f"--wise must be auto, off or a number in (0, 1], got {text!r}"
         ) from None
+
+
+def _launch(
+    data: Path, out_dir: Path, config: FinetuneConfig, nproc: int, kwargs: dict[str, Any]
+) -> FitResult:
+    """`--nproc N`: check what can be checked here (one clear error, not one per process), run
+    torchrun's agent with N workers, and read back the metrics rank 0 wrote."""
+    import json
+    from dataclasses import asdict
+
+    import torch
+
+    from transferlab.backbones import resolve_device
+    from transferlab.data import load_dataset
+    from transferlab.distributed import _ddp
+    from transferlab.exceptions import InvalidParameterError
+    from transferlab.pipeline import FitResult
+    from transferlab.pipeline._core import _prepare_out
+
+    if _ddp.launched_by_torchrun():
+        raise InvalidParameterError(
+            "--nproc starts torchrun itself; this process already runs under torchrun "
+            "(RANK/WORLD_SIZE are set): leave --nproc out"
+        )
+    dev = resolve_device(config.device)
+    if dev.type == "cuda":
+        if dev.index is not None:
+            raise InvalidParameterError(
+                f"--nproc {nproc} with --device {config.device}: each process takes its own GPU; "
+                "pass --device cuda (choose GPUs with CUDA_VISIBLE_DEVICES)"
+            )
+        if nproc > torch.cuda.device_count():
+            raise InvalidParameterError(
+                f"--nproc {nproc} needs {nproc} GPUs, {torch.cuda.device_count()} visible; "
+                "lower --nproc or use --device cpu"
+            )
+    load_dataset(
+        data,
+        val_fraction=kwargs["val_fraction"],
+        seed=config.seed,
+        multi_label=kwargs["multi_label"],
+    )
+    if kwargs["resume"]:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        _prepare_out(out_dir, kwargs["overwrite"])
+    job = {"data": str(data), "out": str(out_dir), "config": asdict(config), **kwargs}
+    _ddp.launch_finetune(nproc, job)
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    skipped = [(s["path"], s["reason"]) for s in metrics.get("skipped", [])]
+    return FitResult(
+        metrics,
+        out_dir,
+        out_dir / "model",
+        out_dir / "report.html",
+        out_dir / "confusion_matrix.png" if not metrics.get("multi_label") else None,
+        skipped,
+    )

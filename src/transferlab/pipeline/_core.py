@@ -464,6 +464,7 @@ def finetune(
     confusion_matrix.png, checkpoints/ (for ``resume``) and model/.
     """
     from transferlab.artifacts import FinetunedModel
+    from transferlab.distributed import _ddp
     from transferlab.finetune import FinetuneConfig, FineTuner
     from transferlab.report import plot_confusion_matrix, plot_training_curves
 
@@ -475,10 +476,14 @@ def finetune(
         else load_dataset(data, val_fraction=val_fraction, seed=cfg.seed, multi_label=multi_label)
     )
     out = Path(out)
-    if resume:
-        out.mkdir(parents=True, exist_ok=True)
-    else:
-        _prepare_out(out, overwrite)
+
+    def prepare() -> None:
+        if resume:
+            out.mkdir(parents=True, exist_ok=True)
+        else:
+            _prepare_out(out, overwrite)
+
+    _ddp.on_main(prepare)  # DDP (torchrun): rank 0 checks and creates it, for all ranks
     tuner = FineTuner(cfg, progress=progress)
     result = tuner.fit(
         ds.train,
@@ -489,6 +494,8 @@ def finetune(
         on_error="raise" if strict else "skip",
         multi_label=ds.multi_label,
     )
+    if not _ddp.is_main_process():  # DDP: rank 0 evaluates and writes the files
+        return FitResult({}, out, out / "model", out / "report.html", None)
     bb = tuner.backbone_
     if ds.multi_label:
         return _finish_multilabel_finetune(tuner, result, ds, out, cfg, t0, progress)
@@ -549,6 +556,7 @@ def finetune(
         "config": asdict(cfg),
         "dataset": {"path": ds.root, "source": ds.source, "split": ds.split_note},
         "train_images_per_second": result.train_images_per_second,
+        **_ddp.run_info(cfg.batch_size),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     if "test" in reports:
@@ -777,6 +785,7 @@ def _finish_multilabel_finetune(
 ) -> FitResult:
     """Multi-label end of `finetune`: thresholds tuned on validation, mAP/F1 metrics, save."""
     from transferlab.artifacts import FinetunedModel
+    from transferlab.distributed import _ddp
     from transferlab.evaluate import evaluate_multilabel, tune_thresholds
     from transferlab.report import plot_training_curves, write_html_report
 
@@ -813,6 +822,7 @@ def _finish_multilabel_finetune(
         "probe_val_map": result.probe_val_accuracy,
         "history": result.history,
         "config": asdict(cfg),
+        **_ddp.run_info(cfg.batch_size),
         "seconds": 0.0,
     }
     model.metrics = metrics
