@@ -1,4 +1,5 @@
-"""`transferlab extract`: images -> feature vectors in a .npz or .parquet file."""
+"""`transferlab extract`: images -> feature vectors in a .npz or .parquet file, or (``--engine ray``)
+a folder of Parquet shards written by a Ray cluster."""
 
 from __future__ import annotations
 
@@ -30,8 +31,14 @@ from transferlab.cli._common import (
 @app.command("extract")
 @handle_errors
 def extract_cmd(
-    data: Path = typer.Argument(..., help="Dataset folder/CSV, or a folder of unlabelled images."),
-    out_file: Path = typer.Option(..., "--out", "-o", help="Output file: .npz or .parquet."),
+    data: str = typer.Argument(
+        ...,
+        help="Dataset folder/CSV, or a folder of unlabelled images. With --engine ray also a "
+        ".parquet listing or an fsspec URL (s3://bucket/photos/).",
+    ),
+    out_file: Path = typer.Option(
+        ..., "--out", "-o", help="Output file: .npz or .parquet; with --engine ray, a folder."
+    ),
     backbone: str = BackboneOpt,
     layer: str = LayerOpt,
     pool: str = PoolOpt,
@@ -45,8 +52,27 @@ def extract_cmd(
     engine: str = typer.Option(
         "torch",
         "--engine",
-        help="torch, or onnx (ONNX Runtime on CPU; exported once into the cache folder; same "
-        "vectors within 1e-4).",
+        help="torch, onnx (ONNX Runtime on CPU; exported once into the cache folder; "
+        "same vectors within 1e-4), or ray (a Ray Data pipeline on a Ray cluster writing resumable "
+        "Parquet shards into the --out folder, PyTorch in each actor; pip install 'transferlab[ray]').",
+    ),
+    address: str | None = typer.Option(
+        None,
+        "--address",
+        help="--engine ray: cluster to join ('auto', 'ray://host:10001'); default $RAY_ADDRESS, "
+        "else a local cluster for this run.",
+    ),
+    ray_workers: int | None = typer.Option(
+        None,
+        "--ray-workers",
+        min=1,
+        help="--engine ray: model actors (default: one per GPU, else one per CPU).",
+    ),
+    shard_size: int = typer.Option(
+        128, "--shard-size", min=1, help="--engine ray: images per Parquet shard (unit of resume)."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="--engine ray: replace shards of a different extraction."
     ),
     strict: bool = StrictOpt,
     val_fraction: float = ValFractionOpt,
@@ -57,11 +83,34 @@ def extract_cmd(
     Examples:
       transferlab extract ../shared/datasets/hymenoptera --out feats.npz
       transferlab extract photos/ --layer stage5 --pool max --out feats.parquet
+      transferlab extract s3://bucket/photos/ --engine ray --address auto --out feats/
+
+    With --engine ray, running the same command again computes only the missing shards.
     """
     from transferlab.data import collect_images
     from transferlab.exceptions import InvalidParameterError
     from transferlab.features import FeatureExtractor, save_features
 
+    if engine == "ray":
+        _extract_ray(
+            data,
+            out_file,
+            backbone=backbone,
+            layer=layer,
+            pool=pool,
+            weights=weights,
+            batch_size=batch_size,
+            shard_size=shard_size,
+            workers=ray_workers,
+            device=device,
+            address=address,
+            max_pixels=max_pixels,
+            on_error="raise" if strict else "skip",
+            overwrite=overwrite,
+            val_fraction=val_fraction,
+            seed=seed,
+        )
+        return
     suffix = out_file.suffix.lower()
     if suffix not in (".npz", ".parquet"):
         raise InvalidParameterError(f"--out must end in .npz or .parquet, got {out_file.name!r}")
@@ -99,4 +148,24 @@ def extract_cmd(
     out.print(
         f"wrote {X.shape[0]} vectors of {X.shape[1] if X.ndim == 2 else 0} floats to {out_file} "
         f"({res.n_cached} from cache, {len(res.failures)} skipped, {res.seconds:.1f} s)"
+    )
+
+
+def _extract_ray(data: str, out_dir: Path, **kwargs: object) -> None:
+    from transferlab.distributed._ray import extract_with_ray
+    from transferlab.exceptions import InvalidParameterError
+
+    if out_dir.suffix.lower() in (".npz", ".parquet") and not out_dir.is_dir():
+        raise InvalidParameterError(
+            f"with --engine ray, --out is a folder of Parquet shards, got {out_dir.name!r}; "
+            f"e.g. --out {out_dir.with_suffix('')}/"
+        )
+    res = extract_with_ray(data, out_dir, **kwargs)  # type: ignore[arg-type]
+    for f in res.failures:
+        err.print(f"skipped {f.path}: {f.reason}", markup=False)
+    out.print(
+        f"wrote {res.n_rows} vectors of {res.dim} floats in {res.n_shards} shards to {out_dir} "
+        f"({len(res.shards_computed)} shards computed by {res.workers} workers, "
+        f"{len(res.shards_skipped)} already done, {len(res.failures)} images skipped, "
+        f"{res.seconds:.1f} s)"
     )

@@ -1,0 +1,211 @@
+"""Ray Data extraction (`transferlab extract --engine ray`) on a local 2-CPU Ray cluster.
+
+One cluster and one first extraction serve the whole module (starting Ray and its actors costs
+most of the time here); the tests that need no cluster (listings, argument errors) run without Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from transferlab.cli import app
+from transferlab.distributed import _ray
+from transferlab.distributed._ray import (
+    CRASH_ENV,
+    extract_with_ray,
+    list_sources,
+    load_shards,
+)
+from transferlab.exceptions import DatasetError, InvalidParameterError
+from transferlab.features import FeatureExtractor, file_digest
+
+from conftest import build_image_folder
+
+SHARD = 8  # = batch size: the single-process path then sees the same batches
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 images 64x64 in two classes (PNG and JPEG) and one broken file: 4 shards of 8 + 1."""
+    root = tmp_path_factory.mktemp("ray-images")
+    build_image_folder(root, classes=("hstripes",), n_per_class=12, seed=3)
+    build_image_folder(root, classes=("vstripes",), n_per_class=12, seed=4, ext=".jpg")
+    (root / "vstripes" / "zz_broken.jpg").write_bytes(b"not a jpeg at all")
+    return root
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> object:
+    ray = pytest.importorskip(
+        "ray", reason="Ray is an optional extra: pip install 'transferlab[ray]'"
+    )
+    pytest.importorskip("ray.data", reason="Ray Data is missing: pip install 'ray[data]'")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_cluster: object, images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The extraction every cluster test starts from, run through the CLI with 2 workers."""
+    out = tmp_path_factory.mktemp("ray-out") / "feats"
+    res = CliRunner().invoke(
+        app,
+        [
+            "extract", str(images), "--engine", "ray", "--out", str(out),
+            "--shard-size", str(SHARD), "--batch-size", str(SHARD), "--ray-workers", "2",
+        ],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "wrote 24 vectors of 1280 floats in 4 shards" in res.output
+    assert "4 shards computed by 2 workers" in res.output
+    return out
+
+
+def _reference(paths: list[str]) -> np.ndarray:
+    fx = FeatureExtractor(
+        batch_size=SHARD, num_workers=0, cache=False, progress=False, engine="torch"
+    )
+    res = fx.extract(paths)
+    assert res.failures == []
+    return res.features["pre_logits"]
+
+
+def test_vectors_match_single_process(first_run: Path, images: Path) -> None:
+    got = load_shards(first_run)
+    assert got["meta"]["complete"] is True and got["meta"]["n_rows"] == 24
+    paths = sorted(str(p) for p in images.rglob("*") if p.suffix in (".png", ".jpg"))
+    paths.remove(str(images / "vstripes" / "zz_broken.jpg"))
+    assert got["paths"] == paths  # sorted listing, the broken file left out, each image once
+    assert got["digests"] == [file_digest(p) for p in paths]
+    assert got["labels"] == ["hstripes"] * 12 + ["vstripes"] * 12
+    assert set(got["splits"]) == {"train", "val"}
+    np.testing.assert_allclose(got["X"], _reference(paths), rtol=1e-5, atol=1e-5)
+    # the broken image is recorded in its shard's metadata
+    meta = _ray._shard_meta(first_run / "part-00003.parquet")
+    assert meta is not None
+    assert [f[0] for f in meta["failures"]] == [str(images / "vstripes" / "zz_broken.jpg")]
+
+
+def test_rerun_recomputes_only_missing_shard(
+    ray_cluster: object, first_run: Path, images: Path
+) -> None:
+    before = load_shards(first_run)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in first_run.glob("part-*.parquet")}
+    (first_run / "part-00001.parquet").unlink()
+    res = extract_with_ray(images, first_run, shard_size=SHARD, batch_size=SHARD, progress=False)
+    assert res.shards_computed == [1] and res.shards_skipped == [0, 2, 3]
+    after = {p.name: p.stat().st_mtime_ns for p in first_run.glob("part-*.parquet")}
+    assert after.keys() == mtimes.keys()
+    assert {k for k in after if after[k] != mtimes[k]} == {"part-00001.parquet"}
+    again = load_shards(first_run)
+    assert again["paths"] == before["paths"]
+    np.testing.assert_allclose(again["X"], before["X"], rtol=1e-5, atol=1e-5)
+    # nothing missing: nothing to do, Ray not even needed
+    res = extract_with_ray(images, first_run, shard_size=SHARD, batch_size=SHARD, progress=False)
+    assert res.shards_computed == [] and res.workers == 0
+
+
+def test_killed_worker_loses_and_duplicates_no_rows(
+    ray_cluster: object,
+    first_run: Path,
+    images: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    marker = tmp_path / "crashed"
+    monkeypatch.setenv(CRASH_ENV, f"2:{marker}")  # the actor handling shard 2 dies once
+    out = tmp_path / "feats"
+    res = extract_with_ray(
+        images, out, shard_size=SHARD, batch_size=SHARD, workers=2, progress=False
+    )
+    assert marker.exists(), "the test hook did not kill a worker"
+    assert res.shards_computed == [0, 1, 2, 3] and res.n_rows == 24
+    got, ref = load_shards(out), load_shards(first_run)
+    assert got["paths"] == ref["paths"] and len(set(got["paths"])) == 24
+    np.testing.assert_allclose(got["X"], ref["X"], rtol=1e-5, atol=1e-5)
+
+
+def test_other_extraction_in_out_dir_is_refused(
+    ray_cluster: object, first_run: Path, images: Path
+) -> None:
+    with pytest.raises(InvalidParameterError, match=r"differs in: .*layer"):
+        extract_with_ray(images, first_run, layer="stage3", shard_size=SHARD, progress=False)
+
+
+# -- no cluster needed ---------------------------------------------------------------------------
+def test_parquet_listing_and_file_url(images: Path, tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    listing = tmp_path / "listing.parquet"
+    pq.write_table(
+        pa.table({"path": ["vstripes/vstripes_1.jpg", str(images / "hstripes" / "hstripes_0.png")],
+                  "label": ["v", None]}),
+        listing,
+    )  # fmt: skip
+    items = list_sources(listing)  # relative paths are taken from the listing's folder
+    assert {it.path: it.label for it in items} == {
+        str(tmp_path / "vstripes" / "vstripes_1.jpg"): "v",
+        str(images / "hstripes" / "hstripes_0.png"): "",
+    }
+
+    pytest.importorskip("fsspec")
+    urls = list_sources(images.as_uri())  # file:// through fsspec, labelled by subfolder
+    assert len(urls) == 25 and all(it.path.startswith("file://") for it in urls)
+    assert {it.label for it in urls} == {"hstripes", "vstripes"}
+    assert _ray._localize(urls[0].path, str(tmp_path), 0) == urls[0].path[len("file://") :]
+
+
+def test_remote_url_is_fetched_to_a_local_copy(tmp_path: Path, images: Path) -> None:
+    fsspec = pytest.importorskip("fsspec")
+    src = images / "hstripes" / "hstripes_0.png"
+    with fsspec.open("memory://bucket/a/x.png", "wb") as fh:
+        fh.write(src.read_bytes())
+    local = _ray._localize("memory://bucket/a/x.png", str(tmp_path), 7)
+    assert local.endswith("7.png") and file_digest(local) == file_digest(src)
+    with pytest.raises(Exception, match="cannot fetch"):
+        _ray._localize("memory://bucket/missing.png", str(tmp_path), 8)
+
+
+def test_cli_errors_without_traceback(
+    images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner = CliRunner()
+    a_file = tmp_path / "f.txt"
+    a_file.write_text("x")
+    for out, message in [(a_file, "is a file"), (tmp_path / "f.npz", "folder of Parquet shards")]:
+        res = runner.invoke(app, ["extract", str(images), "--engine", "ray", "--out", str(out)])
+        assert res.exit_code == 2 and message in res.output, res.output
+        assert "Traceback" not in res.output
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    res = runner.invoke(
+        app, ["extract", str(images), "--engine", "ray", "--out", str(tmp_path / "o")]
+    )
+    assert res.exit_code == 2 and "pip install 'transferlab[ray]'" in res.output, res.output
+
+
+def test_parameter_checks(tmp_path: Path) -> None:
+    with pytest.raises(InvalidParameterError, match="shard_size"):
+        extract_with_ray(tmp_path, tmp_path / "o", shard_size=0)
+    with pytest.raises(InvalidParameterError, match="on_error"):
+        extract_with_ray(tmp_path, tmp_path / "o", on_error="ignore")
+
+
+def test_folder_of_someone_else_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "notes.txt").write_text("mine")
+    manifest = {"layer": "pre_logits"}
+    with pytest.raises(InvalidParameterError, match="not empty"):
+        _ray._prepare_out_dir(tmp_path / "o", manifest, overwrite=True)
+    _ray._prepare_out_dir(tmp_path / "new", manifest, overwrite=False)
+    assert json.loads((tmp_path / "new" / _ray.MANIFEST_NAME).read_text())["complete"] is False
+    with pytest.raises(DatasetError):
+        list_sources(os.fspath(tmp_path / "new"))
