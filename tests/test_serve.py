@@ -308,10 +308,24 @@ def test_bad_inputs_are_4xx_json(server: tuple[TestClient, list[str]], trained: 
             409,
             "trained",
         ),
-        "finetune": (
-            client.post(f"/v1/collections/{trained}/train", headers=h, json={"kind": "finetune"}),
-            501,
-            "not implemented",
+        "finetune options on a probe": (
+            client.post(f"/v1/collections/{trained}/train", headers=h, json={"epochs": 2}),
+            422,
+            "finetune",
+        ),
+        "finetune epochs out of range": (
+            client.post(
+                f"/v1/collections/{trained}/train",
+                headers=h,
+                json={"kind": "finetune", "epochs": 0},
+            ),
+            422,
+            "epochs",
+        ),
+        "unknown train field": (
+            client.post(f"/v1/collections/{trained}/train", headers=h, json={"lr": 1}),
+            422,
+            "lr",
         ),
         "bad top_k": (
             client.post(
@@ -429,6 +443,82 @@ def test_multi_label_collection(server: tuple[TestClient, list[str]]) -> None:
     assert isinstance(r.json()["labels"], list) and len(r.json()["top"]) == 2
     m = client.get(f"/v1/collections/{cid}/metrics", headers=auth(a))
     assert m.status_code == 200 and "mAP" in m.json()
+
+
+def test_finetune_job(server: tuple[TestClient, list[str]]) -> None:
+    """kind='finetune' trains the backbone itself (tiny here: 64 px, 1 epoch), reports progress,
+    and leaves a model that predict and export use like a probe's."""
+    client, (a, b, _) = server
+    cid = client.post("/v1/collections", headers=auth(a), json={"name": "ft"}).json()["id"]
+    for i in range(4):
+        for kind in ("hstripes", "vstripes"):
+            assert add_example(client, cid, a, pattern(kind, 500 + i), kind).status_code == 201
+    r = client.post(
+        f"/v1/collections/{cid}/train",
+        headers=auth(a),
+        json={"kind": "finetune", "epochs": 1, "image_size": 64},
+    )
+    assert r.status_code == 202, r.text
+    assert r.json()["kind"] == "finetune"
+    job_id = r.json()["id"]
+    seen = set()
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}", headers=auth(a)).json()
+        seen.add(job["progress"])
+        if job["status"] in ("succeeded", "failed"):
+            break
+        time.sleep(0.05)
+    assert job["status"] == "succeeded", job
+    assert job["progress"] == 1.0 and len(seen) >= 2  # it moved, not only 0 -> 1
+    coll = client.get(f"/v1/collections/{cid}", headers=auth(a)).json()
+    assert coll["model"]["job_id"] == job_id and coll["model"]["classes"] == ["hstripes", "vstripes"]
+
+    r = client.post(
+        f"/v1/collections/{cid}/predict",
+        headers=auth(a),
+        files={"file": ("q.png", pattern("vstripes", 901), "image/png")},
+        data={"top_k": "2"},
+    )
+    assert r.status_code == 200, r.text
+    pred = r.json()
+    assert pred["label"] in ("hstripes", "vstripes") and len(pred["top"]) == 2
+    assert abs(sum(t["probability"] for t in pred["top"]) - 1) < 1e-6
+    r = client.post(
+        f"/v1/collections/{cid}/predict",
+        headers=auth(a),
+        files={"file": ("q.png", b"not an image at all", "image/png")},
+    )
+    assert r.status_code == 415
+
+    r = client.get(f"/v1/collections/{cid}/model", headers=auth(a))
+    assert r.status_code == 200
+    names = set(zipfile.ZipFile(io.BytesIO(r.content)).namelist())
+    assert {"model.json", "weights.safetensors", "metrics.json"} <= names
+    # the export is a model directory the library loads and predicts with
+    from transferlab.artifacts import FinetunedModel, load_model
+
+    out = Path(client.app.state.services.store.data_dir) / "tmp" / "export-test"  # type: ignore[attr-defined]
+    zipfile.ZipFile(io.BytesIO(r.content)).extractall(out)
+    try:
+        model = load_model(out, progress=False)
+        assert isinstance(model, FinetunedModel) and model.image_size == 64
+    finally:
+        import shutil
+
+        shutil.rmtree(out)
+    assert client.get(f"/v1/jobs/{job_id}", headers=auth(b)).status_code == 404
+
+
+def test_split_examples_holds_out_each_label() -> None:
+    from transferlab.serve.jobs import split_examples
+
+    ex = [Example(labels=[lab]) for lab in "aaaaabbbc"]
+    train, val, note = split_examples(ex, multi_label=False)
+    assert sorted(e.labels[0] for e in val) == ["a", "b"]  # 'c' has one image: kept for training
+    assert len(train) + len(val) == 9 and "validation" in note
+    train, val, note = split_examples([ex[0], ex[5]], multi_label=False)
+    assert "training images" in note and len(val) == 2  # nothing to hold out: said so
 
 
 def test_full_queues_refuse_instead_of_growing() -> None:

@@ -66,6 +66,8 @@ def serve_cmd(
         port=port,
         log_config=None,
         access_log=False,  # the app logs each request as JSON
+        # a connection-level backstop behind the app's own in-flight bound (which answers JSON)
+        limit_concurrency=settings.max_inflight * 4 + 16,
     )
 
 

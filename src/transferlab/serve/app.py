@@ -10,18 +10,19 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from transferlab.serve.errors import install_error_handlers
+from transferlab.serve.errors import BodyTooLarge, install_error_handlers
 from transferlab.serve.settings import Settings
 
-__all__ = ["JsonFormatter", "configure_logging", "create_app"]
+__all__ = ["GuardMiddleware", "JsonFormatter", "configure_logging", "create_app"]
 
 logger = logging.getLogger("transferlab.serve")
 STATIC = Path(__file__).parent / "static"
@@ -89,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.batch_wait_ms / 1000,
             settings.feature_queue_size,
         )
-        runner = JobRunner(store, batcher, settings.queue_size)
+        runner = JobRunner(store, batcher, settings.queue_size, settings.device)
         app.state.services = Services(settings, store, extractor, batcher, runner)
         logger.info(
             "service ready",
@@ -116,36 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
 
-    # Whole-request cap: the largest legitimate request plus room for the form fields.
-    max_body = settings.max_upload_bytes * max(settings.max_images_per_request, 1) * 4 // 3 + (
-        1 << 20
-    )
-
-    @app.middleware("http")
-    async def log_and_limit(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex[:12]
-        t0 = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body):
-            response: Response = JSONResponse(
-                {"error": "too_large", "detail": f"request body exceeds {max_body:,} bytes"}, 413
-            )
-        else:
-            response = await call_next(request)
-        response.headers["X-Request-ID"] = rid
-        logger.info(
-            "request",
-            extra={
-                "request_id": rid,
-                "method": request.method,
-                "path": request.url.path,
-                "status": response.status_code,
-                "ms": round((time.perf_counter() - t0) * 1000, 1),
-            },
-        )
-        return response
+    app.add_middleware(GuardMiddleware, settings=settings)
 
     from transferlab.serve.routers import collections, features, health, jobs
 
@@ -165,6 +137,100 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return FileResponse(page, media_type="text/html")
 
     return app
+
+
+def max_body_bytes(settings: Settings) -> int:
+    """The whole-request cap: the largest legitimate request (base64 included) plus room for
+    form fields, and never more than ``max_request_bytes``."""
+    largest = settings.max_upload_bytes * settings.max_images_per_request * 4 // 3 + (1 << 20)
+    return min(largest, settings.max_request_bytes)
+
+
+class GuardMiddleware:
+    """Plain ASGI middleware in front of every request: a request id, one JSON log line, and the
+    limits that must hold before any route reads a byte.
+
+    * at most ``max_inflight`` ``/v1`` requests at once; the next one is answered 503 at once
+      (with ``Retry-After``) instead of queueing in memory;
+    * a body larger than `max_body_bytes` is refused with 413, whether announced by
+      ``Content-Length`` or streamed chunked (the byte count is checked as it arrives).
+    """
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.max_inflight = settings.max_inflight
+        self.max_body = max_body_bytes(settings)
+        self.inflight = 0  # the event loop is one thread: a plain counter is enough
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        rid = headers.get("x-request-id", "")[:64] or uuid.uuid4().hex[:12]
+        t0 = time.perf_counter()
+        status = 0
+        started = False
+
+        async def send_logged(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+            await send(message)
+
+        async def refuse(code: int, error: str, detail: str, **extra: str) -> None:
+            response = JSONResponse({"error": error, "detail": detail}, code, headers=extra)
+            await response(scope, receive, send_logged)
+
+        counted = scope["path"].startswith("/v1/")
+        length = headers.get("content-length")
+        try:
+            if length is not None and not length.isdigit():
+                await refuse(400, "bad_request", f"Content-Length must be a number, got {length!r}")
+            elif length is not None and int(length) > self.max_body:
+                await refuse(413, "too_large", f"request body exceeds {self.max_body:,} bytes")
+            elif counted and self.inflight >= self.max_inflight:
+                await refuse(
+                    503,
+                    "overloaded",
+                    f"the server is handling {self.inflight} requests, its limit; retry shortly",
+                    **{"Retry-After": "1"},
+                )
+            else:
+                received = 0
+
+                async def receive_limited() -> Message:
+                    nonlocal received
+                    message = await receive()
+                    if message["type"] == "http.request":
+                        received += len(message.get("body", b""))
+                        if received > self.max_body:
+                            raise BodyTooLarge(self.max_body)
+                    return message
+
+                self.inflight += counted
+                try:
+                    await self.app(scope, receive_limited, send_logged)
+                except BodyTooLarge as exc:  # raised outside any route's error handling
+                    if started:
+                        raise
+                    await refuse(413, "too_large", exc.detail)
+                finally:
+                    self.inflight -= counted
+        finally:
+            logger.info(
+                "request",
+                extra={
+                    "request_id": rid,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "ms": round((time.perf_counter() - t0) * 1000, 1),
+                },
+            )
 
 
 def _version() -> str:

@@ -6,6 +6,7 @@ with its traceback and answered 500 without internals.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 
 from fastapi import FastAPI, Request
@@ -15,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from transferlab.exceptions import ImageLoadError, TransferlabError
 
-__all__ = ["ApiError", "install_error_handlers"]
+__all__ = ["ApiError", "BodyTooLarge", "install_error_handlers"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,14 @@ class ApiError(Exception):
         self.detail = detail
         self.code = code or _CODES.get(status, "error")
         self.headers = headers
+
+
+class BodyTooLarge(StarletteHTTPException):
+    """Raised while a request body streams in past the cap. An `HTTPException` so that FastAPI's
+    form parsing passes it on unchanged instead of turning it into "error parsing the body"."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body exceeds {limit:,} bytes")
 
 
 def not_implemented(what: str) -> ApiError:
@@ -90,6 +99,18 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TransferlabError)
     async def _library(_req: Request, exc: TransferlabError) -> JSONResponse:
         return JSONResponse(_body(400, str(exc)), 400)
+
+    async def _timeout(_req: Request, exc: Exception) -> JSONResponse:
+        # a future that did not resolve within request_timeout_s: the server is saturated
+        return JSONResponse(
+            _body(503, "the server is busy and did not finish in time; retry later", "timeout"),
+            503,
+            headers={"Retry-After": "5"},
+        )
+
+    # concurrent.futures.TimeoutError is the builtin only from Python 3.11
+    for timeout_type in {TimeoutError, concurrent.futures.TimeoutError}:
+        app.add_exception_handler(timeout_type, _timeout)
 
     @app.exception_handler(Exception)
     async def _unexpected(req: Request, exc: Exception) -> JSONResponse:

@@ -9,26 +9,39 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from transferlab.exceptions import DatasetError, ImageLoadError
+from transferlab.exceptions import DatasetError, ImageLoadError, InvalidParameterError
 from transferlab.features import ExtractionResult, FeatureExtractor
+from transferlab.finetune import Callback
 from transferlab.serve.errors import ApiError
-from transferlab.store import Collection, Example, Job, Store, StoredModel, utcnow
+from transferlab.store import INTERRUPTED, Collection, Example, Job, Store, StoredModel, utcnow
 
-__all__ = ["BatchedExtractor", "FeatureBatcher", "JobRunner", "train_collection"]
+__all__ = [
+    "BatchedExtractor",
+    "FeatureBatcher",
+    "JobRunner",
+    "finetune_collection",
+    "probe_collection",
+    "split_examples",
+    "train_collection",
+]
 
 logger = logging.getLogger(__name__)
 
 _STOP = object()
+#: fine-tuning epochs when the request names none: a service job should end in minutes on a CPU
+FINETUNE_EPOCHS = 3
 
 
 class FeatureBatcher:
@@ -148,9 +161,15 @@ class BatchedExtractor:
 class JobRunner:
     """One worker thread draining a bounded queue of job ids."""
 
-    def __init__(self, store: Store, batcher: FeatureBatcher, queue_size: int) -> None:
+    def __init__(
+        self, store: Store, batcher: FeatureBatcher, queue_size: int, device: str = "auto"
+    ) -> None:
         self.store = store
         self.batcher = batcher
+        self.device = device
+        #: set at shutdown: a fine-tune stops at its next batch, queued jobs are not started
+        #: (both are marked failed as interrupted, now or by `Store.recover_jobs` at restart)
+        self.stopping = threading.Event()
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
         self._thread.start()
@@ -172,16 +191,18 @@ class JobRunner:
             ) from None
 
     def stop(self) -> None:
-        self._queue.put(_STOP)
+        self.stopping.set()
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_STOP)  # wakes an idle worker; a busy one sees `stopping`
         self._thread.join(timeout=30)
 
     def _loop(self) -> None:
-        while True:
+        while not self.stopping.is_set():
             job_id = self._queue.get()
-            if job_id is _STOP:
+            if job_id is _STOP or self.stopping.is_set():
                 return
             try:
-                train_collection(self.store, self.batcher, job_id)
+                train_collection(self.store, self.batcher, job_id, self)
             except Exception:  # the job row carries the error; the worker must live on
                 logger.exception("job %s crashed", job_id)
 
@@ -275,12 +296,11 @@ def collection_metrics(
     return {"cross_validation": how, "n_examples": len(X), **report}, X, classes, proba
 
 
-def train_collection(store: Store, batcher: FeatureBatcher, job_id: str) -> None:
-    """Fit the collection's probe from its stored features, save the model, record the outcome."""
-    from transferlab.artifacts import TransferModel
-    from transferlab.evaluate import TemperatureScaler
-    from transferlab.probe import LinearProbe, MultiLabelProbe
-
+def train_collection(
+    store: Store, batcher: FeatureBatcher, job_id: str, runner: JobRunner | None = None
+) -> None:
+    """Run one job: a linear probe on the stored features, or a fine-tune of the backbone on
+    the stored images; save the model, record the outcome in the job row."""
     with store.session() as s:
         job = s.get(Job, job_id)
         if job is None:
@@ -290,46 +310,25 @@ def train_collection(store: Store, batcher: FeatureBatcher, job_id: str) -> None
             return
         job.status, job.progress, job.message = "running", 0.05, "loading examples"
         examples = list(coll.examples)
-        multi_label, layer, coll_id = coll.multi_label, coll.layer, coll.id
+        kind, params = job.kind, dict(job.params or {})
     t0 = time.perf_counter()
     try:
-        metrics, X, classes, proba = collection_metrics(examples, multi_label)
-        _set(store, job_id, progress=0.5, message="cross-validated; fitting the final probe")
-        _, y, _ = training_data(examples, multi_label)
-        temperature = 1.0
-        if multi_label:
-            probe: Any = MultiLabelProbe().fit(X, y)
+        if kind == "finetune":
+            finetune_collection(store, coll, examples, job_id, params, runner)
         else:
-            probe = LinearProbe().fit(X, y)
-            idx = np.searchsorted(np.asarray(classes), y)
-            temperature = TemperatureScaler().fit(proba, idx).temperature_
-        metrics["calibration"] = {"temperature": temperature, "fitted_on": "out-of-fold"}
-        metrics["train_seconds"] = time.perf_counter() - t0
-        _set(store, job_id, progress=0.8, message="saving the model")
-        model = TransferModel(
-            BatchedExtractor(batcher, layer),  # type: ignore[arg-type]
-            probe,
-            metrics,
-            classes=classes,
-        )
-        model.temperature = temperature
-        path = model.save(store.model_dir(coll_id, job_id), overwrite=True)
+            probe_collection(store, batcher, coll, examples, job_id)
         with store.session() as s:
-            s.add(
-                StoredModel(
-                    collection_id=coll_id,
-                    job_id=job_id,
-                    path=str(path),
-                    classes=classes,
-                    metrics=_jsonable(metrics),
-                )
-            )
             job = s.get(Job, job_id)
             if job is not None:
                 job.status, job.progress, job.message = "succeeded", 1.0, "model ready"
                 job.updated = utcnow()
-        logger.info("job %s succeeded in %.2fs", job_id, time.perf_counter() - t0)
-    except (DatasetError, ImageLoadError, ValueError) as exc:
+        logger.info(
+            "job succeeded",
+            extra={"job_id": job_id, "kind": kind, "seconds": round(time.perf_counter() - t0, 2)},
+        )
+    except Interrupted:
+        _set(store, job_id, status="failed", error=INTERRUPTED, message=INTERRUPTED)
+    except (DatasetError, ImageLoadError, InvalidParameterError, ValueError) as exc:
         _set(store, job_id, status="failed", error=str(exc), message="training failed")
     except Exception as exc:
         logger.exception("job %s failed", job_id)
@@ -340,6 +339,224 @@ def train_collection(store: Store, batcher: FeatureBatcher, job_id: str) -> None
             error=f"{type(exc).__name__}: {exc}",
             message="training failed",
         )
+
+
+def probe_collection(
+    store: Store, batcher: FeatureBatcher, coll: Collection, examples: list[Example], job_id: str
+) -> None:
+    """Fit the collection's probe from its stored features and save it as a `TransferModel`."""
+    from transferlab.artifacts import TransferModel
+    from transferlab.evaluate import TemperatureScaler
+    from transferlab.probe import LinearProbe, MultiLabelProbe
+
+    multi_label, layer, coll_id = coll.multi_label, coll.layer, coll.id
+    t0 = time.perf_counter()
+    metrics, X, classes, proba = collection_metrics(examples, multi_label)
+    _set(store, job_id, progress=0.5, message="cross-validated; fitting the final probe")
+    _, y, _ = training_data(examples, multi_label)
+    temperature = 1.0
+    if multi_label:
+        probe: Any = MultiLabelProbe().fit(X, y)
+    else:
+        probe = LinearProbe().fit(X, y)
+        idx = np.searchsorted(np.asarray(classes), y)
+        temperature = TemperatureScaler().fit(proba, idx).temperature_
+    metrics["calibration"] = {"temperature": temperature, "fitted_on": "out-of-fold"}
+    metrics["train_seconds"] = time.perf_counter() - t0
+    _set(store, job_id, progress=0.8, message="saving the model")
+    model = TransferModel(
+        BatchedExtractor(batcher, layer),  # type: ignore[arg-type]
+        probe,
+        metrics,
+        classes=classes,
+    )
+    model.temperature = temperature
+    path = model.save(store.model_dir(coll_id, job_id), overwrite=True)
+    _record_model(store, coll_id, job_id, path, classes, metrics)
+
+
+def _record_model(
+    store: Store,
+    coll_id: str,
+    job_id: str,
+    path: Any,
+    classes: list[str],
+    metrics: dict[str, Any],
+) -> None:
+    with store.session() as s:
+        s.add(
+            StoredModel(
+                collection_id=coll_id,
+                job_id=job_id,
+                path=str(path),
+                classes=classes,
+                metrics=_jsonable(metrics),
+            )
+        )
+
+
+class Interrupted(Exception):
+    """The server is shutting down: the running job stops and is marked failed (re-runnable)."""
+
+
+class _Progress(Callback):
+    """Reports a fine-tune's progress (0.1-0.85 over its batches) into the job row, and stops it
+    when the server shuts down."""
+
+    def __init__(self, store: Store, job_id: str, total_batches: int, runner: Any) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.total = max(total_batches, 1)
+        self.done = 0
+        self.runner = runner
+        self._last = 0.0
+
+    def _check(self) -> None:
+        if self.runner is not None and self.runner.stopping.is_set():
+            raise Interrupted
+
+    def before_epoch(self, tuner: Any) -> None:
+        self._check()
+
+    def after_batch(self, tuner: Any) -> None:
+        self._check()
+        self.done += 1
+        now = time.monotonic()
+        if now - self._last >= 0.5:  # a database write at most twice a second
+            self._last = now
+            _set(
+                self.store,
+                self.job_id,
+                progress=round(0.1 + 0.75 * min(self.done / self.total, 1.0), 3),
+                message=f"fine-tuning: epoch {tuner.epoch + 1}, batch {self.done}/{self.total}",
+            )
+
+    def after_epoch(self, tuner: Any) -> None:
+        last = tuner.history[-1] if tuner.history else {}
+        score = last.get(tuner.score_key_)
+        _set(
+            self.store,
+            self.job_id,
+            message=f"fine-tuning: epoch {tuner.epoch} done"
+            + (f", validation {tuner.score_key_[4:]} {score:.3f}" if score is not None else ""),
+        )
+
+
+def split_examples(
+    examples: Sequence[Example], multi_label: bool, val_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[Example], list[Example], str]:
+    """Train/validation split for fine-tuning: per label (single-label), at least one image of
+    each label with two or more held out; how it was made, in words."""
+    rng = np.random.default_rng(seed)
+    order = [examples[i] for i in rng.permutation(len(examples))]
+    if multi_label:
+        n_val = max(1, round(val_fraction * len(order))) if len(order) >= 4 else 0
+        train, val = order[n_val:], order[:n_val]
+    else:
+        train, val = [], []
+        for lab in sorted({e.labels[0] for e in order}):
+            group = [e for e in order if e.labels[0] == lab]
+            n_val = max(1, round(val_fraction * len(group))) if len(group) >= 2 else 0
+            val += group[:n_val]
+            train += group[n_val:]
+    if not val:  # too few images to hold any out: validate on the training images, and say so
+        return list(order), list(order), "validated on the training images (too few to hold out)"
+    return train, val, f"{len(train)} train / {len(val)} validation images (held out at random)"
+
+
+def finetune_collection(
+    store: Store,
+    coll: Collection,
+    examples: list[Example],
+    job_id: str,
+    params: dict[str, Any],
+    runner: Any = None,
+) -> None:
+    """Fine-tune the collection's backbone on its stored images (`transferlab.finetune`), then
+    calibrate on the held-out images and save a `FinetunedModel` that predict and export use."""
+    from transferlab.artifacts import FinetunedModel
+    from transferlab.data import Sample
+    from transferlab.evaluate import (
+        TemperatureScaler,
+        evaluate_multilabel,
+        evaluate_predictions,
+        tune_thresholds,
+    )
+    from transferlab.finetune import FinetuneConfig, FineTuner
+
+    check_trainable(examples, coll.multi_label)
+    multi_label = coll.multi_label
+    train, val, split_note = split_examples(examples, multi_label)
+
+    def samples(rows: list[Example]) -> list[Sample]:
+        return [
+            Sample(
+                str(store.image_path(e.image_sha256, e.image_ext)),
+                ";".join(e.labels),
+                tuple(e.labels) if multi_label else (),
+            )
+            for e in rows
+        ]
+
+    tr, va = samples(train), samples(val)
+    classes = sorted({lab for e in examples for lab in e.labels})
+    cfg = FinetuneConfig(
+        backbone=coll.backbone,
+        epochs=int(params.get("epochs", FINETUNE_EPOCHS)),
+        image_size=params.get("image_size"),
+        batch_size=int(params.get("batch_size", 16)),
+        device=getattr(runner, "device", "auto"),
+        num_workers=0,  # the service's own threads; no processes forked from a server
+        wise="off" if len(va) < 4 else "auto",  # a blend chosen on 1-3 images is noise
+    )
+    steps = cfg.epochs * max(1, -(-len(tr) // cfg.batch_size))
+    _set(store, job_id, progress=0.1, message=f"fine-tuning: decoding images ({split_note})")
+    tuner = FineTuner(cfg, callbacks=[_Progress(store, job_id, steps, runner)], progress=False)
+    result = tuner.fit(tr, va, classes, multi_label=multi_label)
+    _set(store, job_id, progress=0.9, message="calibrating on the held-out images")
+    bb = tuner.backbone_
+    model = FinetunedModel(
+        bb,
+        tuner.classes_,
+        tuner.size_,
+        tta=cfg.tta,
+        progress=False,
+        base={"weights_sha256": bb.weights_sha256, "weights_source": bb.weights_source},
+        thresholds=np.full(len(tuner.classes_), 0.5) if multi_label else None,
+    )
+    proba, index, _ = model.predict_proba_paths([s.path for s in va], calibrated=False)
+    kept = [val[i] for i in index]
+    if multi_label:
+        y_val = np.array([[int(c in e.labels) for c in tuner.classes_] for e in kept])
+        model.thresholds = tune_thresholds(y_val, proba)
+        report: dict[str, Any] = evaluate_multilabel(
+            y_val, proba, tuner.classes_, model.thresholds
+        ).__dict__
+        calibration: dict[str, Any] = {"thresholds": model.thresholds.tolist()}
+    else:
+        labels = [e.labels[0] for e in kept]
+        report = evaluate_predictions(labels, proba, tuner.classes_).to_dict()
+        idx = np.searchsorted(np.asarray(tuner.classes_), labels)
+        model.temperature = float(TemperatureScaler().fit(proba, idx).temperature_)
+        calibration = {"temperature": model.temperature}
+    metrics = {
+        **report,
+        "method": "finetune",
+        "validation": split_note,
+        "n_examples": len(examples),
+        "calibration": {**calibration, "fitted_on": "validation", "n": len(kept)},
+        "epochs": cfg.epochs,
+        "image_size": tuner.size_,
+        "best_epoch": result.best_epoch,
+        "probe_val_score": result.probe_val_accuracy,
+        "history": result.history,
+        "skipped": [{"image": Path(e.path).name, "reason": e.reason} for e in tuner.failures_],
+        "train_seconds": result.seconds,
+    }
+    model.metrics = _jsonable(metrics)
+    _set(store, job_id, progress=0.95, message="saving the model")
+    path = model.save(store.model_dir(coll.id, job_id), overwrite=True)
+    _record_model(store, coll.id, job_id, path, list(tuner.classes_), metrics)
 
 
 def _jsonable(obj: Any) -> Any:

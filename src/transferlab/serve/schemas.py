@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "CollectionCreate",
@@ -54,6 +54,14 @@ class FeaturesResponse(BaseModel):
 
 class CollectionCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
+
+    @field_validator("name")
+    @classmethod
+    def _printable(cls, v: str) -> str:
+        # control characters (NUL above all) are refused by PostgreSQL and garble the page
+        if not v.isprintable():
+            raise ValueError("must contain printable characters only")
+        return v
     multi_label: bool = False
     backbone: str | None = Field(default=None, description="default: the server's backbone")
     layer: str | None = Field(default=None, description="default: the server's layer")
@@ -80,7 +88,16 @@ class ExamplePublic(BaseModel):
 
 
 class TrainRequest(BaseModel):
+    """``linear_probe`` (default: seconds, on the stored features) or ``finetune`` (minutes:
+    the backbone itself is trained on the stored images; the other fields apply to it only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     kind: Literal["linear_probe", "finetune"] = "linear_probe"
+    epochs: int | None = Field(default=None, ge=1, le=50, description="finetune: default 3")
+    image_size: int | None = Field(
+        default=None, ge=32, le=512, description="finetune: input size (default: the backbone's)"
+    )
 
 
 class JobPublic(BaseModel):

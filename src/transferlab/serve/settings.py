@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     max_pixels: int = Field(default=40_000_000, ge=1)
     max_images_per_request: int = Field(default=32, ge=1)
+    max_request_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1, description="whole request body at most"
+    )
+    max_inflight: int = Field(
+        default=32, ge=1, description="/v1 requests handled at once; more get 503 at once"
+    )
     queue_size: int = Field(default=8, ge=1, description="training jobs waiting at most")
     feature_queue_size: int = Field(default=64, ge=1, description="feature requests waiting")
     batch_size: int = Field(default=32, ge=1)

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from starlette.background import BackgroundTask
 
 from transferlab.serve.deps import CurrentKey, Services, ServicesDep, get_collection
-from transferlab.serve.errors import ApiError, not_implemented
+from transferlab.serve.errors import ApiError
 from transferlab.serve.images import read_limited, store_image, temp_image
 from transferlab.serve.jobs import BatchedExtractor, check_trainable, collection_metrics
 from transferlab.serve.routers.features import check_model
@@ -35,6 +35,7 @@ router = APIRouter(prefix="/v1/collections", tags=["collections"])
 
 MAX_LABEL_LEN = 100
 MAX_LABELS = 50
+UNCERTAIN = "uncertain"  # what predict answers under the threshold (artifacts.Prediction)
 
 
 def _latest_model(s: Any, collection_id: str) -> StoredModel | None:
@@ -139,6 +140,18 @@ def delete_collection(collection_id: str, services: ServicesDep, key: CurrentKey
     return Response(status_code=204)
 
 
+def _check_backbone(services: Services, coll: Collection) -> None:
+    """409 when the collection's stored features come from another backbone than the one this
+    server runs (restarted with another TRANSFERLAB_BACKBONE): mixing them would be garbage."""
+    if coll.backbone != services.settings.backbone:
+        raise ApiError(
+            409,
+            f"collection {coll.id!r} was built with backbone {coll.backbone!r}; this server runs "
+            f"{services.settings.backbone!r}. Serve it with TRANSFERLAB_BACKBONE={coll.backbone}",
+            "backbone_mismatch",
+        )
+
+
 # -- examples ----------------------------------------------------------------------------------
 def _parse_labels(coll: Collection, label: list[str] | None, labels: str | None) -> list[str]:
     raw = list(label or [])
@@ -150,6 +163,10 @@ def _parse_labels(coll: Collection, label: list[str] | None, labels: str | None)
     for lab in out:
         if len(lab) > MAX_LABEL_LEN or not lab.isprintable():
             raise ApiError(422, f"label {lab[:40]!r}: at most {MAX_LABEL_LEN} printable characters")
+        if lab == UNCERTAIN:
+            raise ApiError(
+                422, f"label {UNCERTAIN!r} is reserved: predict answers it under the threshold"
+            )
     if not coll.multi_label and len(out) > 1:
         raise ApiError(
             422,
@@ -172,28 +189,36 @@ def add_example(
 ) -> ExamplePublic:
     """Store the image, compute its features once, and keep both with the label(s)."""
     coll = get_collection(services, key, collection_id)
+    _check_backbone(services, coll)
     names = _parse_labels(coll, label, labels)
     settings = services.settings
+    store = services.store
     name = file.filename or "file"
     data = read_limited(file.file, settings.max_upload_bytes, name)
-    sha, ext, path = store_image(services.store, data, name, settings.max_pixels)
-    res = services.batcher.extract([str(path)], [coll.layer], settings.request_timeout_s)
-    if res.failures:
-        services.store.drop_image_if_unused(sha, ext)
-        raise ApiError(400, f"{name}: image cannot be decoded: {res.failures[0].reason}")
-    vec = np.ascontiguousarray(res.features[coll.layer][0], dtype=np.float32)
-    ex = Example(
-        collection_id=coll.id,
-        labels=names,
-        image_sha256=sha,
-        image_ext=ext,
-        feature=vec.tobytes(),
-        dim=int(vec.shape[0]),
-    )
-    with services.store.session() as s:
-        if s.get(Collection, coll.id) is None:  # deleted meanwhile
-            raise ApiError(404, f"collection {collection_id!r} not found")
-        s.add(ex)
+    sha, ext, path = store_image(store, data, name, settings.max_pixels)
+    try:
+        res = services.batcher.extract([str(path)], [coll.layer], settings.request_timeout_s)
+        if res.failures:
+            raise ApiError(400, f"{name}: image cannot be decoded: {res.failures[0].reason}")
+        vec = np.ascontiguousarray(res.features[coll.layer][0], dtype=np.float32)
+        ex = Example(
+            collection_id=coll.id,
+            labels=names,
+            image_sha256=sha,
+            image_ext=ext,
+            feature=vec.tobytes(),
+            dim=int(vec.shape[0]),
+        )
+        with store.session() as s:
+            if s.get(Collection, coll.id) is None:  # deleted meanwhile
+                raise ApiError(404, f"collection {collection_id!r} not found")
+            s.add(ex)
+    except BaseException:
+        store.drop_image_if_unused(sha, ext)  # no example refers to it: leave no orphan file
+        raise
+    # A concurrent delete of another example with the same picture may have removed the file
+    # between our write and our commit; writing it again (a no-op when present) closes that race.
+    store.put_image(data, ext)
     return ExamplePublic.model_validate(ex, from_attributes=True)
 
 
@@ -203,7 +228,7 @@ def list_examples(
     services: ServicesDep,
     key: CurrentKey,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> list[ExamplePublic]:
     coll = get_collection(services, key, collection_id)
     with services.store.session() as s:
@@ -244,9 +269,14 @@ def train(
 ) -> JobPublic:
     """Start a background training job; poll ``GET /v1/jobs/{id}``."""
     coll = get_collection(services, key, collection_id)
-    kind = (body or TrainRequest()).kind
+    req = body or TrainRequest()
+    kind = req.kind
+    params: dict[str, Any] = {}
     if kind == "finetune":
-        raise not_implemented("fine-tuning through the service (kind='finetune')")
+        params = {k: v for k, v in (("epochs", req.epochs), ("image_size", req.image_size)) if v}
+    elif req.epochs is not None or req.image_size is not None:
+        raise ApiError(422, "epochs and image_size apply to kind='finetune' only")
+    _check_backbone(services, coll)
     with services.store.session() as s:
         active = _active_job(s, coll.id)
         if active is not None:
@@ -255,7 +285,9 @@ def train(
             )
         examples = list(s.scalars(select(Example).where(Example.collection_id == coll.id)))
         check_trainable(examples, coll.multi_label)
-        job = Job(collection_id=coll.id, kind=kind, status="queued", message="waiting", params={})
+        job = Job(
+            collection_id=coll.id, kind=kind, status="queued", message="waiting", params=params
+        )
         s.add(job)
     try:
         services.runner.submit(job.id)
@@ -293,7 +325,8 @@ def _load_model(services: Services, row: StoredModel, layer: str) -> Any:
     """A `TransferModel` for a stored model, using the shared batched extractor (LRU-cached)."""
     import joblib
 
-    from transferlab.artifacts import TransferModel
+    from transferlab.artifacts import TransferModel, load_model
+    from transferlab.exceptions import TransferlabError
 
     with services.models_lock:
         if row.id in services.models:
@@ -302,18 +335,22 @@ def _load_model(services: Services, row: StoredModel, layer: str) -> Any:
     root = Path(row.path)
     try:
         meta = json.loads((root / "model.json").read_text())
-        probe = joblib.load(root / meta["probe"]["file"])
-    except (OSError, ValueError, KeyError) as exc:
+        if meta.get("kind") == "finetuned":
+            # a whole network of its own: it runs in the request's thread, not the batcher
+            model = load_model(root, device=services.settings.device, progress=False)
+        else:
+            probe = joblib.load(root / meta["probe"]["file"])
+            model = TransferModel(
+                BatchedExtractor(services.batcher, layer, services.settings.request_timeout_s),  # type: ignore[arg-type]
+                probe,
+                row.metrics,
+                classes=meta["classes"],
+            )
+            model.temperature = float(meta.get("calibration", {}).get("temperature", 1.0))
+    except (OSError, ValueError, KeyError, TransferlabError) as exc:
         raise ApiError(
             409, f"the trained model's files are missing or damaged ({exc}); train again"
         ) from None
-    model = TransferModel(
-        BatchedExtractor(services.batcher, layer, services.settings.request_timeout_s),  # type: ignore[arg-type]
-        probe,
-        row.metrics,
-        classes=meta["classes"],
-    )
-    model.temperature = float(meta.get("calibration", {}).get("temperature", 1.0))
     model.collection_id = row.collection_id  # type: ignore[attr-defined]
     with services.models_lock:
         services.models[row.id] = model
@@ -342,6 +379,7 @@ def predict(
             "this collection has no trained model yet; POST /v1/collections/{id}/train first",
             "not_trained",
         )
+    _check_backbone(services, coll)
     model = _load_model(services, row, coll.layer)
     settings = services.settings
     name = file.filename or "file"

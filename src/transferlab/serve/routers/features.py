@@ -81,6 +81,10 @@ async def features(request: Request, services: ServicesDep, _key: CurrentKey) ->
             req = FeaturesJSON.model_validate(json.loads(body))
         except json.JSONDecodeError as exc:
             raise ApiError(400, f"body is not valid JSON: {exc}") from None
+        except UnicodeDecodeError:
+            raise ApiError(400, "body is not valid JSON: it is not UTF-8 text") from None
+        except RecursionError:
+            raise ApiError(400, "body is not valid JSON: nested too deeply") from None
         except ValidationError as exc:
             msg = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise ApiError(422, msg) from None
@@ -89,7 +93,7 @@ async def features(request: Request, services: ServicesDep, _key: CurrentKey) ->
         for i, im in enumerate(req.images):
             name = im.name or f"images[{i}]"
             try:
-                data = base64.b64decode(im.data, validate=True)
+                data = base64.b64decode(_strip_base64(im.data), validate=True)
             except (binascii.Error, ValueError):
                 raise ApiError(400, f"{name}: data is not valid base64") from None
             if len(data) > settings.max_upload_bytes:
@@ -119,6 +123,14 @@ async def features(request: Request, services: ServicesDep, _key: CurrentKey) ->
         )
     layer = check_model(services, backbone, layer)
     return await run_in_threadpool(_extract, services, items, layer)
+
+
+def _strip_base64(text: str) -> str:
+    """Base64 as clients send it: a ``data:image/...;base64,`` URL prefix and line breaks
+    (MIME style) are allowed; anything else that is not base64 is still an error."""
+    if text.startswith("data:") and "," in text[:200]:
+        text = text.split(",", 1)[1]
+    return "".join(text.split())
 
 
 def _field(value: Any) -> str | None:
