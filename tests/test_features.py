@@ -196,9 +196,9 @@ def test_onnx_engine_matches_pytorch_and_exports_once(images, tmp_path, backbone
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     layers = ["stage2", "pre_logits", "logits"]
     weights = "random" if backbone == "test_resnet" else "default"
-    ref = FeatureExtractor(backbone, weights=weights, cache=False, progress=False).extract(
-        images, layers=layers
-    )
+    ref = FeatureExtractor(
+        backbone, weights=weights, cache=False, progress=False, engine="torch"
+    ).extract(images, layers=layers)
     cache = FeatureCache(tmp_path / "cache")
     fx = FeatureExtractor(backbone, weights=weights, cache=cache, progress=False, engine="onnx")
     got = fx.extract(images, layers=layers)
@@ -215,3 +215,33 @@ def test_onnx_engine_matches_pytorch_and_exports_once(images, tmp_path, backbone
     assert [p.stat().st_mtime_ns for p in (tmp_path / "cache" / "onnx").glob("*.onnx")] == [stamp]
     with pytest.raises(InvalidParameterError, match="engine must be one of"):
         FeatureExtractor(backbone, engine="tensorrt", cache=False).fit()
+
+
+def test_auto_engine_exports_only_when_it_pays(images, tmp_path, monkeypatch):
+    """engine='auto' (the default) stays on PyTorch for a handful of images, exports to ONNX once
+    a run is big enough, and from then on uses the export even for a single image."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    import transferlab.features as features_mod
+
+    assert FeatureExtractor().engine == "auto"
+    cache = FeatureCache(tmp_path / "cache")
+    onnx_dir = tmp_path / "cache" / "onnx"
+    monkeypatch.setattr(features_mod, "ONNX_AUTO_MIN_IMAGES", len(images) + 1)
+    fx = FeatureExtractor("test_resnet", weights="random", cache=cache, progress=False)
+    few = fx.extract(images)
+    assert not onnx_dir.exists() or not list(onnx_dir.glob("*.onnx"))  # torch: no export
+    monkeypatch.setattr(features_mod, "ONNX_AUTO_MIN_IMAGES", 2)
+    more = _paths(build_image_folder(tmp_path / "more", n_per_class=2, seed=7))
+    fx.extract(more)
+    assert len(list(onnx_dir.glob("*.onnx"))) == 1
+    # a fresh extractor (a new process, say) with one new image finds the export and uses it
+    monkeypatch.setattr(features_mod, "ONNX_AUTO_MIN_IMAGES", 10_000)
+    fresh = FeatureExtractor("test_resnet", weights="random", cache=cache, progress=False)
+    one = _paths(build_image_folder(tmp_path / "one", n_per_class=1, seed=9))[:1]
+    got = fresh.extract(one)
+    assert got.n_cached == 0
+    runners = fresh.__dict__.get("_onnx_runners", {})
+    assert [k for k in runners if k != "failed"], "the existing export was not used"
+    assert len(list(onnx_dir.glob("*.onnx"))) == 1
+    assert few.features["pre_logits"].shape[0] == len(images)
+

@@ -556,17 +556,24 @@ class OnnxTaps:
             ) from exc
         self.layers = [backbone.check_layer(la) for la in layers]
         size = list(backbone.data_config["input_size"])
-        key = hashlib.sha256(
-            f"{backbone.fingerprint()}|{','.join(self.layers)}|{pool}|{size}".encode()
-        ).hexdigest()[:24]
-        folder = os.fspath(directory)
-        os.makedirs(folder, exist_ok=True)
-        self.path = os.path.join(folder, f"{backbone.name}-{key}.onnx")
+        self.path = self.path_for(backbone, self.layers, pool, directory)
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         if not os.path.isfile(self.path):
             self._export(backbone, pool, size)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(1, torch.get_num_threads())
         self.session = ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
+
+    @staticmethod
+    def path_for(
+        backbone: Backbone, layers: Iterable[str], pool: str, directory: str | os.PathLike[str]
+    ) -> str:
+        """Where the export for these weights, layers, pool and input size lives (or will)."""
+        size = list(backbone.data_config["input_size"])
+        key = hashlib.sha256(
+            f"{backbone.fingerprint()}|{','.join(layers)}|{pool}|{size}".encode()
+        ).hexdigest()[:24]
+        return os.path.join(os.fspath(directory), f"{backbone.name}-{key}.onnx")
 
     def _export(self, backbone: Backbone, pool: str, size: list[int]) -> None:
         graph = _TapGraph(backbone, self.layers, pool).eval()

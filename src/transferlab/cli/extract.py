@@ -50,9 +50,10 @@ def extract_cmd(
     no_cache: bool = NoCacheOpt,
     max_pixels: int = MaxPixelsOpt,
     engine: str = typer.Option(
-        "torch",
+        "auto",
         "--engine",
-        help="torch, onnx (ONNX Runtime on CPU; exported once into the cache folder; "
+        help="auto (ONNX Runtime on CPU when installed and there are enough images to repay the "
+        "one-off export, else PyTorch), torch, or onnx (exported once into the cache folder; "
         "same vectors within 1e-4), or ray (a Ray Data pipeline on a Ray cluster writing resumable "
         "Parquet shards into the --out folder, PyTorch in each actor; pip install 'transferlab[ray]').",
     ),
