@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from transferlab.cli import app
 from transferlab.distributed import _ray
 from transferlab.distributed._ray import (
     CRASH_ENV,
+    RayExtractionResult,
     extract_with_ray,
     list_sources,
     load_shards,
@@ -94,42 +96,59 @@ def test_vectors_match_single_process(first_run: Path, images: Path) -> None:
     assert [f[0] for f in meta["failures"]] == [str(images / "vstripes" / "zz_broken.jpg")]
 
 
-def test_rerun_recomputes_only_missing_shard(
-    ray_cluster: object, first_run: Path, images: Path
+@pytest.fixture(scope="module")
+def resumed_after_crash(
+    first_run: Path, images: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, RayExtractionResult, dict[str, int], Path]:
+    """A copy of the first run with shards 1 and 3 deleted, run again by one worker that the
+    test hook kills while it works on shard 3 (Ray restarts it and retries the shard).
+
+    One run serves both the resume and the killed-worker tests: each run costs actor start-ups
+    (import torch, load the model), the bulk of this module's time on a small machine.
+    """
+    tmp = tmp_path_factory.mktemp("ray-resume")
+    out = tmp / "feats"
+    shutil.copytree(first_run, out)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    (out / "part-00001.parquet").unlink()
+    (out / "part-00003.parquet").unlink()
+    marker = tmp / "crashed"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(CRASH_ENV, f"3:{marker}")
+        res = extract_with_ray(
+            images, out, shard_size=SHARD, batch_size=SHARD, workers=1, progress=False
+        )
+    return out, res, mtimes, marker
+
+
+def test_rerun_recomputes_only_missing_shards(
+    resumed_after_crash: tuple[Path, RayExtractionResult, dict[str, int], Path],
+    first_run: Path,
+    images: Path,
 ) -> None:
-    before = load_shards(first_run)
-    mtimes = {p.name: p.stat().st_mtime_ns for p in first_run.glob("part-*.parquet")}
-    (first_run / "part-00001.parquet").unlink()
-    res = extract_with_ray(images, first_run, shard_size=SHARD, batch_size=SHARD, progress=False)
-    assert res.shards_computed == [1] and res.shards_skipped == [0, 2, 3]
-    after = {p.name: p.stat().st_mtime_ns for p in first_run.glob("part-*.parquet")}
+    out, res, mtimes, _ = resumed_after_crash
+    assert res.shards_computed == [1, 3] and res.shards_skipped == [0, 2]
+    after = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     assert after.keys() == mtimes.keys()
-    assert {k for k in after if after[k] != mtimes[k]} == {"part-00001.parquet"}
-    again = load_shards(first_run)
-    assert again["paths"] == before["paths"]
-    np.testing.assert_allclose(again["X"], before["X"], rtol=1e-5, atol=1e-5)
-    # nothing missing: nothing to do, Ray not even needed
-    res = extract_with_ray(images, first_run, shard_size=SHARD, batch_size=SHARD, progress=False)
-    assert res.shards_computed == [] and res.workers == 0
+    assert {k for k in after if after[k] != mtimes[k]} == {
+        "part-00001.parquet",
+        "part-00003.parquet",
+    }
+    # nothing missing: nothing to do, Ray not even started
+    res = extract_with_ray(images, out, shard_size=SHARD, batch_size=SHARD, progress=False)
+    assert res.shards_computed == [] and res.workers == 0 and res.n_rows == 24
 
 
 def test_killed_worker_loses_and_duplicates_no_rows(
-    ray_cluster: object,
+    resumed_after_crash: tuple[Path, RayExtractionResult, dict[str, int], Path],
     first_run: Path,
-    images: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    marker = tmp_path / "crashed"
-    monkeypatch.setenv(CRASH_ENV, f"2:{marker}")  # the actor handling shard 2 dies once
-    out = tmp_path / "feats"
-    res = extract_with_ray(
-        images, out, shard_size=SHARD, batch_size=SHARD, workers=2, progress=False
-    )
-    assert marker.exists(), "the test hook did not kill a worker"
-    assert res.shards_computed == [0, 1, 2, 3] and res.n_rows == 24
+    out, res, _, marker = resumed_after_crash
+    assert marker.exists(), "the test hook did not kill the worker"
+    assert res.n_rows == 24 and len(res.failures) == 1  # the broken image, reported once
     got, ref = load_shards(out), load_shards(first_run)
     assert got["paths"] == ref["paths"] and len(set(got["paths"])) == 24
+    assert got["digests"] == ref["digests"]
     np.testing.assert_allclose(got["X"], ref["X"], rtol=1e-5, atol=1e-5)
 
 
