@@ -415,6 +415,130 @@ def test_bad_inputs_are_4xx_json(server: tuple[TestClient, list[str]], trained: 
     assert not list((store.data_dir / "tmp").iterdir())
 
 
+def test_odd_inputs_are_4xx_not_500(
+    server: tuple[TestClient, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inputs a review found answered 500 (or accepted when they must not be), now 4xx JSON."""
+    client, (a, _, _) = server
+    h = auth(a)
+    good = pattern("hstripes", 8)
+    cid = client.post("/v1/collections", headers=h, json={"name": "odd"}).json()["id"]
+    as_json = {**h, "Content-Type": "application/json"}
+    cases = {
+        "non-UTF-8 JSON": (
+            client.post("/v1/features", headers=as_json, content=b"\xff\xfe{"),
+            400,
+            "utf-8",
+        ),
+        "JSON nested too deeply": (
+            client.post("/v1/features", headers=as_json, content=b"[" * 100_000 + b"]" * 100_000),
+            400,
+            "deeply",
+        ),
+        "offset past any integer column": (
+            client.get(f"/v1/collections/{cid}/examples?offset={10**30}", headers=h),
+            422,
+            "offset",
+        ),
+        "control characters in a name": (
+            client.post("/v1/collections", headers=h, json={"name": "a\x00b"}),
+            422,
+            "printable",
+        ),
+        "the reserved label": (add_example(client, cid, a, good, "uncertain"), 422, "reserved"),
+        "streamed body past the cap": (
+            client.post(
+                "/v1/features",
+                headers=as_json,
+                content=iter([b" " * 1_000_000] * 4),  # chunked: no Content-Length to check
+            ),
+            413,
+            "exceeds",
+        ),
+        "Content-Length past the cap": (
+            client.post(
+                "/v1/features", headers={**as_json, "Content-Length": str(10**12)}, content=b"{}"
+            ),
+            413,
+            "exceeds",
+        ),
+        "streamed multipart past the cap": (
+            client.post(
+                f"/v1/collections/{cid}/examples",
+                headers={**h, "Content-Type": "multipart/form-data; boundary=b"},
+                content=iter([b"--b\r\n"] + [b"x" * 1_000_000] * 4),
+            ),
+            413,
+            "exceeds",
+        ),
+    }
+    for what, (r, status, needle) in cases.items():
+        assert r.status_code == status, (what, r.status_code, r.text)
+        assert needle.lower() in r.json()["detail"].lower(), (what, r.json())
+
+    # base64 as browsers and mail tools write it: a data: URL prefix, MIME line breaks
+    for data in (
+        "data:image/png;base64," + base64.b64encode(good).decode(),
+        base64.encodebytes(good).decode(),
+    ):
+        r = client.post("/v1/features", headers=h, json={"images": [{"data": data}]})
+        assert r.status_code == 200, r.text
+
+    # a result that does not come back in time is a 503 with Retry-After, not a 500
+    services = client.app.state.services  # type: ignore[attr-defined]
+    monkeypatch.setattr(services.settings, "request_timeout_s", 1e-6)
+    r = client.post("/v1/features", headers=h, files=[("files", ("a.png", good, "image/png"))])
+    assert r.status_code == 503 and r.headers["Retry-After"], r.text
+    monkeypatch.undo()
+
+    # a collection whose features came from another backbone is refused, not mixed
+    store: Store = services.store
+    with store.session() as s:
+        s.get(Collection, cid).backbone = "resnet18"  # type: ignore[union-attr]
+    r = add_example(client, cid, a, good, "h")
+    assert r.status_code == 409 and "resnet18" in r.json()["detail"], r.text
+    assert client.post(f"/v1/collections/{cid}/train", headers=h).status_code == 409
+    assert not list((store.data_dir / "tmp").iterdir())
+
+
+def test_inflight_bound_answers_503_at_once() -> None:
+    """More simultaneous /v1 requests than max_inflight: the extra ones get 503 + Retry-After
+    immediately (nothing queues in memory); /health is not counted; the bound frees up again."""
+    import asyncio
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from transferlab.serve.app import GuardMiddleware
+
+    async def main() -> None:
+        gate = asyncio.Event()
+
+        async def slow(_request: Any) -> PlainTextResponse:
+            await gate.wait()
+            return PlainTextResponse("done")
+
+        inner = Starlette(routes=[Route("/v1/slow", slow), Route("/health", slow)])
+        app = GuardMiddleware(inner, Settings(data_dir=Path("."), max_inflight=2))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            held = [asyncio.create_task(c.get("/v1/slow")) for _ in range(2)]
+            await asyncio.sleep(0.05)
+            refused = await asyncio.wait_for(c.get("/v1/slow"), 5)
+            assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+            assert refused.json()["error"] == "overloaded"
+            health = asyncio.create_task(c.get("/health"))  # not counted: it is admitted
+            await asyncio.sleep(0.05)
+            gate.set()
+            assert [r.status_code for r in await asyncio.gather(*held, health)] == [200] * 3
+            assert (await c.get("/v1/slow")).status_code == 200
+            assert app.inflight == 0
+
+    asyncio.run(main())
+
+
 def test_multi_label_collection(server: tuple[TestClient, list[str]]) -> None:
     client, (a, _, _) = server
     r = client.post("/v1/collections", headers=auth(a), json={"name": "ml", "multi_label": True})
@@ -814,3 +938,76 @@ def test_sigkill_during_training_loses_no_examples(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait(timeout=30)
+
+
+# -- PostgreSQL: the same store and service on a real server, when one is given ----------------
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty database on the server named by ``TRANSFERLAB_TEST_PG_URL``
+    (e.g. ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``), dropped afterwards."""
+    import os
+    import uuid
+
+    url = os.environ.get("TRANSFERLAB_TEST_PG_URL")
+    if not url:
+        pytest.skip("set TRANSFERLAB_TEST_PG_URL to a PostgreSQL server to run the PostgreSQL tests")
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"transferlab_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_postgresql_store(pg_url: str, tmp_path: Path) -> None:
+    store = Store(tmp_path, pg_url)
+    assert store.engine.dialect.name == "postgresql"
+    assert check_schema(store.engine) == []
+    key, raw = store.create_key("alice")
+    assert store.authenticate(raw) is not None
+    with store.session() as s:
+        coll = Collection(
+            owner_id=key.id, name="c", multi_label=False, backbone="b", layer="pre_logits"
+        )
+        s.add(coll)
+        s.flush()
+        s.add(Job(collection_id=coll.id, kind="linear_probe", status="running", params={}))
+    assert store.recover_jobs() == 1
+    store.close()
+    store = Store(tmp_path, pg_url)  # reopening migrates nothing and keeps the rows
+    assert [k.name for k in store.list_keys()] == ["alice"]
+    store.revoke_key(key.id)
+    assert store.authenticate(raw) is None
+    store.close()
+
+
+def test_postgresql_service_and_restart(pg_url: str, tmp_path: Path) -> None:
+    """The whole flow against PostgreSQL: examples, training, predict, metrics, isolation
+    between keys, and a restart that keeps everything."""
+    store = Store(tmp_path, pg_url)
+    a, b = (store.create_key(n)[1] for n in ("alice", "bob"))
+    store.close()
+    settings = settings_for(tmp_path).model_copy(update={"db_url": pg_url})
+    with TestClient(create_app(settings)) as client:
+        cid = trained_collection(client, a, n=3)
+        before = client.get(f"/v1/collections/{cid}", headers=auth(a)).json()
+        assert client.get(f"/v1/collections/{cid}", headers=auth(b)).status_code == 404
+        assert client.get("/v1/collections", headers=auth(b)).json() == []
+        m = client.get(f"/v1/collections/{cid}/metrics", headers=auth(a))
+        assert m.status_code == 200 and np.sum(m.json()["confusion"]) == 6
+    with TestClient(create_app(settings)) as client:
+        assert client.get(f"/v1/collections/{cid}", headers=auth(a)).json() == before
+        r = client.post(
+            f"/v1/collections/{cid}/predict",
+            headers=auth(a),
+            files={"file": ("q.png", pattern("vstripes", 555), "image/png")},
+        )
+        assert r.status_code == 200 and r.json()["label"] == "vstripes", r.text
+        assert client.delete(f"/v1/collections/{cid}", headers=auth(a)).status_code == 204

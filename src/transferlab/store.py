@@ -49,6 +49,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -357,6 +358,16 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _shown_url(url: str) -> str:
+    """A database URL fit for a message or a log: the password masked."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (SQLAlchemyError, ValueError):
+        return url.split("://", 1)[0] + "://..."
+
+
 class Store:
     """The service's database and image folder.
 
@@ -376,14 +387,22 @@ class Store:
             ) from exc
         self.url = url or f"sqlite:///{self.data_dir / 'transferlab.sqlite'}"
         is_sqlite = self.url.startswith("sqlite")
-        self.engine = create_engine(
-            self.url,
-            connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {},
-        )
-        if is_sqlite:
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        migrate(self.engine)
+        try:
+            self.engine = create_engine(
+                self.url,
+                connect_args={"check_same_thread": False, "timeout": 30} if is_sqlite else {},
+                pool_pre_ping=not is_sqlite,  # a server restarted under us is reconnected
+            )
+            if is_sqlite:
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+            migrate(self.engine)
+        except (SQLAlchemyError, ImportError) as exc:  # bad URL, missing driver, server down
+            shown = _shown_url(self.url)
+            raise InvalidParameterError(
+                f"cannot open the database {shown!r}: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from exc
 
     def close(self) -> None:
         self.engine.dispose()

@@ -27,6 +27,9 @@ DataDirOpt = typer.Option(
 
 
 def _settings(db: str | None, data_dir: Path | None) -> Settings:
+    from pydantic import ValidationError
+
+    from transferlab.exceptions import InvalidParameterError
     from transferlab.serve.settings import Settings
 
     overrides: dict[str, object] = {}
@@ -34,7 +37,13 @@ def _settings(db: str | None, data_dir: Path | None) -> Settings:
         overrides["db_url"] = db
     if data_dir:
         overrides["data_dir"] = data_dir
-    return Settings(**overrides)
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:  # a bad TRANSFERLAB_* variable: say which, no traceback
+        problems = "; ".join(
+            f"TRANSFERLAB_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidParameterError(f"invalid service settings: {problems}") from None
 
 
 @app.command("serve")
