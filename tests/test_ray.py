@@ -137,6 +137,7 @@ def test_rerun_recomputes_only_missing_shards(
     # nothing missing: nothing to do, Ray not even started
     res = extract_with_ray(images, out, shard_size=SHARD, batch_size=SHARD, progress=False)
     assert res.shards_computed == [] and res.workers == 0 and res.n_rows == 24
+    assert len(res.failures) == 1  # the broken image, read back from its shard's metadata
 
 
 def test_killed_worker_loses_and_duplicates_no_rows(

@@ -432,7 +432,7 @@ class RayExtractionResult:
         n_shards: shard files in the folder.
         shards_computed: shards this run computed.
         shards_skipped: shards found finished and left alone (resume).
-        failures: images that could not be used, in the shards this run computed.
+        failures: images that could not be used (in every shard, computed now or before).
         workers: size of the actor pool (0 when nothing was left to compute).
         seconds: wall time.
     """
@@ -447,6 +447,10 @@ class RayExtractionResult:
     failures: list[ImageLoadError] = field(default_factory=list)
     workers: int = 0
     seconds: float = 0.0
+
+
+#: Manifest entries that may change between runs into the same folder.
+_PER_RUN_KEYS = frozenset({"complete", "n_rows", "n_images", "n_shards", "listing_sha256"})
 
 
 def _prepare_out_dir(out_dir: Path, manifest: dict[str, Any], overwrite: bool) -> None:
@@ -465,8 +469,9 @@ def _prepare_out_dir(out_dir: Path, manifest: dict[str, Any], overwrite: bool) -
             old = json.loads(manifest_path.read_text())
         except (OSError, ValueError):
             old = {}
+        # a changed listing is fine: shards are checked one by one against their slice
         changed = sorted(
-            k for k in manifest if k not in ("complete", "n_rows") and old.get(k) != manifest[k]
+            k for k in manifest if k not in _PER_RUN_KEYS and old.get(k) != manifest[k]
         )
         if changed and not overwrite:
             raise InvalidParameterError(
@@ -494,10 +499,11 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def _ray_datacontext(ray: Any) -> None:
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False  # ours counts shards and images; Ray's would interleave
+    # Ray Data's INFO lines (and the warning that its progress bars are off) would interleave
+    # with our progress bar, which counts images; errors still show
     for name in ("ray.data", "ray.data._internal"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.ERROR)
+    ray.data.DataContext.get_current().enable_progress_bars = False
 
 
 def extract_with_ray(
@@ -543,7 +549,9 @@ def extract_with_ray(
             one for the duration of the call.
         on_error: ``"skip"`` leaves broken images out (listed in `failures` and in the shard
             metadata); ``"raise"`` stops at the first shard holding one, with its `ImageLoadError`.
-        overwrite: replace shards of a different extraction found in `out_dir`.
+        overwrite: replace shards of a different extraction (other model, layer, pool or shard
+            size) found in `out_dir`. A changed listing needs no flag: shards whose images
+            changed are recomputed, the others kept.
         val_fraction, seed: the split of a labelled folder without a val/ folder.
         progress: a progress bar on stderr (when it is a terminal).
 
@@ -612,17 +620,18 @@ def extract_with_ray(
     _prepare_out_dir(out, manifest, overwrite)
 
     todo, skipped = [], []
+    failures: list[ImageLoadError] = []
     for i, digest in enumerate(digests):
         meta = _shard_meta(_shard_path(out, i))
         if meta is not None and meta.get("items_sha256") == digest:
             skipped.append(i)
+            failures.extend(ImageLoadError(p, reason) for p, reason in meta.get("failures", []))
         else:
             todo.append(i)
     for extra in out.glob(SHARD_GLOB):  # shards beyond the listing (it shrank): not ours now
         if int(extra.stem.split("-")[1]) >= len(shards):
             extra.unlink()
 
-    failures: list[ImageLoadError] = []
     n_workers = 0
     if todo:
         started = False
@@ -640,7 +649,7 @@ def extract_with_ray(
                 ) from None
             started = True
         try:
-            failures, n_workers = _run_pipeline(
+            new_failures, n_workers = _run_pipeline(
                 ray,
                 out,
                 todo,
@@ -669,6 +678,7 @@ def extract_with_ray(
         finally:
             if started:
                 ray.shutdown()
+        failures.extend(new_failures)
     missing = [i for i in range(len(shards)) if not _shard_path(out, i).is_file()]
     if missing:  # cannot happen unless files vanish under us; never report success then
         raise DatasetError(
@@ -686,7 +696,7 @@ def extract_with_ray(
         n_shards=len(shards),
         shards_computed=todo,
         shards_skipped=skipped,
-        failures=failures,
+        failures=sorted(failures, key=lambda f: f.path),
         workers=n_workers,
         seconds=time.perf_counter() - t0,
     )
