@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -183,6 +184,7 @@ def main() -> None:
     ap.add_argument("--predict-requests", type=int, default=8, help="per client")
     ap.add_argument("--burst", type=int, default=48, help="simultaneous requests (overload)")
     ap.add_argument("--max-inflight", type=int, default=16, help="the server's in-flight bound")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir (server.log) at the end")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
@@ -300,6 +302,8 @@ def main() -> None:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
     print(f"errors={errors}")
     print(f"best library {lib_ips:.2f} img/s, best serve {serve_ips:.2f} img/s")
     print(f"per-pass ratios {', '.join(f'{x:.2f}' for x in pairs)}")

@@ -218,9 +218,13 @@ class GuardMiddleware:
                     if started:
                         raise
                     await refuse(413, "too_large", exc.detail)
+                except Exception:
+                    status = status or 500  # the outermost handler answers it
+                    raise
                 finally:
                     self.inflight -= counted
         finally:
+            state = scope.get("state") or {}
             logger.info(
                 "request",
                 extra={
@@ -229,6 +233,7 @@ class GuardMiddleware:
                     "path": scope["path"],
                     "status": status,
                     "ms": round((time.perf_counter() - t0) * 1000, 1),
+                    **({"key_id": state["key_id"]} if "key_id" in state else {}),
                 },
             )
 

@@ -67,6 +67,7 @@ def get_key(request: Request, services: ServicesDep) -> ApiKey:
     key = services.store.authenticate(raw)
     if key is None:
         raise ApiError(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+    request.state.key_id = key.id  # for the request's log line (who did what)
     return key
 
 
