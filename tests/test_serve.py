@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import time
 import zipfile
 from collections.abc import Iterator
@@ -499,6 +500,36 @@ def test_odd_inputs_are_4xx_not_500(
     assert r.status_code == 409 and "resnet18" in r.json()["detail"], r.text
     assert client.post(f"/v1/collections/{cid}/train", headers=h).status_code == 409
     assert not list((store.data_dir / "tmp").iterdir())
+
+
+def test_simultaneous_train_requests_start_one_job(server: tuple[TestClient, list[str]]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    client, (a, _, _) = server
+    cid = client.post("/v1/collections", headers=auth(a), json={"name": "race"}).json()["id"]
+    for i, kind in enumerate(("hstripes", "vstripes", "hstripes", "vstripes")):
+        assert add_example(client, cid, a, pattern(kind, 600 + i), kind).status_code == 201
+    with ThreadPoolExecutor(6) as pool:
+        codes = list(
+            pool.map(
+                lambda _: client.post(f"/v1/collections/{cid}/train", headers=auth(a)).status_code,
+                range(6),
+            )
+        )
+    assert set(codes) <= {202, 409} and 202 in codes, codes
+    store: Store = client.app.state.services.store  # type: ignore[attr-defined]
+    from sqlalchemy import select
+
+    with store.session() as s:
+        ids = list(s.scalars(select(Job.id).where(Job.collection_id == cid)))
+    assert len(ids) == codes.count(202)  # each 202 is one job; each 409 added none
+    for job_id in ids:
+        assert wait_job(client, job_id, a)["status"] == "succeeded"
+    with store.session() as s:
+        jobs = sorted(s.scalars(select(Job).where(Job.collection_id == cid)), key=lambda j: j.created)
+    # a later job was accepted only after the earlier one had ended
+    for before, after in itertools.pairwise(jobs):
+        assert after.created >= before.updated, (before.updated, after.created)
 
 
 def test_inflight_bound_answers_503_at_once() -> None:

@@ -35,6 +35,8 @@ class Services:
     #: model id -> loaded predictor (LRU), per app: ids are only unique within one database
     models: OrderedDict[int, Any] = field(default_factory=OrderedDict)
     models_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: held while a collection's active job is checked and a job added (or the collection deleted)
+    jobs_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def get_services(request: Request) -> Services:

@@ -118,7 +118,7 @@ def _active_job(s: Any, collection_id: str) -> Job | None:
 def delete_collection(collection_id: str, services: ServicesDep, key: CurrentKey) -> Response:
     coll = get_collection(services, key, collection_id)
     store = services.store
-    with store.session() as s:
+    with services.jobs_lock, store.session() as s:
         job = _active_job(s, coll.id)
         if job is not None:
             raise ApiError(409, f"collection has a {job.status} job {job.id}; wait for it to end")
@@ -277,26 +277,29 @@ def train(
     elif req.epochs is not None or req.image_size is not None:
         raise ApiError(422, "epochs and image_size apply to kind='finetune' only")
     _check_backbone(services, coll)
-    with services.store.session() as s:
-        active = _active_job(s, coll.id)
-        if active is not None:
-            raise ApiError(
-                409, f"collection already has a {active.status} training job {active.id}"
-            )
-        examples = list(s.scalars(select(Example).where(Example.collection_id == coll.id)))
-        check_trainable(examples, coll.multi_label)
-        job = Job(
-            collection_id=coll.id, kind=kind, status="queued", message="waiting", params=params
-        )
-        s.add(job)
-    try:
-        services.runner.submit(job.id)
-    except ApiError:
+    # one job per collection: the check and the insert must not interleave with another train
+    # or a delete of the same collection (a single process serves a database)
+    with services.jobs_lock:
         with services.store.session() as s:
-            row = s.get(Job, job.id)
-            if row is not None:
-                s.delete(row)
-        raise
+            active = _active_job(s, coll.id)
+            if active is not None:
+                raise ApiError(
+                    409, f"collection already has a {active.status} training job {active.id}"
+                )
+            examples = list(s.scalars(select(Example).where(Example.collection_id == coll.id)))
+            check_trainable(examples, coll.multi_label)
+            job = Job(
+                collection_id=coll.id, kind=kind, status="queued", message="waiting", params=params
+            )
+            s.add(job)
+        try:
+            services.runner.submit(job.id)
+        except ApiError:
+            with services.store.session() as s:
+                row = s.get(Job, job.id)
+                if row is not None:
+                    s.delete(row)
+            raise
     return JobPublic.model_validate(job, from_attributes=True)
 
 
