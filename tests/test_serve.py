@@ -599,6 +599,26 @@ def test_multi_label_collection(server: tuple[TestClient, list[str]]) -> None:
     m = client.get(f"/v1/collections/{cid}/metrics", headers=auth(a))
     assert m.status_code == 200 and "mAP" in m.json()
 
+    # fine-tuned the multi-label way: sigmoid head, per-label thresholds tuned on held-out images
+    r = client.post(
+        f"/v1/collections/{cid}/train",
+        headers=auth(a),
+        json={"kind": "finetune", "epochs": 1, "image_size": 64},
+    )
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["id"], a, timeout=300)
+    assert job["status"] == "succeeded", job
+    r = client.post(
+        f"/v1/collections/{cid}/predict",
+        headers=auth(a),
+        files={"file": ("q.png", pattern("checker", 78), "image/png")},
+    )
+    assert r.status_code == 200, r.text
+    assert isinstance(r.json()["labels"], list) and len(r.json()["top"]) == 2
+    assert r.json()["model_id"] == client.get(
+        f"/v1/collections/{cid}", headers=auth(a)
+    ).json()["model"]["id"]
+
 
 def test_finetune_job(server: tuple[TestClient, list[str]]) -> None:
     """kind='finetune' trains the backbone itself (tiny here: 64 px, 1 epoch), reports progress,
