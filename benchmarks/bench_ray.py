@@ -8,10 +8,11 @@ Prints, side by side, wall seconds and images/s for:
     single auto    the same with the default engine (ONNX Runtime on CPU when it pays), for context
     ray 1 worker   extract_with_ray(workers=1) on a local cluster already started
     ray 2 workers  extract_with_ray(workers=2)
-(each Ray run starts its actors: import torch, load the model, as a user's run would), the time to
-start the local cluster, then ratio lines (`ray2_vs_single=...`: throughput relative to single
-torch; `ray2_vs_ray1=...`: scaling from 1 to 2 workers) and the largest difference between Ray's
-vectors and single torch's. Each actor reserves 1 CPU (Ray sets its torch threads to 1), while
+Each Ray run starts its actors (import torch, load the model) as a user's run would; the time to
+its first shard and the rate after it are printed beside it, and the time to start the local
+cluster below. Then ratio lines (`ray2_vs_single=...`: throughput relative to single torch;
+`ray2_vs_ray1=...`: scaling from 1 to 2 workers, also once the actors are up) and the largest
+difference between Ray's vectors and single torch's. Each actor reserves 1 CPU (Ray sets its torch threads to 1), while
 the single process uses every core's thread. Stops by itself after --timeout seconds.
 A benchmark, not a test: numbers depend on the machine and its load.
 """
@@ -59,15 +60,13 @@ def _single(paths: list[str], engine: str) -> tuple[float, np.ndarray]:
     return time.perf_counter() - t, X
 
 
-def _ray(listing: str, workers: int, shard_size: int) -> tuple[float, np.ndarray, list[str]]:
+def _ray(listing: str, workers: int, shard_size: int) -> tuple[float, float, np.ndarray, list[str]]:
     from transferlab.distributed._ray import extract_with_ray, load_shards
 
     out = Path(tempfile.mkdtemp(prefix="bench-ray-out-")) / "feats"
-    t = time.perf_counter()
-    extract_with_ray(listing, out, shard_size=shard_size, workers=workers, progress=False)
-    seconds = time.perf_counter() - t
+    res = extract_with_ray(listing, out, shard_size=shard_size, workers=workers, progress=False)
     got = load_shards(out)
-    return seconds, got["X"], got["paths"]
+    return res.seconds, res.first_shard_seconds, got["X"], got["paths"]
 
 
 def main() -> None:
@@ -114,26 +113,34 @@ def main() -> None:
     print(f"{what}; {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
           f"ray {ray.__version__}, shards of {args.shard_size}, load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     rows: dict[str, float] = {}
+    first: dict[str, float] = {}
     rows["single torch"], X_single = _single(paths, "torch")
     rows["single auto"], _ = _single(paths, "auto")
     t = time.perf_counter()
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
     ray_init = time.perf_counter() - t
     try:
-        rows["ray 1 worker"], X1, order = _ray(listing, 1, args.shard_size)
-        rows["ray 2 workers"], X2, _ = _ray(listing, 2, args.shard_size)
+        rows["ray 1 worker"], first["ray 1 worker"], X1, order = _ray(listing, 1, args.shard_size)
+        rows["ray 2 workers"], first["ray 2 workers"], X2, _ = _ray(listing, 2, args.shard_size)
     finally:
         ray.shutdown()
     assert order == [os.path.abspath(p) for p in paths], "Ray rows differ from the listing"
     n = len(paths)
-    print(f"{'':<16}{'seconds':>10}{'img/s':>10}")
+    print(f"{'':<16}{'seconds':>10}{'img/s':>10}{'1st shard s':>13}{'img/s after':>13}")
     for name, s in rows.items():
-        print(f"{name:<16}{s:>10.1f}{n / s:>10.1f}")
+        line = f"{name:<16}{s:>10.1f}{n / s:>10.1f}"
+        if name in first:  # throughput once the first shard is out (actors up), roughly
+            rest = s - first[name]
+            after = (n - args.shard_size) / rest if rest > 0 else float("nan")
+            line += f"{first[name]:>13.1f}{after:>13.1f}"
+        print(line)
     print(f"{'(ray.init)':<16}{ray_init:>10.1f}")
     single = rows["single torch"]
     print(f"ray1_vs_single={single / rows['ray 1 worker']:.2f}")
     print(f"ray2_vs_single={single / rows['ray 2 workers']:.2f}")
     print(f"ray2_vs_ray1={rows['ray 1 worker'] / rows['ray 2 workers']:.2f}")
+    after = {k: (n - args.shard_size) / max(rows[k] - first[k], 1e-9) for k in first}
+    print(f"ray2_vs_ray1_after_first_shard={after['ray 2 workers'] / after['ray 1 worker']:.2f}")
     print(f"ray2_overhead_s={rows['ray 2 workers'] - single:.1f}")
     diff = max(float(np.abs(X1 - X_single).max()), float(np.abs(X2 - X_single).max()))
     print(f"max_abs_diff_vs_single={diff:.1e}")

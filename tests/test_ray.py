@@ -128,6 +128,7 @@ def test_rerun_recomputes_only_missing_shards(
 ) -> None:
     out, res, mtimes, _ = resumed_after_crash
     assert res.shards_computed == [1, 3] and res.shards_skipped == [0, 2]
+    assert 0 < res.first_shard_seconds < res.seconds
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
     assert after.keys() == mtimes.keys()
     assert {k for k in after if after[k] != mtimes[k]} == {

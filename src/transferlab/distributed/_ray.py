@@ -30,7 +30,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -435,6 +436,8 @@ class RayExtractionResult:
         failures: images that could not be used (in every shard, computed now or before).
         workers: size of the actor pool (0 when nothing was left to compute).
         seconds: wall time.
+        first_shard_seconds: wall time until the first computed shard was written (listing,
+            model checks, cluster and actor start-up, one shard's work); 0 if none was computed.
     """
 
     out_dir: Path
@@ -447,6 +450,7 @@ class RayExtractionResult:
     failures: list[ImageLoadError] = field(default_factory=list)
     workers: int = 0
     seconds: float = 0.0
+    first_shard_seconds: float = 0.0
 
 
 #: Manifest entries that may change between runs into the same folder.
@@ -498,12 +502,23 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _ray_datacontext(ray: Any) -> None:
-    # Ray Data's INFO lines (and the warning that its progress bars are off) would interleave
-    # with our progress bar, which counts images; errors still show
-    for name in ("ray.data", "ray.data._internal"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+@contextmanager
+def _quiet_ray_data(ray: Any) -> Iterator[None]:
+    """Ray Data's INFO lines and progress bars would interleave with our progress bar, which
+    counts images; errors still show. The caller's settings are restored afterwards."""
+    loggers = [logging.getLogger(n) for n in ("ray.data", "ray.data._internal")]
+    levels = [lg.level for lg in loggers]
+    ctx = ray.data.DataContext.get_current()
+    bars = ctx.enable_progress_bars
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    ctx.enable_progress_bars = False
+    try:
+        yield
+    finally:
+        ctx.enable_progress_bars = bars
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def extract_with_ray(
@@ -633,6 +648,7 @@ def extract_with_ray(
             extra.unlink()
 
     n_workers = 0
+    first_written: list[float] = []  # perf_counter() when the first shard is on disk
     if todo:
         started = False
         if not ray.is_initialized():
@@ -649,32 +665,34 @@ def extract_with_ray(
                 ) from None
             started = True
         try:
-            new_failures, n_workers = _run_pipeline(
-                ray,
-                out,
-                todo,
-                [[[it.path, it.label, it.split] for it in s] for s in shards],
-                digests,
-                transform=bb.transform(),
-                params={
-                    "backbone": backbone,
-                    "layer": layer,
-                    "pool": pool,
-                    "weights": weights,
-                    "batch_size": batch_size,
-                    "max_pixels": max_pixels,
-                },
-                fingerprint=bb.fingerprint(),
-                dim=dim,
-                manifest=manifest,
-                workers=workers,
-                cpus_per_worker=cpus_per_worker,
-                device=device,
-                on_error=on_error,
-                progress_bar=lambda: _progress(
-                    sum(len(shards[i]) for i in todo), f"ray {bb.name}:{layer}", progress
-                ),
-            )
+            with _quiet_ray_data(ray):
+                new_failures, n_workers = _run_pipeline(
+                    ray,
+                    out,
+                    todo,
+                    [[[it.path, it.label, it.split] for it in s] for s in shards],
+                    digests,
+                    transform=bb.transform(),
+                    params={
+                        "backbone": backbone,
+                        "layer": layer,
+                        "pool": pool,
+                        "weights": weights,
+                        "batch_size": batch_size,
+                        "max_pixels": max_pixels,
+                    },
+                    fingerprint=bb.fingerprint(),
+                    dim=dim,
+                    manifest=manifest,
+                    workers=workers,
+                    cpus_per_worker=cpus_per_worker,
+                    device=device,
+                    on_error=on_error,
+                    on_written=lambda: first_written or first_written.append(time.perf_counter()),
+                    progress_bar=lambda: _progress(
+                        sum(len(shards[i]) for i in todo), f"ray {bb.name}:{layer}", progress
+                    ),
+                )
         finally:
             if started:
                 ray.shutdown()
@@ -699,6 +717,7 @@ def extract_with_ray(
         failures=sorted(failures, key=lambda f: f.path),
         workers=n_workers,
         seconds=time.perf_counter() - t0,
+        first_shard_seconds=first_written[0] - t0 if first_written else 0.0,
     )
 
 
@@ -718,9 +737,9 @@ def _run_pipeline(
     cpus_per_worker: float,
     device: str,
     on_error: str,
+    on_written: Any,
     progress_bar: Any,
 ) -> tuple[list[ImageLoadError], int]:
-    _ray_datacontext(ray)
     resources = ray.cluster_resources()
     n_gpus = int(resources.get("GPU", 0))
     if device == "cuda" and n_gpus == 0:
@@ -785,6 +804,7 @@ def _run_pipeline(
                 },
             )
             done.add(shard)
+            on_written()
             failures.extend(bad)
             bar.update(len(items))
     return failures, workers
