@@ -58,6 +58,8 @@ def serve_cmd(
 
     Every /v1 request needs an API key: create one first with `transferlab keys create NAME`.
     Limits and more settings come from TRANSFERLAB_* environment variables (see /docs).
+    Run one server process per database: it owns the job queue and, at startup, marks jobs
+    that a dead server left running as failed.
 
     Examples:
       transferlab keys create alice --data-dir srv && transferlab serve --data-dir srv
