@@ -7,10 +7,13 @@ Prints images/s for:
   end to end (files on disk -> vectors, process already started, model loaded):
     naive      timm model + torchvision ImageFolder-style loading + default DataLoader, NCHW fp32
     torch      transferlab FeatureExtractor(engine="torch") (channels-last), no cache
-    onnx       transferlab FeatureExtractor(engine="onnx"), no cache
+    onnx       transferlab FeatureExtractor(engine="onnx"), no cache (and with 0/1/2 decode workers)
+    auto       transferlab's default engine, no cache
     warm       transferlab with a warm feature cache
+    CLI        `transferlab extract DIR --no-cache --out f.npz`: process start to vectors written
   model only (pre-decoded batch of 32):
     pytorch NCHW fp32, channels_last fp32, channels_last + bf16 autocast, onnxruntime fp32
+then where the time goes per image (decode / resize+crop / to tensor+normalise / forward / write),
 then ratio lines (`extract_speedup_vs_naive=...`, `share_of_fastest_model_only=...`) and peak RSS.
 A benchmark, not a test: numbers depend on the machine and its load.
 """
@@ -21,6 +24,8 @@ import argparse
 import glob
 import os
 import resource
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -60,13 +65,75 @@ def _naive(paths: list[str], batch_size: int) -> float:
     return len(paths) / (time.perf_counter() - t)
 
 
-def _ours(paths: list[str], engine: str, cache: object) -> float:
+def _ours(paths: list[str], engine: str, cache: object, workers: int | None = None) -> float:
     from transferlab.features import FeatureExtractor
 
-    fx = FeatureExtractor(cache=cache, progress=False, engine=engine).fit()
+    fx = FeatureExtractor(cache=cache, progress=False, engine=engine, num_workers=workers).fit()
+    if engine != "torch":  # the one-off export/session load is not per-image work
+        fx.extract(paths[:1])
+        if cache:
+            cache.clear()  # type: ignore[attr-defined]
     t = time.perf_counter()
     fx.extract(paths)
     return len(paths) / (time.perf_counter() - t)
+
+
+def _cli(folder: str, n: int) -> float:
+    """`transferlab extract` as a user runs it: process start to vectors written (feature cache
+    off; the ONNX export from the runs above is reused, as on any second run)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "transferlab", "extract", folder, "--no-cache",
+             "--out", os.path.join(tmp, "f.npz")],
+            check=True, capture_output=True,
+        )
+        return n / (time.perf_counter() - t)
+
+
+def _profile(paths: list[str]) -> dict[str, float]:
+    """Seconds per stage for `paths`, one at a time on one core: where the time goes."""
+    import numpy as np
+    from PIL import Image
+
+    from transferlab.backbones import OnnxTaps, load_backbone
+    from transferlab.features import FeatureCache
+
+    bb = load_backbone("efficientnet_lite0")
+    tf = bb.transform()
+    geometry = tf.transforms[:-2]  # Resize, CenterCrop
+    tensor = tf.transforms[-2:]  # ToTensor, Normalize
+    out = dict.fromkeys(("decode", "resize+crop", "to tensor+normalise", "forward", "write"), 0.0)
+    xs = []
+    for p in paths:
+        t0 = time.perf_counter()
+        img = Image.open(p).convert("RGB")
+        t1 = time.perf_counter()
+        for step in geometry:
+            img = step(img)
+        t2 = time.perf_counter()
+        x = img
+        for step in tensor:
+            x = step(x)
+        t3 = time.perf_counter()
+        out["decode"] += t1 - t0
+        out["resize+crop"] += t2 - t1
+        out["to tensor+normalise"] += t3 - t2
+        xs.append(x)
+    runner = OnnxTaps(bb, ["pre_logits"], "avg", tempfile.mkdtemp())
+    vecs = []
+    t = time.perf_counter()
+    for i in range(0, len(xs), 32):
+        vecs.append(runner(torch.stack(xs[i : i + 32]))["pre_logits"].numpy())
+    out["forward"] = time.perf_counter() - t
+    cache = FeatureCache(tempfile.mkdtemp())
+    cache.register("bench", {})
+    allv = np.concatenate(vecs)
+    t = time.perf_counter()
+    for i in range(0, len(allv), 32):
+        cache.put_many("bench", {f"k{j}": allv[j] for j in range(i, min(i + 32, len(allv)))})
+    out["write"] = time.perf_counter() - t
+    return out
 
 
 def _model_only(reps: int = 3) -> dict[str, float]:
@@ -126,17 +193,29 @@ def main() -> None:
     e2e = {"naive": _naive(paths, args.batch_size)}
     e2e["transferlab torch"] = _ours(paths, "torch", False)
     e2e["transferlab onnx"] = _ours(paths, "onnx", False)
+    for w in (0, 1, 2):
+        e2e[f"transferlab onnx, {w} decode workers"] = _ours(paths, "onnx", False, w)
+    e2e["transferlab default (auto)"] = _ours(paths, "auto", False)
     cache = FeatureCache(tempfile.mkdtemp())
     _ours(paths, "onnx", cache)
     e2e["transferlab warm cache"] = _ours(paths, "onnx", cache)
+    folder = tempfile.mkdtemp()
+    for i, p in enumerate(paths):  # the same images as a folder the CLI can read
+        os.symlink(os.path.abspath(p), os.path.join(folder, f"{i:05d}{os.path.splitext(p)[1]}"))
+    e2e["transferlab CLI, process start to file"] = _cli(folder, len(paths))
     mo = _model_only()
+    prof = _profile(paths)
     print(f"{'end to end':<32}{'img/s':>10}")
     for k, v in e2e.items():
         print(f"{k:<32}{v:>10.1f}")
     print(f"{'model only (batch 32)':<32}{'img/s':>10}")
     for k, v in mo.items():
         print(f"{k:<32}{v:>10.1f}")
-    best_cold = max(e2e["transferlab torch"], e2e["transferlab onnx"])
+    total = sum(prof.values())
+    print(f"{'where the time goes (1 core)':<32}{'ms/img':>10}{'share':>8}")
+    for k, v in prof.items():
+        print(f"{k:<32}{1000 * v / len(paths):>10.2f}{v / total:>8.0%}")
+    best_cold = e2e["transferlab default (auto)"]
     print(f"extract_speedup_vs_naive={best_cold / e2e['naive']:.2f}")
     print(f"onnx_vs_torch_end_to_end={e2e['transferlab onnx'] / e2e['transferlab torch']:.2f}")
     print(f"share_of_fastest_model_only={best_cold / max(mo.values()):.2f}")

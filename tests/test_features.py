@@ -245,3 +245,27 @@ def test_auto_engine_exports_only_when_it_pays(images, tmp_path, monkeypatch):
     assert len(list(onnx_dir.glob("*.onnx"))) == 1
     assert few.features["pre_logits"].shape[0] == len(images)
 
+
+
+def test_bf16_precision_is_close_to_fp32_and_cached_apart(images, tmp_path):
+    """precision='bf16' (autocast; the GPU default) gives vectors close to fp32's and keeps them
+    in their own cache namespace, so fp32 callers never get bf16 vectors from the cache."""
+    images = images[:3]  # bf16 autocast is slow on CPUs without native bf16
+    cache = FeatureCache(tmp_path / "cache")
+    common = {"cache": cache, "progress": False, "engine": "torch"}
+    fp32 = FeatureExtractor("efficientnet_lite0", precision="fp32", **common)
+    bf16 = FeatureExtractor("efficientnet_lite0", precision="bf16", **common)
+    a, b = fp32.transform(images), bf16.transform(images)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cos.min() > 0.99
+    assert np.abs(a - b).max() > 1e-6  # really computed in bf16, not served from fp32's cache
+    assert fp32.namespace()[0] != bf16.namespace()[0]
+    # fp32 stays the CPU default, and its cache key did not change
+    auto = FeatureExtractor("efficientnet_lite0", **common)
+    assert auto.namespace()[0] == fp32.namespace()[0]
+    with pytest.raises(InvalidParameterError, match="precision must be one of"):
+        FeatureExtractor("efficientnet_lite0", precision="fp8", cache=False).fit()
+    with pytest.raises(InvalidParameterError, match="needs engine='torch'"):
+        FeatureExtractor(
+            "efficientnet_lite0", precision="bf16", engine="onnx", cache=False, progress=False
+        ).extract(images)
