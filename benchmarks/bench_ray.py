@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import glob
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -30,12 +31,15 @@ from pathlib import Path
 
 import numpy as np
 
+#: every file the benchmark writes (generated images, listing, shards); removed at the end
+WORK = tempfile.mkdtemp(prefix="bench-ray-")
+
 
 def _images(args: argparse.Namespace) -> tuple[list[str], str]:
     if args.synthetic:
         from PIL import Image
 
-        root = Path(tempfile.mkdtemp(prefix="bench-ray-"))
+        root = Path(tempfile.mkdtemp(prefix="images-", dir=WORK))
         rng = np.random.default_rng(0)
         for cls in ("a", "b"):
             (root / cls).mkdir()
@@ -63,7 +67,7 @@ def _single(paths: list[str], engine: str) -> tuple[float, np.ndarray]:
 def _ray(listing: str, workers: int, shard_size: int) -> tuple[float, float, np.ndarray, list[str]]:
     from transferlab.distributed._ray import extract_with_ray, load_shards
 
-    out = Path(tempfile.mkdtemp(prefix="bench-ray-out-")) / "feats"
+    out = Path(tempfile.mkdtemp(prefix="out-", dir=WORK)) / "feats"
     res = extract_with_ray(listing, out, shard_size=shard_size, workers=workers, progress=False)
     got = load_shards(out)
     return res.seconds, res.first_shard_seconds, got["X"], got["paths"]
@@ -80,6 +84,7 @@ def main() -> None:
 
     def _stop(_sig: int, _frame: object) -> None:
         print(f"stopped: still running after --timeout {args.timeout} s")
+        shutil.rmtree(WORK, ignore_errors=True)
         os._exit(1)
 
     signal.signal(signal.SIGALRM, _stop)
@@ -102,7 +107,7 @@ def main() -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    listing = os.path.join(tempfile.mkdtemp(prefix="bench-ray-list-"), "listing.parquet")
+    listing = os.path.join(WORK, "listing.parquet")
     pq.write_table(pa.table({"path": [os.path.abspath(p) for p in paths]}), listing)
 
     import torch
@@ -149,4 +154,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)
