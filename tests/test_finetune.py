@@ -13,7 +13,7 @@ from transferlab.artifacts import FinetunedModel, load_model
 from transferlab.cli import app
 from transferlab.data import load_dataset
 from transferlab.exceptions import InvalidParameterError
-from transferlab.finetune import Callback, FinetuneConfig, FineTuner, layer_groups
+from transferlab.finetune import Callback, FinetuneConfig, FineTuner, layer_groups, use_bf16
 
 from conftest import build_image_folder
 
@@ -141,6 +141,7 @@ def test_resume_refuses_other_settings(data, tmp_path):
         ({"bn_policy": "x"}, "bn_policy"),
         ({"class_balance": "x"}, "class_balance"),
         ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"precision": "fp16"}, "precision must be one of"),
     ],
 )
 def test_config_errors(kw, match):
@@ -365,3 +366,17 @@ def test_adapt_bn_and_freeze_to_in_fine_tuning(data):
     assert not all(torch.equal(tuned[n], fresh[n]) for n in deep_params)
     bn_means = [k for k in fresh if k.endswith("running_mean")]
     assert bn_means and all(not torch.allclose(tuned[k], fresh[k]) for k in bn_means[:3])
+
+
+def test_bf16_autocast_training_learns_and_auto_follows_the_hardware(data):
+    """precision='bf16' trains under autocast (loss and metrics in fp32) and still learns;
+    'auto' takes bf16 only where the CPU does it natively, and 'fp32' is the opt-out."""
+    ds = load_dataset(data)
+    cfg = FinetuneConfig(**FAST, epochs=3, lr=5e-3, head_init="random", precision="bf16")
+    result = FineTuner(cfg, progress=False).fit(ds.train, ds.val, ds.classes)
+    assert result.precision == "bf16"
+    losses = [h["train_loss"] for h in result.history]
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    cpu = torch.device("cpu")
+    assert use_bf16("auto", cpu) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert use_bf16("bf16", cpu) and not use_bf16("fp32", cpu)

@@ -93,6 +93,12 @@ def finetune_cmd(
         help="Layer group the unfrozen phase trains from (0: all; 2: keep stem and first stage "
         "frozen; negative: from the end).",
     ),
+    precision: str = typer.Option(
+        "auto",
+        "--precision",
+        help="auto (bf16 autocast where the hardware does bf16 natively: recent GPUs, CPUs with "
+        "AVX-512-BF16/AMX; fp32 elsewhere), fp32, or bf16.",
+    ),
     resume: bool = typer.Option(
         False,
         "--resume",
@@ -167,6 +173,7 @@ def finetune_cmd(
         image_size=image_size,
         adapt_bn=adapt_bn,
         freeze_to=freeze_to,
+        precision=precision,
         seed=seed,
         num_workers=workers,
         device=device,
