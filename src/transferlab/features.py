@@ -515,6 +515,33 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             seconds=time.perf_counter() - t0,
         )
 
+    def forward_batch(
+        self, x: torch.Tensor, layers: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Vectors for a batch already preprocessed by ``backbone_.transform()``.
+
+        The forward pass every path shares (the cache-filling `extract`, Ray actors, the
+        service): device, channels-last, engine and precision as configured. With
+        ``engine="auto"`` a single batch uses ONNX Runtime only if an export already exists.
+        """
+        bb = self._backbone()
+        layers = [bb.check_layer(la) for la in (layers or [self.layer])]
+        runner = self._onnx_runner(bb, layers, self.pool, len(x), self._cache())
+        return self._forward(bb, x, layers, runner, self._precision(bb) == "bf16")
+
+    def _forward(
+        self, bb: Backbone, x: torch.Tensor, layers: list[str], runner: Any, bf16: bool
+    ) -> dict[str, np.ndarray]:
+        x = x.to(bb.device, non_blocking=True)
+        if bb.device.type in ("cpu", "cuda"):
+            x = x.contiguous(memory_format=torch.channels_last)
+        if runner is not None:
+            outs = runner(x)
+        else:
+            with torch.autocast(bb.device.type, torch.bfloat16, enabled=bf16):
+                outs = bb.forward_taps(x, layers, pool=self.pool)
+        return {la: outs[la].float().cpu().numpy() for la in layers}
+
     def _onnx_runner(
         self, bb: Backbone, layers: list[str], pool: str, n_todo: int, cache: FeatureCache | None
     ) -> Any:
@@ -587,7 +614,6 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             persistent_workers=False,
             pin_memory=bb.device.type == "cuda",
         )
-        channels_last = bb.device.type == "cpu" or bb.device.type == "cuda"
         runner = self._onnx_runner(bb, layers, self.pool, len(todo), cache)
         bf16 = self._precision(bb) == "bf16"
         with _progress(len(todo), f"features {bb.name}:{'/'.join(layers)}", self.progress) as bar:
@@ -602,16 +628,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
                     logger.info("skipped %s", err)  # callers report failures from the result
                     failures[todo[j]] = err
                 if x is not None:
-                    x = x.to(bb.device, non_blocking=True)
-                    if channels_last:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    if runner is not None:
-                        outs = runner(x)
-                    else:
-                        with torch.autocast(bb.device.type, torch.bfloat16, enabled=bf16):
-                            outs = bb.forward_taps(x, layers, pool=self.pool)
+                    outs = self._forward(bb, x, layers, runner, bf16)
                     for layer in layers:
-                        vecs = outs[layer].float().cpu().numpy()
+                        vecs = outs[layer]
                         new = {}
                         for j, vec in zip(local_idx, vecs, strict=True):
                             i = todo[j]

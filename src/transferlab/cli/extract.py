@@ -9,7 +9,6 @@ import typer
 
 from transferlab.cli._common import (
     BackboneOpt,
-    BatchOpt,
     CacheDirOpt,
     DeviceOpt,
     LayerOpt,
@@ -43,7 +42,14 @@ def extract_cmd(
     layer: str = LayerOpt,
     pool: str = PoolOpt,
     weights: str = WeightsOpt,
-    batch_size: int = BatchOpt,
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=1, help="Images per forward pass (default: 32 on CPU, 256 on GPU)."
+    ),
+    precision: str = typer.Option(
+        "auto",
+        "--precision",
+        help="auto (fp32 on CPU; bf16 autocast on a GPU that supports it), fp32, or bf16.",
+    ),
     workers: int | None = WorkersOpt,
     device: str = DeviceOpt,
     cache_dir: Path | None = CacheDirOpt,
@@ -127,6 +133,7 @@ def extract_cmd(
         cache=False if no_cache else (cache_dir or True),
         max_pixels=max_pixels,
         engine=engine,
+        precision=precision,
     )
     res = fx.extract([s.path for s in samples], on_error="raise" if strict else "skip")
     kept = [samples[i] for i in res.index]

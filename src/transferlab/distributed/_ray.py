@@ -320,14 +320,11 @@ class _Embedder:
             ok = json.loads(ok_json)
             x_all = np.frombuffer(x_bytes, dtype=np.float32).reshape(ok["shape"])
             parts = []
-            # the forward pass of FeatureExtractor._compute, batch by batch
-            for start in range(0, len(ok["rows"]), fx.batch_size):
-                x = torch.from_numpy(x_all[start : start + fx.batch_size].copy())
-                x = x.to(bb.device, non_blocking=True)
-                if bb.device.type in ("cpu", "cuda"):
-                    x = x.contiguous(memory_format=torch.channels_last)
-                outs = bb.forward_taps(x, [fx.layer], pool=fx.pool)
-                parts.append(outs[fx.layer].float().cpu().numpy())
+            # FeatureExtractor's own forward pass (device, channels-last, precision), batch by batch
+            step = fx._batch_size(bb)
+            for start in range(0, len(ok["rows"]), step):
+                x = torch.from_numpy(x_all[start : start + step].copy())
+                parts.append(fx.forward_batch(x)[fx.layer])
             vecs = (
                 np.concatenate(parts).astype(np.float32, copy=False)
                 if parts
@@ -529,7 +526,7 @@ def extract_with_ray(
     layer: str = "pre_logits",
     pool: str = "avg",
     weights: str | None = "default",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     shard_size: int = 128,
     workers: int | None = None,
     cpus_per_worker: float = 1,
