@@ -65,17 +65,24 @@ def _naive(paths: list[str], batch_size: int) -> float:
     return len(paths) / (time.perf_counter() - t)
 
 
-def _ours(paths: list[str], engine: str, cache: object, workers: int | None = None) -> float:
+def _ours(
+    paths: list[str], engine: str, cache: object, workers: int | None = None, threads: int = 0
+) -> float:
     from transferlab.features import FeatureExtractor
 
-    fx = FeatureExtractor(cache=cache, progress=False, engine=engine, num_workers=workers).fit()
-    if engine != "torch":  # the one-off export/session load is not per-image work
-        fx.extract(paths[:1])
-        if cache:
-            cache.clear()  # type: ignore[attr-defined]
-    t = time.perf_counter()
-    fx.extract(paths)
-    return len(paths) / (time.perf_counter() - t)
+    saved = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)  # ONNX Runtime's session takes the same thread count
+    try:
+        fx = FeatureExtractor(cache=cache, progress=False, engine=engine, num_workers=workers)
+        fx.fit()
+        if engine != "torch" and not cache:  # the one-off export/session load is not per-image
+            fx.extract(paths[:1])
+        t = time.perf_counter()
+        fx.extract(paths)
+        return len(paths) / (time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(saved)
 
 
 def _cli(folder: str, n: int) -> float:
@@ -195,6 +202,9 @@ def main() -> None:
     e2e["transferlab onnx"] = _ours(paths, "onnx", False)
     for w in (0, 1, 2):
         e2e[f"transferlab onnx, {w} decode workers"] = _ours(paths, "onnx", False, w)
+    if torch.get_num_threads() > 1:
+        n = torch.get_num_threads() - 1
+        e2e[f"transferlab onnx, 1 worker + {n} ORT thread(s)"] = _ours(paths, "onnx", False, 1, n)
     e2e["transferlab default (auto)"] = _ours(paths, "auto", False)
     cache = FeatureCache(tempfile.mkdtemp())
     _ours(paths, "onnx", cache)
