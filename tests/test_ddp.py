@@ -168,8 +168,9 @@ def test_interrupted_torchrun_run_resumes_to_the_same_result(data, two_processes
 
     resumed = _torchrun(["-m", "transferlab.finetune"], [*args, "--resume"])
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "epoch 1 (unfrozen)" not in resumed.stdout  # epoch 1 was not run again
-    assert resumed.stdout.count("epoch 3 (unfrozen)") == 1
+    printed = resumed.stdout + resumed.stderr  # epoch lines are progress: on stderr
+    assert "epoch 1 (unfrozen)" not in printed  # epoch 1 was not run again
+    assert printed.count("epoch 3 (unfrozen)") == 1
     full, again = _metrics(two_processes[0]), _metrics(out)
     for key in ("train_loss", "val_loss", "val_accuracy"):
         assert _history(again, key) == pytest.approx(_history(full, key), rel=1e-6), key
@@ -226,6 +227,44 @@ def test_helpers_are_no_ops_in_one_process(monkeypatch):
         assert _ddp.run_info(4) == {}
         model = torch.nn.Linear(2, 2)
         assert _ddp.wrap_model(model, torch.device("cpu"), sync_bn=True) is model
+
+
+def _predict_worker(rank: int, world: int, port: int, out_dir: Path) -> None:
+    """One gloo process of `test_a_process_with_an_empty_validation_shard_still_gathers`."""
+    from types import SimpleNamespace
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        tuner = FineTuner.__new__(FineTuner)  # only what predict_proba_loader reads
+        tuner.backbone_ = SimpleNamespace(
+            model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)),
+            device=torch.device("cpu"),
+        )
+        tuner.multi_label_ = False
+        tuner.config = SimpleNamespace(tta=False)
+        x = torch.randn(2, 3, 2, 2)  # 2 validation images, 3 processes: rank 2 gets none
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(x, torch.tensor([0, 2])), batch_size=64
+        )
+        proba, y = tuner.predict_proba_loader(_ddp.shard_loader(loader, train=False))
+        np.savez(out_dir / f"rank{rank}.npz", proba=proba, y=y)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_a_process_with_an_empty_validation_shard_still_gathers(tmp_path):
+    """Fewer validation images than processes: the process without any still takes part in the
+    gather (it used to fail concatenating nothing, leaving the others waiting)."""
+    world = 3
+    torch.multiprocessing.start_processes(
+        _predict_worker, args=(world, _free_port(), tmp_path), nprocs=world, start_method="fork"
+    )
+    got = [np.load(tmp_path / f"rank{r}.npz") for r in range(world)]
+    for g in got:
+        assert g["proba"].shape == (2, 3) and g["y"].tolist() == [0, 2]
+        np.testing.assert_array_equal(g["proba"], got[0]["proba"])
 
 
 def test_non_main_rank_writes_nothing(data, tmp_path, monkeypatch):

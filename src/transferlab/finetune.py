@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -593,7 +594,7 @@ class FineTuner:
                 model.forward_head(model.forward_features(x), pre_logits=True).float().cpu().numpy()
             )
         if isinstance(loader.sampler, _ddp.ShardSampler):  # DDP: this rank's share, then all
-            return _ddp.gather_shards(np.concatenate(out))
+            return _ddp.gather_batches(out)
         return np.concatenate(out)
 
     def freeze_to(self, n: int) -> None:
@@ -725,7 +726,8 @@ class FineTuner:
                 name = "mAP" if self.multi_label_ else "accuracy"
                 tqdm.write(
                     f"epoch {h['epoch']} ({phase}): train loss {h['train_loss']:.4f}  val loss "
-                    f"{h['val_loss']:.4f}  val {name} {h[self.score_key_]:.4f}  ({h['seconds']:.0f} s)"
+                    f"{h['val_loss']:.4f}  val {name} {h[self.score_key_]:.4f}  ({h['seconds']:.0f} s)",
+                    file=sys.stderr,  # progress, like the bar: stdout stays for results (--json)
                 )
             if self.history[-1][self.score_key_] >= max(h[self.score_key_] for h in self.history):
                 self._best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -754,9 +756,7 @@ class FineTuner:
             probs.append(p.cpu().numpy())
             targets.append(y.numpy())
         if isinstance(loader.sampler, _ddp.ShardSampler):  # DDP: this rank's share, then all
-            return _ddp.gather_shards(np.concatenate(probs)), _ddp.gather_shards(
-                np.concatenate(targets)
-            )
+            return _ddp.gather_batches(probs), _ddp.gather_batches(targets)
         return np.concatenate(probs), np.concatenate(targets)
 
     def _evaluate_loader(self, loader: Any, loss_fn: nn.Module) -> tuple[float, float]:

@@ -257,17 +257,31 @@ def all_reduce_sums(values: Sequence[float], device: torch.device | str) -> list
     return t.tolist()  # type: ignore[no-any-return]
 
 
-def gather_shards(part: np.ndarray) -> np.ndarray:
-    """Reassemble an array computed on `ShardSampler` shards (rank r holds rows r, r+W, ...)."""
+def gather_shards(part: np.ndarray | None) -> np.ndarray:
+    """Reassemble an array computed on `ShardSampler` shards (rank r holds rows r, r+W, ...).
+
+    A rank whose shard is empty (fewer rows than processes) passes None; the row shape comes
+    from the ranks that have rows.
+    """
     if not is_distributed():
+        if part is None:
+            raise ValueError("gather_shards: no rows")
         return part
     parts: list[Any] = [None] * get_world_size()
     torch.distributed.all_gather_object(parts, part)
-    n = sum(len(p) for p in parts)
-    out = np.empty((n, *parts[0].shape[1:]), dtype=parts[0].dtype)
+    ref = next((p for p in parts if p is not None), None)
+    if ref is None:
+        raise ValueError("gather_shards: no process holds any row")
+    out = np.empty((sum(len(p) for p in parts if p is not None), *ref.shape[1:]), ref.dtype)
     for r, p in enumerate(parts):
-        out[r :: len(parts)] = p
+        if p is not None:
+            out[r :: len(parts)] = p
     return out
+
+
+def gather_batches(batches: Sequence[np.ndarray]) -> np.ndarray:
+    """`gather_shards` of this rank's batches, concatenated (none at all: an empty shard)."""
+    return gather_shards(np.concatenate(batches) if len(batches) else None)
 
 
 def to_device(obj: Any, device: torch.device | str) -> Any:
