@@ -25,7 +25,7 @@ from transferlab.distributed._ray import (
     list_sources,
     load_shards,
 )
-from transferlab.exceptions import DatasetError, InvalidParameterError
+from transferlab.exceptions import DatasetError, DatasetNotFoundError, InvalidParameterError
 from transferlab.features import FeatureExtractor, file_digest
 
 from conftest import build_image_folder
@@ -230,3 +230,36 @@ def test_folder_of_someone_else_is_refused(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "new" / _ray.MANIFEST_NAME).read_text())["complete"] is False
     with pytest.raises(DatasetError):
         list_sources(os.fspath(tmp_path / "new"))
+
+
+def test_load_shards_refuses_an_unfinished_folder(tmp_path: Path) -> None:
+    """An interrupted run leaves complete: false (and maybe stale shards of an older listing):
+    reading it must fail, not return part of the rows."""
+    out = tmp_path / "o"
+    _ray._prepare_out_dir(out, {"layer": "pre_logits", "dim": 2, "n_shards": 2}, overwrite=False)
+    items = [["/a.png", "x", "train"]]
+    _ray._write_shard(
+        _ray._shard_path(out, 0), items, [[0, "d"]], np.ones((1, 2), np.float32), 2, {}
+    )
+    with pytest.raises(DatasetError, match="did not finish"):
+        load_shards(out)
+    manifest = json.loads((out / _ray.MANIFEST_NAME).read_text())
+    _ray._write_json(out / _ray.MANIFEST_NAME, {**manifest, "complete": True})
+    with pytest.raises(DatasetError, match=r"part-00001\.parquet"):  # shard 1 of 2 is missing
+        load_shards(out)
+    _ray._write_json(out / _ray.MANIFEST_NAME, {**manifest, "complete": True, "n_shards": 1})
+    got = load_shards(out)
+    assert got["paths"] == ["/a.png"] and got["X"].tolist() == [[1.0, 1.0]]
+
+
+def test_unreadable_listings_are_clear_errors(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    fake = tmp_path / "listing.parquet"
+    fake.write_text("path\nx.png\n")  # a CSV under a .parquet name
+    with pytest.raises(DatasetError, match="not a readable Parquet file"):
+        list_sources(fake)
+    pytest.importorskip("fsspec")
+    with pytest.raises(DatasetNotFoundError, match="no such listing"):
+        list_sources("memory://bucket/none/listing.parquet")
+    with pytest.raises(InvalidParameterError, match="cannot open"):
+        list_sources("nosuchprotocol://bucket/listing.parquet")

@@ -143,12 +143,17 @@ def _fsspec() -> Any:
     return fsspec
 
 
-def _list_url(url: str) -> list[ListedImage]:
-    fsspec = _fsspec()
+def _url_to_fs(url: str) -> tuple[Any, str]:
+    """fsspec's filesystem and inner path for `url`; a missing filesystem package (s3fs, gcsfs)
+    or an unknown protocol is a clear error naming the URL."""
     try:
-        fs, root = fsspec.core.url_to_fs(url)
+        return _fsspec().core.url_to_fs(url)  # type: ignore[no-any-return]
     except (ImportError, ValueError) as exc:
         raise InvalidParameterError(f"cannot open {url!r}: {exc}") from None
+
+
+def _list_url(url: str) -> list[ListedImage]:
+    fs, root = _url_to_fs(url)
     if any(c in root for c in "*?["):
         found = list(fs.glob(root))
         base = root.split("*")[0].rsplit("/", 1)[0]
@@ -169,10 +174,13 @@ def _list_url(url: str) -> list[ListedImage]:
 
 
 def _list_parquet(path: str) -> list[ListedImage]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     if _is_url(path):
-        fs, local = _fsspec().core.url_to_fs(path)
+        fs, local = _url_to_fs(path)
+        if not fs.isfile(local):
+            raise DatasetNotFoundError(f"{path}: no such listing")
         base = path.rsplit("/", 1)[0]
         opener: Any = fs.open(local, "rb")
     else:
@@ -183,7 +191,7 @@ def _list_parquet(path: str) -> list[ListedImage]:
     try:
         with opener as fh:
             table = pq.read_table(fh)
-    except OSError as exc:
+    except (OSError, pa.ArrowException) as exc:  # ArrowInvalid: not Parquet at all
         raise DatasetError(f"{path}: not a readable Parquet file ({exc})") from None
     cols = {c.lower(): c for c in table.column_names}
     path_col = next((cols[c] for c in ("path", "file", "filename", "image") if c in cols), None)
@@ -388,7 +396,12 @@ def load_shards(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a folder written by `extract_with_ray`: X, paths, digests, labels, splits, meta.
 
     Rows come in shard order (the listing sorted by path). ``pyarrow.parquet.read_table(out_dir)``
-    or ``ray.data.read_parquet(out_dir)`` read the same folder too.
+    or ``ray.data.read_parquet(out_dir)`` read the same folder too, without the checks below.
+
+    Raises:
+        DatasetNotFoundError: `out_dir` holds no manifest.
+        DatasetError: the extraction has not finished (interrupted, or still running: shards may
+            be missing or left from an older listing), or shard files are missing.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -397,10 +410,23 @@ def load_shards(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
     manifest_path = folder / MANIFEST_NAME
     if not manifest_path.is_file():
         raise DatasetNotFoundError(f"{folder}: no {MANIFEST_NAME}; not a transferlab shard folder")
-    meta = json.loads(manifest_path.read_text())
-    files = sorted(folder.glob(SHARD_GLOB))
-    if not files:
-        raise DatasetError(f"{folder}: no shard files ({SHARD_GLOB})")
+    try:
+        meta = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{manifest_path}: unreadable ({exc})") from None
+    if meta.get("complete") is not True:
+        # a run in progress or interrupted: shards missing, or stale ones of an older listing
+        raise DatasetError(
+            f"{folder}: the extraction did not finish ({MANIFEST_NAME} says complete: false); "
+            "run the same extract command again to finish it"
+        )
+    files = [_shard_path(folder, i) for i in range(int(meta.get("n_shards", 0)))]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing or not files:
+        raise DatasetError(
+            f"{folder}: shard files missing ({', '.join(missing[:3]) or SHARD_GLOB}); run the "
+            "same extract command again to recompute them"
+        )
     table = pa.concat_tables([pq.read_table(f) for f in files])
     col = table.column("vector").combine_chunks()
     dim = int(meta.get("dim", col.type.list_size))
