@@ -213,6 +213,19 @@ def test_shard_sampler_deals_the_order_round_robin():
     assert sorted(i for s in unpadded for i in s) == sorted(order)
 
 
+def test_shard_sampler_takes_the_steps_of_one_process_at_the_global_batch():
+    """7 images, 2 ranks x batch 2: one process at batch 4 drops the last 3 and takes 1 step.
+    Padding alone would give each rank 4 images, 2 steps, and a one-cycle schedule of another
+    length (so another LR at every step)."""
+    order = [5, 3, 9, 0, 7, 1, 8]
+    shards = [list(_ddp.ShardSampler(order, r, 2, global_batch=4)) for r in range(2)]
+    assert shards == [[5, 9], [3, 0]] and sorted(shards[0] + shards[1]) == sorted(order[:4])
+    assert [len(_ddp.ShardSampler(order, r, 2, global_batch=4)) for r in range(2)] == [2, 2]
+    # less than one global batch: the single process takes one partial step; ranks are padded
+    few = [list(_ddp.ShardSampler(order[:3], r, 2, global_batch=4)) for r in range(2)]
+    assert few == [[5, 9], [3, 5]]
+
+
 def test_helpers_are_no_ops_in_one_process(monkeypatch):
     for name in ("RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
@@ -265,6 +278,36 @@ def test_a_process_with_an_empty_validation_shard_still_gathers(tmp_path):
     for g in got:
         assert g["proba"].shape == (2, 3) and g["y"].tolist() == [0, 2]
         np.testing.assert_array_equal(g["proba"], got[0]["proba"])
+
+
+def _on_main_worker(rank: int, world: int, port: int, out_dir: Path) -> None:
+    """One gloo process of `test_any_rank_zero_error_reaches_every_rank`."""
+    import datetime
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group(
+        "gloo", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=20)
+    )
+
+    def make_run_dir() -> None:
+        raise PermissionError(13, "Permission denied", "/readonly/run")
+
+    try:
+        _ddp.on_main(make_run_dir)
+        outcome = "returned"
+    except Exception as exc:
+        outcome = type(exc).__name__
+    (out_dir / f"rank{rank}").write_text(outcome)
+    torch.distributed.destroy_process_group()
+
+
+def test_any_rank_zero_error_reaches_every_rank(tmp_path):
+    """Not only TransferlabError: an OSError on rank 0 (a read-only --out) ends the others at
+    once instead of leaving them in the broadcast until the process-group timeout."""
+    torch.multiprocessing.start_processes(
+        _on_main_worker, args=(2, _free_port(), tmp_path), nprocs=2, start_method="fork"
+    )
+    assert [(tmp_path / f"rank{r}").read_text() for r in range(2)] == ["PermissionError"] * 2
 
 
 def test_non_main_rank_writes_nothing(data, tmp_path, monkeypatch):

@@ -223,21 +223,29 @@ def _pickle_safe(exc: BaseException) -> BaseException:
 
 
 def on_main(fn: Callable[[], T]) -> T:
-    """Run `fn` on rank 0 only and hand its result (or its `TransferlabError`) to every rank.
+    """Run `fn` on rank 0 only and hand its result (or its exception) to every rank.
 
     Keeps ranks in step around file-system work (checking and creating the run directory,
     reading checkpoints): without it, one rank failing alone would leave the others waiting.
+    Any exception counts, not only `TransferlabError`: a `PermissionError` creating the run
+    directory or a damaged checkpoint must end every rank too, not leave the others in the
+    broadcast until the process-group timeout (torchrun's agent would end them, other launchers
+    need not). Rank 0 raises its own exception, with its traceback.
     """
     if not is_distributed():
         return fn()
     box: list[Any] = [None]
+    error: Exception | None = None
     if is_main_process():
         try:
             box[0] = ("ok", fn())
-        except TransferlabError as exc:
+        except Exception as exc:
+            error = exc
             box[0] = ("error", _pickle_safe(exc))
     torch.distributed.broadcast_object_list(box, src=0)
     status, value = box[0]
+    if error is not None:
+        raise error
     if status == "error":
         raise value
     return value  # type: ignore[no-any-return]
@@ -315,6 +323,11 @@ class ShardSampler(torch.utils.data.Sampler[int]):
     role of `DistributedSampler.set_epoch`), so the union of the ranks' step-k batches is the
     single-process step-k batch at the global batch size. With ``pad=False`` (evaluation) no
     element repeats; `gather_shards` puts the results back in order.
+
+    `global_batch` (training): when the order is longer than it, the order is first cut to a
+    whole number of global batches, as the single process at that batch drops its last partial
+    one (``drop_last``). Padding would instead add a step whenever the remainder is within W - 1
+    of a full batch, changing the one-cycle schedule's length and with it every step's LR.
     """
 
     def __init__(
@@ -324,6 +337,7 @@ class ShardSampler(torch.utils.data.Sampler[int]):
         world_size: int | None = None,
         *,
         pad: bool = True,
+        global_batch: int | None = None,
     ) -> None:
         self.base = base
         self.rank = get_rank() if rank is None else rank
@@ -331,15 +345,22 @@ class ShardSampler(torch.utils.data.Sampler[int]):
         if not 0 <= self.rank < self.world_size:
             raise InvalidParameterError(f"rank must be in [0, {self.world_size}), got {self.rank}")
         self.pad = pad
+        self.global_batch = global_batch
+
+    def _kept(self, n: int) -> int:
+        """How many elements of an order of `n` are dealt (the global ``drop_last`` cut)."""
+        gb = self.global_batch
+        return n - n % gb if self.pad and gb and n > gb else n
 
     def __len__(self) -> int:
-        n = len(self.base)  # type: ignore[arg-type]
+        n = self._kept(len(self.base))  # type: ignore[arg-type]
         if self.pad:
             return math.ceil(n / self.world_size)
         return len(range(self.rank, n, self.world_size))
 
     def __iter__(self) -> Iterator[int]:
         order = list(self.base)
+        order = order[: self._kept(len(order))]
         if self.pad and order:
             total = math.ceil(len(order) / self.world_size) * self.world_size
             order += (order * math.ceil(total / len(order)))[: total - len(order)]
@@ -356,11 +377,16 @@ def _seed_worker(worker_id: int, rank: int) -> None:
 
 def shard_loader(loader: torch.utils.data.DataLoader, *, train: bool) -> Any:
     """The same loader over this rank's shard (see `ShardSampler`); unchanged when not
-    distributed. Training shards are padded and drop a last partial batch as the original did."""
+    distributed. Training shards take the steps one process would at the global batch size
+    (``batch_size x world``): whole global batches, or one padded batch when there is less."""
     if not is_distributed():
         return loader
-    sampler = ShardSampler(loader.sampler, pad=train)  # type: ignore[arg-type]
     batch_size = loader.batch_size or 1
+    sampler = ShardSampler(
+        loader.sampler,  # type: ignore[arg-type]
+        pad=train,
+        global_batch=batch_size * get_world_size() if train else None,
+    )
     return torch.utils.data.DataLoader(
         loader.dataset,
         batch_size=batch_size,
