@@ -307,6 +307,22 @@ class FinetunedModel(_Predictor):
         self.batch_size = batch_size
         self.progress = progress
 
+    @classmethod
+    def from_tuner(cls, tuner: Any, *, progress: bool = True) -> FinetunedModel:
+        """The model a fitted `FineTuner` holds: its network, classes, input size and TTA setting,
+        the pretrained weights it started from, and (multi-label) thresholds at 0.5 to be tuned
+        on validation. One construction for the CLI pipeline and the service."""
+        bb = tuner.backbone_
+        return cls(
+            bb,
+            tuner.classes_,
+            tuner.size_,
+            tta=tuner.config.tta,
+            progress=progress,
+            base={"weights_sha256": bb.weights_sha256, "weights_source": bb.weights_source},
+            thresholds=np.full(len(tuner.classes_), 0.5) if tuner.multi_label_ else None,
+        )
+
     def describe(self, weights_sha256: str) -> dict[str, Any]:
         bb = self.backbone
         return {

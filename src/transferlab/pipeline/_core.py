@@ -499,14 +499,7 @@ def finetune(
     bb = tuner.backbone_
     if ds.multi_label:
         return _finish_multilabel_finetune(tuner, result, ds, out, cfg, t0, progress)
-    model = FinetunedModel(
-        bb,
-        tuner.classes_,
-        tuner.size_,
-        tta=cfg.tta,
-        progress=progress,
-        base={"weights_sha256": bb.weights_sha256, "weights_source": bb.weights_source},
-    )
+    model = FinetunedModel.from_tuner(tuner, progress=progress)
     reports: dict[str, EvalReport] = {}
     probas: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     skipped = [(e.path, e.reason) for e in tuner.failures_]
@@ -790,15 +783,7 @@ def _finish_multilabel_finetune(
     from transferlab.report import plot_training_curves, write_html_report
 
     bb = tuner.backbone_
-    model = FinetunedModel(
-        bb,
-        tuner.classes_,
-        tuner.size_,
-        tta=cfg.tta,
-        progress=progress,
-        base={"weights_sha256": bb.weights_sha256, "weights_source": bb.weights_source},
-        thresholds=np.full(len(tuner.classes_), 0.5),
-    )
+    model = FinetunedModel.from_tuner(tuner, progress=progress)
     proba, index, _ = model.predict_proba_paths([s.path for s in ds.val])
     y_val = ds.label_matrix([ds.val[i] for i in index])
     model.thresholds = tune_thresholds(y_val, proba)

@@ -514,16 +514,7 @@ def finetune_collection(
     tuner = FineTuner(cfg, callbacks=[_Progress(store, job_id, steps, runner)], progress=False)
     result = tuner.fit(tr, va, classes, multi_label=multi_label)
     _set(store, job_id, progress=0.9, message="calibrating on the held-out images")
-    bb = tuner.backbone_
-    model = FinetunedModel(
-        bb,
-        tuner.classes_,
-        tuner.size_,
-        tta=cfg.tta,
-        progress=False,
-        base={"weights_sha256": bb.weights_sha256, "weights_source": bb.weights_source},
-        thresholds=np.full(len(tuner.classes_), 0.5) if multi_label else None,
-    )
+    model = FinetunedModel.from_tuner(tuner, progress=False)
     proba, index, _ = model.predict_proba_paths([s.path for s in va], calibrated=False)
     kept = [val[i] for i in index]
     if multi_label:
