@@ -694,6 +694,14 @@ def test_split_examples_holds_out_each_label() -> None:
     assert len(train) + len(val) == 9 and "validation" in note
     train, val, note = split_examples([ex[0], ex[5]], multi_label=False)
     assert "training images" in note and len(val) == 2  # nothing to hold out: said so
+    # multi-label: a label on one example only must stay in training, whatever the draw
+    for seed in range(20):
+        ml = [Example(labels=["a"]), Example(labels=["a", "b"]), Example(labels=["a"]),
+              Example(labels=["c"]), Example(labels=["a", "c"])]  # fmt: skip
+        train, val, note = split_examples(ml, multi_label=True, seed=seed)
+        assert {lab for e in train for lab in e.labels} == {"a", "b", "c"}, seed
+        # held out at random, or (nothing could be) validated on the training images, and said so
+        assert len(train) + len(val) == 5 if "held out" in note else len(val) == 5, note
 
 
 def test_full_queues_refuse_instead_of_growing() -> None:

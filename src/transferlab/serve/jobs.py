@@ -452,6 +452,12 @@ def split_examples(
     if multi_label:
         n_val = max(1, round(val_fraction * len(order))) if len(order) >= 4 else 0
         train, val = order[n_val:], order[:n_val]
+        # every label must keep a training image (else the job fails: "no training image"):
+        # a held-out example carrying a label the training part lacks goes back to training
+        for e in list(val):
+            if not set(e.labels) <= {lab for t in train for lab in t.labels}:
+                val.remove(e)
+                train.append(e)
     else:
         train, val = [], []
         for lab in sorted({e.labels[0] for e in order}):
