@@ -380,3 +380,15 @@ def test_bf16_autocast_training_learns_and_auto_follows_the_hardware(data):
     cpu = torch.device("cpu")
     assert use_bf16("auto", cpu) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     assert use_bf16("bf16", cpu) and not use_bf16("fp32", cpu)
+
+
+def test_cli_finetune_json_is_the_only_thing_on_stdout(data, tmp_path):
+    """`finetune --json` prints metrics.json alone on stdout (epoch lines are progress, on
+    stderr), so it can be piped into jq."""
+    args = ["finetune", str(data), "--out", str(tmp_path / "run"), "--json", "--backbone",
+            "test_resnet", "--weights", "random", "--image-size", "48", "--epochs", "1",
+            "--batch-size", "4", "--workers", "0"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(res.stdout)
+    assert metrics["epochs"] == 1 and "history" in metrics
