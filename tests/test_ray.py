@@ -218,6 +218,17 @@ def test_parameter_checks(tmp_path: Path) -> None:
         extract_with_ray(tmp_path, tmp_path / "o", shard_size=0)
     with pytest.raises(InvalidParameterError, match="on_error"):
         extract_with_ray(tmp_path, tmp_path / "o", on_error="ignore")
+    with pytest.raises(InvalidParameterError, match="precision"):
+        extract_with_ray(tmp_path, tmp_path / "o", precision="auto")
+
+
+def test_other_precision_is_another_extraction(tmp_path: Path) -> None:
+    """fp32 and bf16 shards never mix in one folder: a re-run with the other precision is
+    refused (or replaces the shards with --overwrite), like one with another layer."""
+    out = tmp_path / "o"
+    _ray._prepare_out_dir(out, {"layer": "pre_logits", "precision": "fp32"}, overwrite=False)
+    with pytest.raises(InvalidParameterError, match=r"differs in: precision"):
+        _ray._prepare_out_dir(out, {"layer": "pre_logits", "precision": "bf16"}, overwrite=False)
 
 
 def test_folder_of_someone_else_is_refused(tmp_path: Path) -> None:

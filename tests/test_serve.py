@@ -1106,3 +1106,20 @@ def test_postgresql_service_and_restart(pg_url: str, tmp_path: Path) -> None:
         )
         assert r.status_code == 200 and r.json()["label"] == "vstripes", r.text
         assert client.delete(f"/v1/collections/{cid}", headers=auth(a)).status_code == 204
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://user:s3cret@localhost:notaport/db",  # ValueError in the URL parser
+        "nosuchdialect://x/y",  # unknown dialect
+    ],
+)
+def test_unopenable_database_url_is_one_clear_error(url: str, tmp_path: Path) -> None:
+    """A bad --db URL is an InvalidParameterError naming the URL (password masked), never a
+    traceback from SQLAlchemy's parser."""
+    from transferlab.exceptions import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match="cannot open the database") as info:
+        Store(tmp_path, url)
+    assert "s3cret" not in str(info.value)

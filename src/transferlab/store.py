@@ -397,7 +397,8 @@ class Store:
                 event.listen(self.engine, "connect", _sqlite_pragmas)
             self._sessions = sessionmaker(self.engine, expire_on_commit=False)
             migrate(self.engine)
-        except (SQLAlchemyError, ImportError) as exc:  # bad URL, missing driver, server down
+        # bad URL (a non-numeric port is a ValueError), missing driver, server down
+        except (SQLAlchemyError, ImportError, ValueError) as exc:
             shown = _shown_url(self.url)
             raise InvalidParameterError(
                 f"cannot open the database {shown!r}: {type(exc).__name__}: "

@@ -48,7 +48,8 @@ def extract_cmd(
     precision: str = typer.Option(
         "auto",
         "--precision",
-        help="auto (fp32 on CPU; bf16 autocast on a GPU that supports it), fp32, or bf16.",
+        help="auto (fp32 on CPU; bf16 autocast on a GPU that supports it; fp32 with --engine "
+        "ray), fp32, or bf16.",
     ),
     workers: int | None = WorkersOpt,
     device: str = DeviceOpt,
@@ -110,6 +111,8 @@ def extract_cmd(
             shard_size=shard_size,
             workers=ray_workers,
             device=device,
+            # Ray shards default to fp32 whatever runs them, so a resumed run stays one extraction
+            precision="fp32" if precision == "auto" else precision,
             address=address,
             max_pixels=max_pixels,
             on_error="raise" if strict else "skip",

@@ -27,6 +27,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -557,6 +558,7 @@ def extract_with_ray(
     workers: int | None = None,
     cpus_per_worker: float = 1,
     device: str = "auto",
+    precision: str = "fp32",
     address: str | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     on_error: str = "skip",
@@ -582,6 +584,10 @@ def extract_with_ray(
             else one per `cpus_per_worker` CPUs.
         cpus_per_worker: CPUs each actor (and each decoding task) reserves.
         device: ``"auto"`` (GPU actors when the cluster has GPUs), ``"cpu"`` or ``"cuda"``.
+        precision: ``"fp32"`` (default: every shard equals the single-process PyTorch path,
+            whatever hardware ran it, so a run resumed elsewhere stays one extraction) or
+            ``"bf16"`` (autocast; faster on GPUs with bf16). Recorded in the manifest: a re-run
+            with the other precision is refused like one with another layer.
         address: Ray cluster to join (``"auto"``, ``"ray://host:10001"``); None joins the
             cluster this process is already connected to, or ``$RAY_ADDRESS``, or starts a local
             one for the duration of the call.
@@ -612,6 +618,8 @@ def extract_with_ray(
         raise InvalidParameterError(f"cpus_per_worker must be > 0, got {cpus_per_worker!r}")
     if device not in ("auto", "cpu", "cuda"):
         raise InvalidParameterError(f"device must be auto, cpu or cuda, got {device!r}")
+    if precision not in ("fp32", "bf16"):
+        raise InvalidParameterError(f"precision must be fp32 or bf16, got {precision!r}")
     out = Path(out_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise InvalidParameterError(
@@ -647,6 +655,7 @@ def extract_with_ray(
         "weights_sha256": bb.weights_sha256,
         "layer": layer,
         "pool": pool,
+        "precision": precision,
         "preprocessing": bb.preprocessing(),
         "dim": dim,
         "max_pixels": max_pixels,
@@ -666,8 +675,9 @@ def extract_with_ray(
             failures.extend(ImageLoadError(p, reason) for p, reason in meta.get("failures", []))
         else:
             todo.append(i)
+    names = {_shard_path(out, i).name for i in range(len(shards))}
     for extra in out.glob(SHARD_GLOB):  # shards beyond the listing (it shrank): not ours now
-        if int(extra.stem.split("-")[1]) >= len(shards):
+        if extra.name not in names and re.fullmatch(r"part-\d{5,}\.parquet", extra.name):
             extra.unlink()
 
     n_workers = 0
@@ -703,6 +713,7 @@ def extract_with_ray(
                         "weights": weights,
                         "batch_size": batch_size,
                         "max_pixels": max_pixels,
+                        "precision": precision,
                     },
                     fingerprint=bb.fingerprint(),
                     dim=dim,
