@@ -13,6 +13,7 @@ Prints images/s for:
     CLI        `transferlab extract DIR --no-cache --out f.npz`: process start to vectors written
   model only (pre-decoded batch of 32):
     pytorch NCHW fp32, channels_last fp32, channels_last + bf16 autocast, onnxruntime fp32
+then probe fit time on the extracted vectors (transferlab's LinearProbe vs plain sklearn),
 then where the time goes per image (decode / resize+crop / to tensor+normalise / forward / write),
 then ratio lines (`extract_speedup_vs_naive=...`, `share_of_fastest_model_only=...`) and peak RSS.
 A benchmark, not a test: numbers depend on the machine and its load.
@@ -96,6 +97,29 @@ def _cli(folder: str, n: int) -> float:
             check=True, capture_output=True,
         )
         return n / (time.perf_counter() - t)
+
+
+def _probe_fit(paths: list[str]) -> dict[str, float]:
+    """Seconds to fit a probe on the (cached) features of `paths`, labelled by folder name:
+    transferlab's LinearProbe (its defaults, and with C chosen by cross-validation) beside a
+    plain scikit-learn LogisticRegression."""
+    from sklearn.linear_model import LogisticRegression
+
+    from transferlab.features import FeatureCache, FeatureExtractor
+    from transferlab.probe import LinearProbe
+
+    X = FeatureExtractor(cache=FeatureCache(tempfile.mkdtemp()), progress=False).transform(paths)
+    y = [os.path.basename(os.path.dirname(p)) for p in paths]
+    out = {}
+    for name, est in (
+        ("transferlab LinearProbe()", LinearProbe()),
+        ('transferlab LinearProbe(C="auto")', LinearProbe(C="auto")),
+        ("sklearn LogisticRegression(max_iter=1000)", LogisticRegression(max_iter=1000)),
+    ):
+        t = time.perf_counter()
+        est.fit(X, y)
+        out[name] = time.perf_counter() - t
+    return out
 
 
 def _profile(paths: list[str]) -> dict[str, float]:
@@ -215,6 +239,7 @@ def main() -> None:
     e2e["transferlab CLI, process start to file"] = _cli(folder, len(paths))
     mo = _model_only()
     prof = _profile(paths)
+    fits = _probe_fit(paths)
     print(f"{'end to end':<32}{'img/s':>10}")
     for k, v in e2e.items():
         print(f"{k:<32}{v:>10.1f}")
@@ -225,6 +250,9 @@ def main() -> None:
     print(f"{'where the time goes (1 core)':<32}{'ms/img':>10}{'share':>8}")
     for k, v in prof.items():
         print(f"{k:<32}{1000 * v / len(paths):>10.2f}{v / total:>8.0%}")
+    print(f"{'probe fit on ' + str(len(paths)) + ' vectors':<42}{'seconds':>10}")
+    for k, v in fits.items():
+        print(f"{k:<42}{v:>10.2f}")
     best_cold = e2e["transferlab default (auto)"]
     print(f"extract_speedup_vs_naive={best_cold / e2e['naive']:.2f}")
     print(f"onnx_vs_torch_end_to_end={e2e['transferlab onnx'] / e2e['transferlab torch']:.2f}")
