@@ -269,3 +269,23 @@ def test_bf16_precision_is_close_to_fp32_and_cached_apart(images, tmp_path):
         FeatureExtractor(
             "efficientnet_lite0", precision="bf16", engine="onnx", cache=False, progress=False
         ).extract(images)
+
+
+def test_prepare_exports_up_front_for_long_running_processes(images, tmp_path):
+    """prepare() makes 'auto' use ONNX Runtime from the first small batch (the service calls it
+    at start-up); with engine='torch' it only loads the backbone."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    onnx_dir = tmp_path / "cache" / "onnx"
+    torch_fx = FeatureExtractor(
+        "test_resnet", weights="random", cache=FeatureCache(tmp_path / "cache"), engine="torch"
+    ).prepare()
+    assert hasattr(torch_fx, "backbone_") and not onnx_dir.exists()
+    fx = FeatureExtractor(
+        "test_resnet", weights="random", cache=FeatureCache(tmp_path / "cache"), progress=False
+    ).prepare()
+    assert len(list(onnx_dir.glob("*.onnx"))) == 1
+    ref = FeatureExtractor("test_resnet", weights="random", cache=False, engine="torch")
+    np.testing.assert_allclose(
+        fx.transform(images[:2]), ref.transform(images[:2]), atol=1e-4, rtol=1e-4
+    )
+    assert [k for k in fx.__dict__["_onnx_runners"] if k != "failed"]

@@ -515,6 +515,19 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             seconds=time.perf_counter() - t0,
         )
 
+    def prepare(self, layers: Sequence[str] | None = None) -> FeatureExtractor:
+        """Load the backbone and, where the engine is ONNX Runtime (``"onnx"``, or ``"auto"`` on
+        CPU), export/load its session for `layers` now.
+
+        For long-running processes (the service) that see small batches: ``"auto"`` would
+        otherwise keep them on PyTorch until a run big enough to repay the export comes along.
+        Returns self.
+        """
+        bb = self._backbone()
+        layers = [bb.check_layer(la) for la in (layers or [self.layer])]
+        self._onnx_runner(bb, layers, self.pool, ONNX_AUTO_MIN_IMAGES, self._cache())
+        return self
+
     def forward_batch(
         self, x: torch.Tensor, layers: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:

@@ -83,7 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             cache=False,  # examples keep their vectors in the database
             progress=False,
             max_pixels=settings.max_pixels,
-        ).fit()
+        ).prepare()  # ONNX Runtime on CPU from the first request (exported once per weights)
         batcher = FeatureBatcher(
             extractor,
             settings.batch_size,
