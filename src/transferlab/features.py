@@ -525,7 +525,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         """
         bb = self._backbone()
         layers = [bb.check_layer(la) for la in (layers or [self.layer])]
-        self._onnx_runner(bb, layers, self.pool, ONNX_AUTO_MIN_IMAGES, self._cache())
+        self._onnx_runner(bb, layers, ONNX_AUTO_MIN_IMAGES)
         return self
 
     def forward_batch(
@@ -539,7 +539,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         """
         bb = self._backbone()
         layers = [bb.check_layer(la) for la in (layers or [self.layer])]
-        runner = self._onnx_runner(bb, layers, self.pool, len(x), self._cache())
+        runner = self._onnx_runner(bb, layers, len(x))
         return self._forward(bb, x, layers, runner, self._precision(bb) == "bf16")
 
     def _forward(
@@ -555,9 +555,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
                 outs = bb.forward_taps(x, layers, pool=self.pool)
         return {la: outs[la].float().cpu().numpy() for la in layers}
 
-    def _onnx_runner(
-        self, bb: Backbone, layers: list[str], pool: str, n_todo: int, cache: FeatureCache | None
-    ) -> Any:
+    def _onnx_runner(self, bb: Backbone, layers: list[str], n_todo: int) -> Any:
         """The ONNX Runtime runner this run should use, or None for PyTorch.
 
         One session per set of layers is kept: evaluate and predict call `extract` once per
@@ -578,9 +576,11 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         from transferlab.backbones import OnnxTaps
 
         runners = self.__dict__.setdefault("_onnx_runners", {})
+        pool = self.pool
         key = (bb.fingerprint(), tuple(layers), pool)
         if key in runners:
             return runners[key]
+        cache = self._cache()  # only its folder: the export lives beside the vectors
         folder = (cache.directory if cache is not None else default_cache_dir()) / "onnx"
         if self.engine == "auto":
             if runners.get("failed") or importlib.util.find_spec("onnxruntime") is None:
@@ -625,9 +625,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             num_workers=workers,
             collate_fn=collate_skipping_failures,
             persistent_workers=False,
-            pin_memory=bb.device.type == "cuda",
+            pin_memory=gpu,
         )
-        runner = self._onnx_runner(bb, layers, self.pool, len(todo), cache)
+        runner = self._onnx_runner(bb, layers, len(todo))
         bf16 = self._precision(bb) == "bf16"
         with _progress(len(todo), f"features {bb.name}:{'/'.join(layers)}", self.progress) as bar:
             for local_idx, x, bad in loader:
