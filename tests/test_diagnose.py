@@ -522,8 +522,12 @@ def test_cli_diagnose_finds_a_low_level_shift_in_small_greyscale_images(xray_lik
     assert shift["severity"] == "problem"
     assert shift["evidence"]["first_shifted_tap"] in LOW_TAPS
     assert "greyscale" in shift["title"] and "28 px" in shift["title"]
-    assert "early stages" in shift["recommendation"]
-    assert "whole network" in shift["recommendation"]
+    # measured advice: keep the early stages frozen, fine-tune from the stage after the probe peak
+    assert "early stages" in shift["recommendation"] and "frozen" in shift["recommendation"]
+    peak = d["layer_probe"]["peak_layer"]
+    n_stages = sum(1 for t in d["bn_shift"]["target"]["by_tap_w2"] if t.startswith("stage"))
+    expected = min(int(peak[5:]) + 1, n_stages) if peak.startswith("stage") else n_stages - 2
+    assert f"--freeze-to {expected} --bn freeze" in shift["commands"][0]
     assert any("adapt-bn" in c for c in shift["commands"])  # AdaBN offered as a remedy
     assert "augment_greyscale" in by_code
     t, r = d["bn_shift"]["target"]["by_tap_w2"], d["bn_shift"]["reference"]["by_tap_w2"]
@@ -858,8 +862,9 @@ def test_real_data_pneumonia_is_shifted_hymenoptera_is_not(tmp_path):
     ).metrics
     by_code = {f["code"]: f for f in pneumonia["findings"]}
     assert "domain_shift_low_level" in by_code, [f["code"] for f in pneumonia["findings"]]
-    rec = by_code["domain_shift_low_level"]["recommendation"]
-    assert "early stages" in rec and "whole network" in rec
+    shift = by_code["domain_shift_low_level"]
+    assert "early stages" in shift["recommendation"] and "frozen" in shift["recommendation"]
+    assert "--freeze-to" in shift["commands"][0] and "--bn freeze" in shift["commands"][0]
     assert pneumonia["image_stats"]["target"]["greyscale_fraction"] == 1.0
 
     hymenoptera = diagnose_run(

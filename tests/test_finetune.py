@@ -142,11 +142,33 @@ def test_resume_refuses_other_settings(data, tmp_path):
         ({"class_balance": "x"}, "class_balance"),
         ({"label_smoothing": 1.0}, "label_smoothing"),
         ({"precision": "fp16"}, "precision must be one of"),
+        ({"jitter": 1.0}, "jitter must be in"),
+        ({"jitter": -0.1}, "jitter must be in"),
     ],
 )
 def test_config_errors(kw, match):
     with pytest.raises(InvalidParameterError, match=match):
         FinetuneConfig(**kw)
+
+
+def test_jitter_strength_sets_how_much_contrast_varies():
+    from PIL import Image
+
+    from transferlab.backbones import load_backbone
+    from transferlab.finetune import train_transform
+
+    bb = load_backbone("test_resnet", weights="random")
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(60, 200, (48, 48), dtype=np.uint8)).convert("RGB")
+
+    def contrast_spread(jitter: float) -> float:
+        tf = train_transform(bb, 32, augment=True, greyscale=True, min_scale=1.0, jitter=jitter)
+        torch.manual_seed(0)
+        return float(np.std([tf(img).std().item() for _ in range(40)]))
+
+    none, mild, strong = contrast_spread(0.0), contrast_spread(0.2), contrast_spread(0.6)
+    assert none < mild < strong
+    assert strong > 2 * mild
 
 
 def test_cli_finetune_saves_a_model_predict_loads(data, tmp_path):
@@ -385,9 +407,25 @@ def test_bf16_autocast_training_learns_and_auto_follows_the_hardware(data):
 def test_cli_finetune_json_is_the_only_thing_on_stdout(data, tmp_path):
     """`finetune --json` prints metrics.json alone on stdout (epoch lines are progress, on
     stderr), so it can be piped into jq."""
-    args = ["finetune", str(data), "--out", str(tmp_path / "run"), "--json", "--backbone",
-            "test_resnet", "--weights", "random", "--image-size", "48", "--epochs", "1",
-            "--batch-size", "4", "--workers", "0"]
+    args = [
+        "finetune",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--json",
+        "--backbone",
+        "test_resnet",
+        "--weights",
+        "random",
+        "--image-size",
+        "48",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     metrics = json.loads(res.stdout)

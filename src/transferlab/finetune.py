@@ -67,6 +67,8 @@ def use_bf16(precision: str, device: torch.device) -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
 CHECKPOINT = "last.pt"
 
 
@@ -94,6 +96,9 @@ class FinetuneConfig:
         augment: random-resized crop + flip + colour jitter during training.
         crop_scale: smallest share of the image area a random crop keeps (raise it when the
             whole picture matters, e.g. x-rays; lower it for more augmentation).
+        jitter: colour-jitter strength: brightness and contrast (and saturation for colour data)
+            vary by up to this fraction; raise it when a class differs from the other in
+            exposure or contrast for reasons that will not hold on new images (0 disables).
         tta: average predictions over the image and its mirror at evaluation.
         class_balance: None, ``"weights"`` (class-weighted loss) or ``"sampler"`` (balanced
             sampling).
@@ -132,6 +137,7 @@ class FinetuneConfig:
     head_init: str = "probe"
     augment: bool = True
     crop_scale: float = 0.35
+    jitter: float = 0.2
     tta: bool = False
     class_balance: str | None = None
     early_stopping: int | None = None
@@ -168,6 +174,7 @@ class FinetuneConfig:
                 0.05 <= self.crop_scale <= 1,
                 f"crop_scale must be in [0.05, 1], got {self.crop_scale}",
             ),
+            (0 <= self.jitter < 1, f"jitter must be in [0, 1), got {self.jitter}"),
             (
                 self.bn_policy in BN_POLICIES,
                 f"bn_policy must be one of {', '.join(BN_POLICIES)}, got {self.bn_policy!r}",
@@ -426,10 +433,16 @@ def _decode_all(
 
 
 def train_transform(
-    backbone: Backbone, size: int, *, augment: bool, greyscale: bool, min_scale: float = 0.35
+    backbone: Backbone,
+    size: int,
+    *,
+    augment: bool,
+    greyscale: bool,
+    min_scale: float = 0.35,
+    jitter: float = 0.2,
 ) -> Callable[[Any], torch.Tensor]:
-    """Random-resized crop (area `min_scale`..1), flip and colour jitter (brightness/contrast
-    only for greyscale data)."""
+    """Random-resized crop (area `min_scale`..1), flip and colour jitter of strength `jitter`
+    (brightness/contrast only for greyscale data)."""
     from torchvision import transforms as T
 
     cfg = backbone.data_config
@@ -441,16 +454,18 @@ def train_transform(
     norm = T.Normalize(cfg["mean"], cfg["std"])
     if not augment:
         return eval_transform(backbone, size)
-    jitter = T.ColorJitter(0.2, 0.2) if greyscale else T.ColorJitter(0.2, 0.2, 0.2, 0.02)
-    return T.Compose(
-        [
-            T.RandomResizedCrop(size, scale=(min_scale, 1.0), interpolation=interp, antialias=True),
-            T.RandomHorizontalFlip(),
-            T.RandomApply([jitter], p=0.8),
-            T.ToTensor(),
-            norm,
-        ]
-    )
+    steps: list[Any] = [
+        T.RandomResizedCrop(size, scale=(min_scale, 1.0), interpolation=interp, antialias=True),
+        T.RandomHorizontalFlip(),
+    ]
+    if jitter > 0:
+        colour = (
+            T.ColorJitter(jitter, jitter)
+            if greyscale
+            else T.ColorJitter(jitter, jitter, jitter, min(0.5, jitter / 10))
+        )
+        steps.append(T.RandomApply([colour], p=0.8))
+    return T.Compose([*steps, T.ToTensor(), norm])
 
 
 def eval_transform(
@@ -896,6 +911,7 @@ class FineTuner:
                 augment=cfg.augment,
                 greyscale=greyscale,
                 min_scale=cfg.crop_scale,
+                jitter=cfg.jitter,
             ),
         )
         loader = torch.utils.data.DataLoader(
@@ -1033,6 +1049,7 @@ class FineTuner:
                 augment=cfg.augment,
                 greyscale=greyscale,
                 min_scale=cfg.crop_scale,
+                jitter=cfg.jitter,
             ),
         )
         sampler = None

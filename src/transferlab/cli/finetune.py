@@ -67,6 +67,11 @@ def finetune_cmd(
     crop_scale: float = typer.Option(
         0.35, "--crop-scale", help="Smallest image-area share a random crop keeps."
     ),
+    jitter: float = typer.Option(
+        0.2,
+        "--jitter",
+        help="Colour-jitter strength (brightness/contrast vary by up to this share; 0: off).",
+    ),
     wise: str = typer.Option(
         "auto",
         "--wise",
@@ -167,6 +172,7 @@ def finetune_cmd(
         augment=augment,
         tta=tta,
         crop_scale=crop_scale,
+        jitter=jitter,
         wise=wise if wise in ("auto", "off") else _alpha(wise),
         class_balance=balance,
         early_stopping=early_stopping,
