@@ -576,6 +576,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         from transferlab.backbones import OnnxTaps
 
         runners = self.__dict__.setdefault("_onnx_runners", {})
+        failed = self.__dict__.setdefault("_onnx_failed", set())  # keys whose export failed
         pool = self.pool
         key = (bb.fingerprint(), tuple(layers), pool)
         if key in runners:
@@ -583,7 +584,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         cache = self._cache()  # only its folder: the export lives beside the vectors
         folder = (cache.directory if cache is not None else default_cache_dir()) / "onnx"
         if self.engine == "auto":
-            if runners.get("failed") or importlib.util.find_spec("onnxruntime") is None:
+            if key in failed or importlib.util.find_spec("onnxruntime") is None:
                 return None
             exported = os.path.isfile(OnnxTaps.path_for(bb, layers, pool, folder))
             if n_todo < ONNX_AUTO_MIN_IMAGES and not exported:
@@ -592,7 +593,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
                 runners[key] = OnnxTaps(bb, layers, pool, folder)
             except Exception as exc:  # an architecture the exporter cannot trace: stay on torch
                 logger.warning("ONNX export of %s failed (%s); using PyTorch", bb.name, exc)
-                runners["failed"] = True
+                failed.add(key)
                 return None
             return runners[key]
         runners[key] = OnnxTaps(bb, layers, pool, folder)
