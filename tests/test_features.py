@@ -246,7 +246,6 @@ def test_auto_engine_exports_only_when_it_pays(images, tmp_path, monkeypatch):
     assert few.features["pre_logits"].shape[0] == len(images)
 
 
-
 def test_auto_engine_falls_back_to_torch_once_when_the_export_fails(
     images, tmp_path, monkeypatch, caplog
 ):

@@ -526,7 +526,9 @@ def test_simultaneous_train_requests_start_one_job(server: tuple[TestClient, lis
     for job_id in ids:
         assert wait_job(client, job_id, a)["status"] == "succeeded"
     with store.session() as s:
-        jobs = sorted(s.scalars(select(Job).where(Job.collection_id == cid)), key=lambda j: j.created)
+        jobs = sorted(
+            s.scalars(select(Job).where(Job.collection_id == cid)), key=lambda j: j.created
+        )
     # a later job was accepted only after the earlier one had ended
     for before, after in itertools.pairwise(jobs):
         assert after.created >= before.updated, (before.updated, after.created)
@@ -615,9 +617,10 @@ def test_multi_label_collection(server: tuple[TestClient, list[str]]) -> None:
     )
     assert r.status_code == 200, r.text
     assert isinstance(r.json()["labels"], list) and len(r.json()["top"]) == 2
-    assert r.json()["model_id"] == client.get(
-        f"/v1/collections/{cid}", headers=auth(a)
-    ).json()["model"]["id"]
+    assert (
+        r.json()["model_id"]
+        == client.get(f"/v1/collections/{cid}", headers=auth(a)).json()["model"]["id"]
+    )
 
 
 def test_finetune_job(server: tuple[TestClient, list[str]]) -> None:
@@ -647,7 +650,10 @@ def test_finetune_job(server: tuple[TestClient, list[str]]) -> None:
     assert job["status"] == "succeeded", job
     assert job["progress"] == 1.0 and len(seen) >= 2  # it moved, not only 0 -> 1
     coll = client.get(f"/v1/collections/{cid}", headers=auth(a)).json()
-    assert coll["model"]["job_id"] == job_id and coll["model"]["classes"] == ["hstripes", "vstripes"]
+    assert coll["model"]["job_id"] == job_id and coll["model"]["classes"] == [
+        "hstripes",
+        "vstripes",
+    ]
 
     r = client.post(
         f"/v1/collections/{cid}/predict",
@@ -1045,7 +1051,9 @@ def pg_url() -> Iterator[str]:
 
     url = os.environ.get("TRANSFERLAB_TEST_PG_URL")
     if not url:
-        pytest.skip("set TRANSFERLAB_TEST_PG_URL to a PostgreSQL server to run the PostgreSQL tests")
+        pytest.skip(
+            "set TRANSFERLAB_TEST_PG_URL to a PostgreSQL server to run the PostgreSQL tests"
+        )
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 

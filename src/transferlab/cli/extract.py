@@ -43,7 +43,10 @@ def extract_cmd(
     pool: str = PoolOpt,
     weights: str = WeightsOpt,
     batch_size: int | None = typer.Option(
-        None, "--batch-size", min=1, help="Images per forward pass (default: 32 on CPU, 256 on GPU)."
+        None,
+        "--batch-size",
+        min=1,
+        help="Images per forward pass (default: 32 on CPU, 256 on GPU).",
     ),
     precision: str = typer.Option(
         "auto",

@@ -62,6 +62,7 @@ class CollectionCreate(BaseModel):
         if not v.isprintable():
             raise ValueError("must contain printable characters only")
         return v
+
     multi_label: bool = False
     backbone: str | None = Field(default=None, description="default: the server's backbone")
     layer: str | None = Field(default=None, description="default: the server's layer")
