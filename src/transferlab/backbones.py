@@ -381,9 +381,18 @@ class Backbone:
 
     @torch.inference_mode()
     def forward_taps(
-        self, x: torch.Tensor, layers: Iterable[str], pool: str | None = "avg"
+        self,
+        x: torch.Tensor,
+        layers: Iterable[str],
+        pool: str | None = "avg",
+        *,
+        early_exit: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """Outputs of `layers` for the batch `x`, pooled to vectors unless ``pool=None``."""
+        """Outputs of `layers` for the batch `x`, pooled to vectors unless ``pool=None``.
+
+        With `early_exit` the forward pass stops at the last tap needed (an exception out of a
+        hook); ONNX export turns it off, since a traced graph cannot stop half-way.
+        """
         wanted = [self.check_layer(layer) for layer in layers]
         modules = dict(self.model.named_modules())
         module_taps = {self._taps[n]: n for n in wanted if not self._taps[n].startswith("<")}
@@ -396,7 +405,7 @@ class Backbone:
                 if isinstance(out, (tuple, list)):
                     out = out[0]
                 outs[tap] = pool_features(out, pool) if pool else out.clone()
-                if not need_head and len(outs) == len(module_taps):
+                if early_exit and not need_head and len(outs) == len(module_taps):
                     raise _StopForward
 
             return hook
@@ -497,39 +506,13 @@ class _TapGraph(nn.Module):
 
     def __init__(self, backbone: Backbone, layers: list[str], pool: str) -> None:
         super().__init__()
-        self.model = backbone.model
+        self.model = backbone.model  # registered here, so export sees its parameters
+        self._backbone = backbone
         self.layers = layers
         self.pool = pool
-        self.module_taps = {
-            backbone._taps[n]: n for n in layers if not backbone._taps[n].startswith("<")
-        }
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        outs: dict[str, torch.Tensor] = {}
-        modules = dict(self.model.named_modules())
-
-        def make_hook(tap: str) -> Callable[..., None]:
-            def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
-                outs[tap] = pool_features(
-                    out[0] if isinstance(out, (tuple, list)) else out, self.pool
-                )
-
-            return hook
-
-        handles = [
-            modules[m].register_forward_hook(make_hook(t)) for m, t in self.module_taps.items()
-        ]
-        try:
-            feats = self.model.forward_features(x)
-            if "pre_logits" in self.layers:
-                outs["pre_logits"] = pool_features(
-                    self.model.forward_head(feats, pre_logits=True), self.pool
-                )
-            if "logits" in self.layers:
-                outs["logits"] = self.model.forward_head(feats)
-        finally:
-            for h in handles:
-                h.remove()
+        outs = self._backbone.forward_taps(x, self.layers, self.pool, early_exit=False)
         return tuple(outs[n] for n in self.layers)
 
 
