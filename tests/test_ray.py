@@ -25,7 +25,12 @@ from transferlab.distributed._ray import (
     list_sources,
     load_shards,
 )
-from transferlab.exceptions import DatasetError, DatasetNotFoundError, InvalidParameterError
+from transferlab.exceptions import (
+    DatasetError,
+    DatasetNotFoundError,
+    ImageLoadError,
+    InvalidParameterError,
+)
 from transferlab.features import FeatureExtractor, file_digest
 
 from conftest import build_image_folder
@@ -139,6 +144,12 @@ def test_rerun_recomputes_only_missing_shards(
     res = extract_with_ray(images, out, shard_size=SHARD, batch_size=SHARD, progress=False)
     assert res.shards_computed == [] and res.workers == 0 and res.n_rows == 24
     assert len(res.failures) == 1  # the broken image, read back from its shard's metadata
+    # --strict on a folder a lenient run finished still refuses the broken image it holds
+    with pytest.raises(ImageLoadError, match=r"zz_broken\.jpg"):
+        extract_with_ray(
+            images, out, shard_size=SHARD, batch_size=SHARD, progress=False, on_error="raise"
+        )
+    assert load_shards(out)["meta"]["complete"] is True  # the refusal changed nothing
 
 
 def test_killed_worker_loses_and_duplicates_no_rows(

@@ -481,7 +481,11 @@ class RayExtractionResult:
 _PER_RUN_KEYS = frozenset({"complete", "n_rows", "n_images", "n_shards", "listing_sha256"})
 
 
-def _prepare_out_dir(out_dir: Path, manifest: dict[str, Any], overwrite: bool) -> None:
+def _prepare_out_dir(
+    out_dir: Path, manifest: dict[str, Any], overwrite: bool, *, mark_unfinished: bool = True
+) -> None:
+    """Check `out_dir` can take this extraction (refuse another's shards unless `overwrite`),
+    clear what must go, and (unless told not to) write the manifest marked unfinished."""
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidParameterError(
             f"--out {out_dir} is a file; with --engine ray it must be a folder (of Parquet shards)"
@@ -517,7 +521,8 @@ def _prepare_out_dir(out_dir: Path, manifest: dict[str, Any], overwrite: bool) -
             )
         for p in out_dir.glob(SHARD_GLOB):
             p.unlink()
-    _write_json(manifest_path, {**manifest, "complete": False})
+    if mark_unfinished:
+        _write_json(manifest_path, {**manifest, "complete": False})
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -664,7 +669,7 @@ def extract_with_ray(
         "n_images": len(items),
         "listing_sha256": _digest_items(items),
     }
-    _prepare_out_dir(out, manifest, overwrite)
+    _prepare_out_dir(out, manifest, overwrite, mark_unfinished=False)
 
     todo, skipped = [], []
     failures: list[ImageLoadError] = []
@@ -672,9 +677,14 @@ def extract_with_ray(
         meta = _shard_meta(_shard_path(out, i))
         if meta is not None and meta.get("items_sha256") == digest:
             skipped.append(i)
-            failures.extend(ImageLoadError(p, reason) for p, reason in meta.get("failures", []))
+            old = [ImageLoadError(p, reason) for p, reason in meta.get("failures", [])]
+            if old and on_error == "raise":  # a lenient earlier run wrote it: strict still stops
+                raise old[0]
+            failures.extend(old)
         else:
             todo.append(i)
+    # marked unfinished only now: a --strict re-run refused above leaves a finished folder as is
+    _write_json(out / MANIFEST_NAME, {**manifest, "complete": False})
     names = {_shard_path(out, i).name for i in range(len(shards))}
     for extra in out.glob(SHARD_GLOB):  # shards beyond the listing (it shrank): not ours now
         if extra.name not in names and re.fullmatch(r"part-\d{5,}\.parquet", extra.name):
