@@ -144,6 +144,7 @@ def test_resume_refuses_other_settings(data, tmp_path):
         ({"precision": "fp16"}, "precision must be one of"),
         ({"jitter": 1.0}, "jitter must be in"),
         ({"jitter": -0.1}, "jitter must be in"),
+        ({"mixup": -1}, "mixup must be >= 0"),
     ],
 )
 def test_config_errors(kw, match):
@@ -402,6 +403,22 @@ def test_bf16_autocast_training_learns_and_auto_follows_the_hardware(data):
     cpu = torch.device("cpu")
     assert use_bf16("auto", cpu) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     assert use_bf16("bf16", cpu) and not use_bf16("fp32", cpu)
+
+
+def test_mixup_trains_on_blended_pairs_and_stays_deterministic(data):
+    """mixup > 0 changes what the network is trained on (blended images, two-label loss), still
+    learns, and two runs with one seed match step for step (so --resume stays exact)."""
+    ds = load_dataset(data)
+
+    def run(mixup: float) -> list[float]:
+        cfg = FinetuneConfig(**FAST, epochs=3, lr=5e-3, head_init="random", mixup=mixup)
+        result = FineTuner(cfg, progress=False).fit(ds.train, ds.val, ds.classes)
+        return [h["train_loss"] for h in result.history]
+
+    plain, mixed, again = run(0.0), run(0.4), run(0.4)
+    assert mixed == again
+    assert mixed != plain
+    assert all(np.isfinite(mixed)) and mixed[-1] < mixed[0]
 
 
 def test_cli_finetune_json_is_the_only_thing_on_stdout(data, tmp_path):

@@ -86,6 +86,9 @@ class FinetuneConfig:
             ``slice(lr / lr_mult, lr)``, spaced geometrically over the layer groups).
         weight_decay: AdamW decoupled weight decay (not applied to biases and norms).
         label_smoothing: cross-entropy label smoothing.
+        mixup: MixUp (Zhang et al. 2018) Beta(alpha, alpha) parameter: each batch is blended with
+            a shuffled copy of itself and the loss with both labels; smoother decision
+            boundaries, better calibrated under shift (0 disables; 0.2-0.4 is usual).
         grad_clip: max global gradient norm (0 disables).
         pct_start: fraction of each one-cycle schedule spent warming up.
         batch_size: images per step.
@@ -130,6 +133,7 @@ class FinetuneConfig:
     lr_mult: float = 100.0
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
+    mixup: float = 0.0
     grad_clip: float = 1.0
     pct_start: float = 0.25
     batch_size: int = 16
@@ -167,6 +171,7 @@ class FinetuneConfig:
                 0 <= self.label_smoothing < 1,
                 f"label_smoothing must be in [0, 1), got {self.label_smoothing}",
             ),
+            (self.mixup >= 0, f"mixup must be >= 0, got {self.mixup}"),
             (self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}"),
             (0 < self.pct_start < 1, f"pct_start must be in (0, 1), got {self.pct_start}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
@@ -702,9 +707,18 @@ class FineTuner:
             for x, y in bar:
                 x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 y = y.to(device)
+                lam, perm = 1.0, None
+                if self.config.mixup > 0 and len(y) > 1:
+                    lam = float(np.random.beta(self.config.mixup, self.config.mixup))
+                    perm = torch.randperm(len(y), device=device)
+                    x = (lam * x + (1 - lam) * x[perm]).contiguous(
+                        memory_format=torch.channels_last
+                    )
                 with torch.autocast(device.type, torch.bfloat16, enabled=self.bf16_):
                     logits = train_model(x)
                 loss = loss_fn(logits.float(), y)
+                if perm is not None:
+                    loss = lam * loss + (1 - lam) * loss_fn(logits.float(), y[perm])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if self.config.grad_clip:

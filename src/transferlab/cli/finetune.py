@@ -53,6 +53,9 @@ def finetune_cmd(
     ),
     weight_decay: float = typer.Option(0.01, "--weight-decay"),
     label_smoothing: float = typer.Option(0.1, "--label-smoothing"),
+    mixup: float = typer.Option(
+        0.0, "--mixup", help="MixUp Beta(alpha, alpha): blend image pairs and labels (0: off)."
+    ),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     bn_policy: str = typer.Option(
         "freeze", "--bn", help="BatchNorm statistics: 'freeze' (keep pretrained) or 'train'."
@@ -166,6 +169,7 @@ def finetune_cmd(
         lr_mult=lr_mult,
         weight_decay=weight_decay,
         label_smoothing=label_smoothing,
+        mixup=mixup,
         batch_size=batch_size,
         bn_policy=bn_policy,
         head_init=head_init,
