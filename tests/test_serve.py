@@ -122,7 +122,12 @@ def test_health_and_docs(server: tuple[TestClient, list[str]]) -> None:
     assert r.status_code == 200
     assert r.json()["backbone"] == "efficientnet_lite0"
     assert "pre_logits" in r.json()["layers"]
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    # Swagger UI from this server's own files (works offline), not from a CDN
+    assert "/docs-static/swagger-ui-bundle.js" in docs.text and "cdn." not in docs.text
+    js = client.get("/docs-static/swagger-ui-bundle.js")
+    assert js.status_code == 200 and len(js.content) > 100_000
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/features", "/v1/collections", "/v1/jobs/{job_id}"} <= set(paths)
     assert r.headers["X-Request-ID"]
@@ -938,6 +943,12 @@ def test_web_page_end_to_end(tmp_path: Path) -> None:
                 assert page.text_content("#prediction b") == "prediction: vstripes"
                 assert page.locator("#prediction .bar").count() == 2
                 assert page.text_content("#error") == ""
+                # /docs renders Swagger UI from the server's own files: no CDN reachable here
+                docs = browser.new_page()
+                docs.goto(f"http://127.0.0.1:{port}/docs")
+                docs.wait_for_selector("#swagger-ui .info .title", timeout=30_000)
+                assert "transferlab" in docs.text_content("#swagger-ui .info .title")
+                assert docs.locator("#swagger-ui .opblock").count() >= 5  # the operations
             finally:
                 browser.close()
     finally:

@@ -15,8 +15,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from transferlab.serve.errors import BodyTooLarge, install_error_handlers
@@ -108,13 +108,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             batcher.stop()
             store.close()
 
+    docs_assets = _offline_docs_assets()
     app = FastAPI(
         title="transferlab",
         summary="Image features and custom classifiers from a few labelled examples.",
         version=_version(),
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None if docs_assets is not None else "/docs",  # FastAPI's: from a CDN
     )
+    if docs_assets is not None:
+        _offline_docs(app, docs_assets)
     install_error_handlers(app)
 
     app.add_middleware(GuardMiddleware, settings=settings)
@@ -137,6 +140,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return FileResponse(page, media_type="text/html")
 
     return app
+
+
+def _offline_docs_assets() -> Path | None:
+    """Swagger UI's files shipped by the `fastapi-offline` package (a dependency of the serve
+    extra), so /docs works without internet; None when it is missing (then FastAPI's CDN page)."""
+    try:
+        import fastapi_offline
+    except ImportError:
+        return None
+    static = Path(fastapi_offline.__file__).parent / "static"
+    return static if (static / "swagger-ui-bundle.js").is_file() else None
+
+
+def _offline_docs(app: FastAPI, static: Path) -> None:
+    """/docs served from the local files in `static`, under /docs-static."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/docs-static", StaticFiles(directory=static), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - API",
+            swagger_js_url=f"{root}/docs-static/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs-static/swagger-ui.css",
+            swagger_favicon_url=f"{root}/docs-static/favicon.png",
+        )
 
 
 def max_body_bytes(settings: Settings) -> int:
