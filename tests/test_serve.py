@@ -133,6 +133,27 @@ def test_health_and_docs(server: tuple[TestClient, list[str]]) -> None:
     assert r.headers["X-Request-ID"]
 
 
+def test_metrics_are_cached_until_the_examples_change(
+    server: tuple[TestClient, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/metrics cross-validates once per set of examples: repeated reads are served from memory,
+    a new example makes the next read recompute."""
+    import transferlab.serve.routers.collections as routes
+
+    client, (a, _, _) = server
+    cid = trained_collection(client, a, n=3)
+    calls = []
+    real = routes.collection_metrics
+    monkeypatch.setattr(routes, "collection_metrics", lambda *args: calls.append(1) or real(*args))
+    url = f"/v1/collections/{cid}/metrics"
+    first = client.get(url, headers=auth(a)).json()
+    assert client.get(url, headers=auth(a)).json() == first
+    assert len(calls) == 1 and np.sum(first["confusion"]) == 6
+    assert add_example(client, cid, a, pattern("hstripes", 150), "hstripes").status_code == 201
+    again = client.get(url, headers=auth(a)).json()
+    assert len(calls) == 2 and np.sum(again["confusion"]) == 7
+
+
 def test_features_equal_library(server: tuple[TestClient, list[str]], tmp_path: Path) -> None:
     from transferlab.features import FeatureExtractor
 

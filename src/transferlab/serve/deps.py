@@ -37,6 +37,10 @@ class Services:
     models_lock: threading.Lock = field(default_factory=threading.Lock)
     #: held while a collection's active job is checked and a job added (or the collection deleted)
     jobs_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: (collection, examples digest) -> cross-validated metrics (LRU): /metrics is read often
+    #: (the web page after each change), the cross-validation only changes with the examples
+    metrics: OrderedDict[tuple[str, str], Any] = field(default_factory=OrderedDict)
+    metrics_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def get_services(request: Request) -> Services:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from collections import Counter
@@ -311,11 +312,24 @@ def metrics(collection_id: str, services: ServicesDep, key: CurrentKey) -> dict[
     coll = get_collection(services, key, collection_id)
     with services.store.session() as s:
         examples = list(s.scalars(select(Example).where(Example.collection_id == coll.id)))
+    rows = sorted([e.id, e.image_sha256, sorted(e.labels)] for e in examples)
+    digest = hashlib.sha256(json.dumps([coll.multi_label, rows]).encode()).hexdigest()
+    cache_key = (coll.id, digest)
+    with services.metrics_lock:
+        if cache_key in services.metrics:
+            services.metrics.move_to_end(cache_key)
+            return services.metrics[cache_key]  # type: ignore[no-any-return]
     result, *_ = collection_metrics(examples, coll.multi_label)
-    return _jsonable(result)  # type: ignore[no-any-return]
+    out = _jsonable(result)
+    with services.metrics_lock:
+        services.metrics[cache_key] = out
+        while len(services.metrics) > MAX_CACHED_METRICS:
+            services.metrics.popitem(last=False)
+    return out  # type: ignore[no-any-return]
 
 
 MAX_LOADED_MODELS = 16
+MAX_CACHED_METRICS = 64
 
 
 def _forget_models(services: Services, collection_id: str) -> None:
