@@ -39,7 +39,7 @@ from transferlab.diagnose import (
     layer_probe,
     mmd_rbf,
 )
-from transferlab.diagnose._advice import LOW_TAPS, SHIFT_FLOOR, SHIFT_RATIO
+from transferlab.diagnose._advice import LOW_TAPS, SHIFT_FLOOR, SHIFT_RATIO, advise
 from transferlab.exceptions import DatasetNotFoundError, InvalidParameterError
 from transferlab.features import FeatureExtractor
 from transferlab.pipeline import DiagnoseConfig, diagnose_run, rank_run
@@ -491,6 +491,45 @@ def test_adapt_bn_and_bn_shift_refuse_empty_input(backbone):
 # ---------------------------------------------------------------------------------------------
 # 3 and 9. a greyscale small-image dataset: low-level shift, through the command
 # ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("peak", "freeze_to", "says"),
+    [
+        ("stage4", 5, "the stage after stage4"),  # pneumoniamnist on lite0: measured best
+        ("stage7", 7, "the last stage"),  # nothing after the peak stage: train the last one
+        ("stem", 1, "every stage"),
+        ("pre_logits", 5, "the last three stages"),
+        (None, 5, "the last three stages"),  # no layer probe
+    ],
+)
+def test_low_level_shift_advice_freezes_up_to_the_probe_peak(peak, freeze_to, says):
+    """The low-level-shift finding tells which stages to keep frozen, from where the layer
+    probe peaks, and its --freeze-to really leaves exactly those stages frozen."""
+    import timm
+
+    from transferlab.finetune import layer_groups
+
+    taps = ["stem", *[f"stage{k}" for k in range(1, 8)]]
+    low = {t: (0.9 if t in LOW_TAPS else 0.3) for t in taps}
+    layers = {t: {"accuracy": 0.8, "std": 0.01} for t in [*taps, "pre_logits"]}
+    probe = None if peak is None else {"layers": layers, "peak_layer": peak}
+    findings = advise(
+        class_counts={"a": 50, "b": 50},
+        target_stats={"greyscale_fraction": 1.0, "median_min_side": 28},
+        reference_stats={"greyscale_fraction": 0.0},
+        bn_target=low,
+        bn_reference=dict.fromkeys(taps, 0.2),
+        layer_probe=probe,
+        domain_gap=None,
+    )
+    shift = next(f for f in findings if f.code == "domain_shift_low_level")
+    assert f"--freeze-to {freeze_to} --bn freeze" in shift.commands[0]
+    assert says in shift.recommendation
+    # on lite0, --freeze-to N trains from stage N (timm's blocks[N-1]) on, so the stages up to
+    # the peak keep their ImageNet weights
+    groups = layer_groups(timm.create_model("tf_efficientnet_lite0"))
+    assert groups[freeze_to][1][0].startswith(f"blocks.{freeze_to - 1}.")
 
 
 def test_cli_diagnose_finds_a_low_level_shift_in_small_greyscale_images(xray_like, tmp_path):

@@ -258,13 +258,19 @@ def test_auto_engine_falls_back_to_torch_once_when_the_export_fails(
     calls = []
 
     class BrokenExport(backbones_mod.OnnxTaps):
-        def __init__(self, *args, **kwargs):
-            calls.append(1)
-            raise RuntimeError("cannot trace this graph")
+        """Fails for the pre_logits tap only: other taps of the same backbone still export."""
+
+        def __init__(self, bb, layers, *args, **kwargs):
+            if "pre_logits" in layers:
+                calls.append(1)
+                raise RuntimeError("cannot trace this graph")
+            super().__init__(bb, layers, *args, **kwargs)
 
     monkeypatch.setattr(backbones_mod, "OnnxTaps", BrokenExport)
     monkeypatch.setattr(features_mod, "ONNX_AUTO_MIN_IMAGES", 1)
-    fx = FeatureExtractor("test_resnet", weights="random", cache=False, progress=False)
+    fx = FeatureExtractor(
+        "test_resnet", weights="random", cache=FeatureCache(tmp_path / "c"), progress=False
+    )
     with caplog.at_level("WARNING", logger="transferlab"):
         got = fx.transform(images[:3])
         again = fx.transform(images[3:5])
@@ -274,6 +280,10 @@ def test_auto_engine_falls_back_to_torch_once_when_the_export_fails(
     assert len(calls) == 1  # tried once per backbone/layers, then PyTorch without asking again
     assert "ONNX export of test_resnet failed" in caplog.text
     assert not fx.__dict__["_onnx_runners"]
+    # the failure is remembered for that tap alone: another tap of the backbone still exports
+    fx.extract(images[5:7], layers=["stage1"])
+    assert len(fx.__dict__["_onnx_runners"]) == 1
+    assert len(list((tmp_path / "c" / "onnx").glob("*.onnx"))) == 1
 
 
 def test_bf16_precision_is_close_to_fp32_and_cached_apart(images, tmp_path):

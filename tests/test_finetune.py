@@ -96,7 +96,8 @@ class _Interrupt(Callback):
 
 def test_interrupted_run_resumes_to_the_same_result(data, tmp_path):
     ds = load_dataset(data)
-    cfg = FinetuneConfig(**FAST, epochs=3, freeze_epochs=1, head_init="random")
+    # mixup draws random pairs and blend weights: the resumed run must draw the same ones
+    cfg = FinetuneConfig(**FAST, epochs=3, freeze_epochs=1, head_init="random", mixup=0.3)
     full = FineTuner(cfg, progress=False)
     full.fit(ds.train, ds.val, ds.classes, checkpoint_dir=tmp_path / "full")
 
@@ -129,6 +130,30 @@ def test_resume_refuses_other_settings(data, tmp_path):
     )
     with pytest.raises(InvalidParameterError, match="other data or settings"):
         FineTuner(FinetuneConfig(**FAST, epochs=2, freeze_epochs=0), progress=False).fit(
+            ds.train, ds.val, ds.classes, checkpoint_dir=tmp_path / "ck", resume=True
+        )
+
+
+def test_resume_accepts_a_checkpoint_from_before_new_settings_existed(data, tmp_path):
+    """A checkpoint written before a config field was added (here jitter and mixup) resumes
+    under the field's default, instead of being refused as 'other settings'."""
+    ds = load_dataset(data)
+    cfg = FinetuneConfig(**FAST, epochs=2, freeze_epochs=0, head_init="random")
+    broken = FineTuner(cfg, callbacks=[_Interrupt(epoch=2)], progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        broken.fit(ds.train, ds.val, ds.classes, checkpoint_dir=tmp_path / "ck")
+    path = tmp_path / "ck" / "last.pt"
+    state = torch.load(path, weights_only=False)
+    for key in ("jitter", "mixup"):
+        del state["fingerprint"]["config"][key]
+    torch.save(state, path)
+    resumed = FineTuner(cfg, progress=False)
+    resumed.fit(ds.train, ds.val, ds.classes, checkpoint_dir=tmp_path / "ck", resume=True)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    # a setting that differs from what the old run used is still refused
+    torch.save(state, path)
+    with pytest.raises(InvalidParameterError, match="other data or settings"):
+        FineTuner(FinetuneConfig(**{**FAST, "batch_size": 2}, epochs=2), progress=False).fit(
             ds.train, ds.val, ds.classes, checkpoint_dir=tmp_path / "ck", resume=True
         )
 

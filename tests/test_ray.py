@@ -165,6 +165,28 @@ def test_killed_worker_loses_and_duplicates_no_rows(
     np.testing.assert_allclose(got["X"], ref["X"], rtol=1e-5, atol=1e-5)
 
 
+def test_strict_rerun_recomputes_a_shard_whose_broken_image_was_repaired(
+    ray_cluster: object, tmp_path: Path
+) -> None:
+    """A lenient run leaves a broken image out; --strict over that folder refuses while the file
+    is still broken, and once it is repaired recomputes its shard with it (no --overwrite)."""
+    root = build_image_folder(tmp_path / "imgs", classes=("hstripes",), n_per_class=3, seed=5)
+    broken = root / "hstripes" / "zz_broken.png"
+    broken.write_bytes(b"not a png")
+    out = tmp_path / "feats"
+    kw = {"shard_size": 2, "batch_size": 2, "workers": 1, "progress": False}
+    first = extract_with_ray(root, out, **kw)
+    assert first.n_rows == 3 and [f.path for f in first.failures] == [str(broken)]
+    with pytest.raises(ImageLoadError, match=r"zz_broken\.png"):
+        extract_with_ray(root, out, on_error="raise", **kw)
+    assert load_shards(out)["meta"]["complete"] is True  # the refusal changed nothing
+    shutil.copy(root / "hstripes" / sorted(os.listdir(root / "hstripes"))[0], broken)
+    fixed = extract_with_ray(root, out, on_error="raise", **kw)
+    assert fixed.shards_computed == [1] and fixed.shards_skipped == [0]
+    assert fixed.n_rows == 4 and fixed.failures == []
+    assert str(broken) in load_shards(out)["paths"]
+
+
 def test_other_extraction_in_out_dir_is_refused(
     ray_cluster: object, first_run: Path, images: Path
 ) -> None:

@@ -128,6 +128,9 @@ def test_health_and_docs(server: tuple[TestClient, list[str]]) -> None:
     assert "/docs-static/swagger-ui-bundle.js" in docs.text and "cdn." not in docs.text
     js = client.get("/docs-static/swagger-ui-bundle.js")
     assert js.status_code == 200 and len(js.content) > 100_000
+    redoc = client.get("/redoc")
+    assert redoc.status_code == 200 and "/docs-static/redoc.standalone.js" in redoc.text
+    assert "fonts.googleapis" not in redoc.text and "cdn." not in redoc.text
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/features", "/v1/collections", "/v1/jobs/{job_id}"} <= set(paths)
     assert r.headers["X-Request-ID"]

@@ -360,6 +360,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state.pop("_onnx_runners", None)  # ONNX Runtime sessions do not pickle; rebuilt on use
+        state.pop("_onnx_failed", None)  # an export that failed here may work where it loads
         return state
 
     def __sklearn_tags__(self) -> Any:

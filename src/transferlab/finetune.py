@@ -1115,7 +1115,10 @@ class FineTuner:
                     f"LR schedule depend on it, so resume with {saved_world} (--nproc / "
                     "--nproc_per_node x nodes)"
                 )
-            if resume_state.get("fingerprint") != self._fingerprint_:
+            saved = dict(resume_state.get("fingerprint") or {})
+            if isinstance(saved.get("config"), dict):  # a checkpoint from before a config field
+                saved["config"] = {**_config_defaults(), **saved["config"]}  # existed: default
+            if saved != self._fingerprint_:
                 raise InvalidParameterError(
                     f"cannot resume from {ckpt_dir / CHECKPOINT}: it was made with other data or settings; "
                     "rerun without --resume (or with the original settings)"
@@ -1228,6 +1231,17 @@ def _is_grey(img: Image.Image) -> bool:
         np.abs(arr[..., 0].astype(int) - arr[..., 1]).max() < 3
         and np.abs(arr[..., 1].astype(int) - arr[..., 2]).max() < 3
     )
+
+
+def _config_defaults() -> dict[str, Any]:
+    """FinetuneConfig's field defaults (fields added later read as these in old checkpoints)."""
+    from dataclasses import MISSING, fields
+
+    return {
+        f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        for f in fields(FinetuneConfig)
+        if f.default is not MISSING or f.default_factory is not MISSING
+    }
 
 
 class _SmoothedBCE(nn.Module):

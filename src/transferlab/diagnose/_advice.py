@@ -116,10 +116,17 @@ def advise(
             # still detect edges and blobs on x-rays; it is the deeper, ImageNet-specific
             # combinations that need retraining.
             peak = (layer_probe or {}).get("peak_layer")
-            if isinstance(peak, str) and peak.startswith("stage") and peak[5:].isdigit():
-                train_from = min(int(peak[5:]) + 1, n_stages)
-                why_from = f"the stage after {peak}, where the layer probe peaks"
-            else:
+            if peak == "stem":
+                train_from, why_from = 1, "every stage: the layer probe peaks at the stem"
+            elif isinstance(peak, str) and peak.startswith("stage") and peak[5:].isdigit():
+                after = int(peak[5:]) + 1
+                train_from = min(after, max(1, n_stages))
+                why_from = (
+                    f"the stage after {peak}, where the layer probe peaks"
+                    if after <= n_stages
+                    else f"the last stage: the layer probe peaks at {peak}"
+                )
+            else:  # peaks at pre_logits, or no layer probe: the deepest stages
                 train_from = max(1, n_stages - 2)
                 why_from = "the last three stages"
             low_rec = (

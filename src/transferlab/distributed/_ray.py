@@ -241,6 +241,19 @@ def _localize(path: str, tmpdir: str, k: int) -> str:
     return local
 
 
+def _still_broken(path: str, max_pixels: int | None) -> str | None:
+    """Why `path` still cannot be used (None if it now decodes): for --strict re-runs over
+    shards that recorded it as broken."""
+    from transferlab.data import load_image
+
+    with tempfile.TemporaryDirectory(prefix="transferlab-ray-") as tmp:
+        try:
+            load_image(_localize(path, tmp, 0), max_pixels=max_pixels)
+        except ImageLoadError as exc:
+            return exc.reason
+    return None
+
+
 def _decode_shard(batch: dict[str, np.ndarray], transform: Any, max_pixels: int | None) -> dict:
     """Stage 1 (CPU tasks): hash, decode and preprocess one shard's images.
 
@@ -510,19 +523,21 @@ def _prepare_out_dir(
                 f"{out_dir} holds shards of another extraction (differs in: {', '.join(changed)}); "
                 "choose another --out folder, or pass --overwrite to replace them"
             )
-        if changed:
-            for p in out_dir.glob(SHARD_GLOB):
-                p.unlink()
+        wipe = bool(changed)
     elif len(ours) > 1 or others:
         if not overwrite or others:
             raise InvalidParameterError(
                 f"--out {out_dir} is not empty and was not written by transferlab's ray engine "
                 f"({', '.join((others or sorted(ours))[:3])}...); choose an empty or new folder"
             )
+        wipe = True
+    else:
+        wipe = False
+    if mark_unfinished or wipe:  # before any shard goes: a kill must not leave "complete"
+        _write_json(manifest_path, {**manifest, "complete": False})
+    if wipe:
         for p in out_dir.glob(SHARD_GLOB):
             p.unlink()
-    if mark_unfinished:
-        _write_json(manifest_path, {**manifest, "complete": False})
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -676,10 +691,15 @@ def extract_with_ray(
     for i, digest in enumerate(digests):
         meta = _shard_meta(_shard_path(out, i))
         if meta is not None and meta.get("items_sha256") == digest:
-            skipped.append(i)
             old = [ImageLoadError(p, reason) for p, reason in meta.get("failures", [])]
-            if old and on_error == "raise":  # a lenient earlier run wrote it: strict still stops
-                raise old[0]
+            if old and on_error == "raise":  # a lenient earlier run left these out
+                for f in old:
+                    reason = _still_broken(f.path, max_pixels)
+                    if reason is not None:  # strict stops, as if the shard were computed now
+                        raise ImageLoadError(f.path, reason)
+                todo.append(i)  # repaired since: compute the shard again, with them
+                continue
+            skipped.append(i)
             failures.extend(old)
         else:
             todo.append(i)

@@ -115,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=_version(),
         lifespan=lifespan,
         docs_url=None if docs_assets is not None else "/docs",  # FastAPI's: from a CDN
+        redoc_url=None if docs_assets is not None else "/redoc",
     )
     if docs_assets is not None:
         _offline_docs(app, docs_assets)
@@ -150,25 +151,37 @@ def _offline_docs_assets() -> Path | None:
     except ImportError:
         return None
     static = Path(fastapi_offline.__file__).parent / "static"
-    return static if (static / "swagger-ui-bundle.js").is_file() else None
+    needed = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js")
+    return static if all((static / f).is_file() for f in needed) else None
 
 
 def _offline_docs(app: FastAPI, static: Path) -> None:
     """/docs served from the local files in `static`, under /docs-static."""
-    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
     from fastapi.staticfiles import StaticFiles
 
     app.mount("/docs-static", StaticFiles(directory=static), name="docs-static")
 
     @app.get("/docs", include_in_schema=False)
     def docs(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
+        root = request.scope.get("root_path", "").rstrip("/")
         return get_swagger_ui_html(
             openapi_url=f"{root}{app.openapi_url}",
             title=f"{app.title} - API",
             swagger_js_url=f"{root}/docs-static/swagger-ui-bundle.js",
             swagger_css_url=f"{root}/docs-static/swagger-ui.css",
             swagger_favicon_url=f"{root}/docs-static/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - API reference",
+            redoc_js_url=f"{root}/docs-static/redoc.standalone.js",
+            redoc_favicon_url=f"{root}/docs-static/favicon.png",
+            with_google_fonts=False,
         )
 
 

@@ -311,7 +311,13 @@ def metrics(collection_id: str, services: ServicesDep, key: CurrentKey) -> dict[
 
     coll = get_collection(services, key, collection_id)
     with services.store.session() as s:
-        examples = list(s.scalars(select(Example).where(Example.collection_id == coll.id)))
+        examples = list(
+            s.scalars(
+                select(Example)
+                .where(Example.collection_id == coll.id)
+                .order_by(Example.created, Example.id)  # the CV folds follow row order
+            )
+        )
     rows = sorted([e.id, e.image_sha256, sorted(e.labels)] for e in examples)
     digest = hashlib.sha256(json.dumps([coll.multi_label, rows]).encode()).hexdigest()
     cache_key = (coll.id, digest)
