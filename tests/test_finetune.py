@@ -449,25 +449,9 @@ def test_mixup_trains_on_blended_pairs_and_stays_deterministic(data):
 def test_cli_finetune_json_is_the_only_thing_on_stdout(data, tmp_path):
     """`finetune --json` prints metrics.json alone on stdout (epoch lines are progress, on
     stderr), so it can be piped into jq."""
-    args = [
-        "finetune",
-        str(data),
-        "--out",
-        str(tmp_path / "run"),
-        "--json",
-        "--backbone",
-        "test_resnet",
-        "--weights",
-        "random",
-        "--image-size",
-        "48",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--workers",
-        "0",
-    ]
+    fast = ["--backbone", "test_resnet", "--weights", "random", "--image-size", "48"]
+    fast += ["--epochs", "1", "--batch-size", "4", "--workers", "0"]
+    args = ["finetune", str(data), "--out", str(tmp_path / "run"), "--json", *fast]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     metrics = json.loads(res.stdout)
