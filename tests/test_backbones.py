@@ -164,6 +164,21 @@ def test_generic_timm_model_taps():
     assert bb.forward_taps(x, ["stage4"])["stage4"].shape == (1, bb.tap_info()[4].dim)
 
 
+def test_stem_listed_as_a_feature_level_is_not_a_stage():
+    """RegNet's feature_info starts with its stem: the taps still number the stages 1..4 after
+    the stem (stage k is the model's k-th stage, layer group k in fine-tuning), so the stem and
+    stage1 are different outputs."""
+    from transferlab.finetune import layer_groups
+
+    bb = load_backbone("regnety_002", weights="random")
+    assert bb.layers == ["stem", "stage1", "stage2", "stage3", "stage4", "pre_logits", "logits"]
+    out = bb.forward_taps(torch.randn(1, 3, 64, 64), ["stem", "stage1", "stage4"])
+    assert out["stem"].shape[1] != out["stage1"].shape[1]
+    groups = layer_groups(bb.model)
+    for k in range(1, 5):
+        assert groups[k][1][0].startswith(f"s{k}.")
+
+
 def test_device_validation():
     if torch.cuda.is_available():
         pytest.skip("CUDA present: the error path cannot be exercised")

@@ -271,8 +271,9 @@ def _stage_modules(model: nn.Module) -> list[str]:
     if resnet:
         return resnet
     info = getattr(model, "feature_info", None)
-    if info:
-        return [i["module"] for i in info]
+    if info:  # some models (RegNet) list their stem as the first feature level: not a stage
+        stem = _stem_module(model)
+        return [i["module"] for i in info if i["module"] != stem]
     return []
 
 
