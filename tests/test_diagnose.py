@@ -631,12 +631,75 @@ def test_rank_run_scores_ranks_gaps_and_tau(xray_like, backbone, tmp_path):
         assert math.isnan(v) or -1 <= v <= 1
     assert res.best("logme")["logme_rank"] == 1
 
+    # what to run next acts on the measured best row (verified)
+    pick = max(res.rows, key=lambda r: r["probe_accuracy"])
+    assert res.pick() == pick and res.n_stages == {"efficientnet_lite0": 7}
+    layer_flag = "" if pick["layer"] == "pre_logits" else f" --layer {pick['layer']}"
+    assert res.next_steps()[0] == (
+        f"transferlab fit {xray_like} --backbone efficientnet_lite0{layer_flag}"
+    )
+
     saved = json.loads((tmp_path / "rank" / "rank.json").read_text())
+    assert saved["next_steps"] == res.next_steps()
     assert len(saved["rows"]) == 3 and set(saved["kendall_tau"]) == set(SCORE_COLUMNS)
     assert saved["n_images"] == 9
     report = (tmp_path / "rank" / "report.html").read_text()
     assert res.report == tmp_path / "rank" / "report.html"
     assert "Kendall tau" in report and "data:image/png;base64," in report
+
+
+@pytest.mark.parametrize(
+    ("layer", "verified", "expected"),
+    [
+        (
+            "stage5",
+            True,
+            [
+                "transferlab fit D --backbone efficientnet_lite2 --layer stage5",
+                "transferlab finetune D --backbone efficientnet_lite2 --freeze-to 6 --bn freeze "
+                "--lr 1e-3 --lr-mult 10",
+            ],
+        ),
+        (
+            "stage7",
+            True,
+            [
+                "transferlab fit D --backbone efficientnet_lite2 --layer stage7",
+                "transferlab finetune D --backbone efficientnet_lite2 --freeze-to 7 --bn freeze "
+                "--lr 1e-3 --lr-mult 10",
+            ],
+        ),
+        (
+            "pre_logits",
+            False,
+            [
+                "transferlab fit D --backbone efficientnet_lite2",
+                "transferlab finetune D --backbone efficientnet_lite2",
+            ],
+        ),
+        ("stem", True, ["transferlab fit D --backbone efficientnet_lite2 --layer stem"]),
+    ],
+)
+def test_rank_next_steps_follow_the_pick(layer, verified, expected):
+    """rank ends with the commands that act on its pick: a probe on that layer, and a
+    fine-tune training the stages after it (pneumoniamnist: lite2's stage5 -> --freeze-to 6)."""
+    from transferlab.pipeline._diagnose import RankResult
+
+    def row(name, la, logme, acc):
+        return {"backbone": name, "layer": la, "logme": logme, "probe_accuracy": acc}
+
+    rows = [row("efficientnet_lite0", "pre_logits", 0.5, 0.80)]
+    # verified: the best probe wins although LogME prefers lite0; else LogME's pick
+    rows.append(row("efficientnet_lite2", layer, 0.1 if verified else 0.9, 0.95))
+    res = RankResult(
+        rows=rows,
+        tau={"logme": 0.5} if verified else {},
+        n_images=10,
+        seconds=1.0,
+        n_stages={"efficientnet_lite0": 7, "efficientnet_lite2": 7},
+        data="D",
+    )
+    assert res.next_steps() == expected
 
 
 def test_rank_run_refuses_no_backbones(xray_like):

@@ -202,6 +202,7 @@ def rank_cmd(
             + ", ".join(f"{s} {res.tau[s]:.2f}" for s in SCORE_COLUMNS),
             markup=False,
         )
+    out.print("next: " + "\n      ".join(res.next_steps()), markup=False)
     if res.report:
         out.print(f"report: {res.report}", markup=False)
 

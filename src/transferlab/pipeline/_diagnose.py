@@ -10,7 +10,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -543,6 +543,9 @@ class RankResult:
     seconds: float
     out: Path | None = None
     report: Path | None = None
+    #: backbone -> how many stages it has (for the fine-tuning advice)
+    n_stages: dict[str, int] = field(default_factory=dict)
+    data: str = "DATA"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -550,10 +553,37 @@ class RankResult:
             "kendall_tau": self.tau,
             "n_images": self.n_images,
             "seconds": round(self.seconds, 1),
+            "next_steps": self.next_steps(),
         }
 
     def best(self, score: str = "logme") -> dict[str, Any]:
         return max(self.rows, key=lambda r: r[score])
+
+    def pick(self) -> dict[str, Any]:
+        """The row to act on: the measured best probe when verified, else LogME's pick."""
+        if self.tau and all("probe_accuracy" in r for r in self.rows):
+            return max(self.rows, key=lambda r: r["probe_accuracy"])
+        return self.best("logme")
+
+    def next_steps(self) -> list[str]:
+        """Commands that act on the pick: a probe on its backbone and layer, and a fine-tune
+        that keeps the stages up to that layer frozen and trains the ones after it (the rule
+        `diagnose` gives for data far from ImageNet; see benchmarks/RESULTS.md issue 4)."""
+        row = self.pick()
+        name, layer = row["backbone"], row["layer"]
+        bb = f" --backbone {name}"
+        at = "" if layer == "pre_logits" else f" --layer {layer}"
+        steps = [f"transferlab fit {self.data}{bb}{at}"]
+        n = self.n_stages.get(name, 0)
+        if layer.startswith("stage") and layer[5:].isdigit() and n:
+            freeze_to = min(int(layer[5:]) + 1, n)
+            steps.append(
+                f"transferlab finetune {self.data}{bb} --freeze-to {freeze_to} --bn freeze "
+                "--lr 1e-3 --lr-mult 10"
+            )
+        elif layer in ("pre_logits", "logits"):
+            steps.append(f"transferlab finetune {self.data}{bb}")
+        return steps
 
 
 def rank_run(
@@ -604,8 +634,10 @@ def rank_run(
     cache: Any = cache_dir or True
     rows: list[dict[str, Any]] = []
     n_used = 0
+    n_stages: dict[str, int] = {}
     for name in backbones:
         bb = load_backbone(name, device=device)
+        n_stages[name] = sum(1 for t in bb.layers if t.startswith("stage"))
         wanted = list(layers) if layers else _default_layers(bb)
         for la in wanted:
             bb.check_layer(la)
@@ -646,7 +678,13 @@ def rank_run(
         acc = [r["probe_accuracy"] for r in rows]
         tau = {s: kendall_tau([r[s] for r in rows], acc) for s in SCORE_COLUMNS}
     result = RankResult(
-        rows=rows, tau=tau, n_images=n_used, seconds=time.perf_counter() - t0, out=outp
+        rows=rows,
+        tau=tau,
+        n_images=n_used,
+        seconds=time.perf_counter() - t0,
+        out=outp,
+        n_stages=n_stages,
+        data=str(data),
     )
     if outp is not None:
         (outp / "rank.json").write_text(
@@ -691,6 +729,7 @@ def _write_rank_report(out: Path, dataset: str, result: RankResult) -> Path:
     summary = {
         "LogME's pick": f"{best['backbone']} / {best['layer']}",
         "images": result.n_images,
+        "next": "; ".join(result.next_steps()),
     }
     if result.tau:
         summary["Kendall tau of LogME vs probe accuracy"] = round(result.tau["logme"], 3)
