@@ -42,6 +42,19 @@ def _mean_over(d: dict[str, float], keys: tuple[str, ...] | list[str]) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
+def _significant_peak(layer_probe: dict[str, Any] | None) -> str | None:
+    """The layer where the probe peaks, if it beats the deepest layer by more than one standard
+    deviation (and 1 point); None otherwise. The same rule as the `earlier_layer_better`
+    finding, so the advice never acts on a peak that is noise."""
+    if not layer_probe:
+        return None
+    layers = layer_probe["layers"]
+    deepest = "pre_logits" if "pre_logits" in layers else list(layers)[-1]
+    peak = layer_probe["peak_layer"]
+    gain = layers[peak]["accuracy"] - layers[deepest]["accuracy"]
+    return peak if peak != deepest and gain > max(0.01, layers[deepest]["std"]) else None
+
+
 def advise(
     *,
     class_counts: dict[str, int],
@@ -74,6 +87,7 @@ def advise(
     # 2. domain shift, located by depth from BatchNorm statistics (target vs natural photos)
     adabn_helps = None if not adabn else adabn["after"] - adabn["before"] > 0.01
     shifted_from: str | None = None
+    shift_cmd: str | None = None  # the fine-tuning command the shift finding gives
     if bn_target and bn_reference:
         taps = [t for t in bn_target if t in bn_reference]
         ratios = {t: bn_target[t] / max(bn_reference[t], 1e-6) for t in taps}
@@ -115,7 +129,7 @@ def advise(
             # layer reached val 0.978-0.985 / test 0.891-0.895, above every probe. Early filters
             # still detect edges and blobs on x-rays; it is the deeper, ImageNet-specific
             # combinations that need retraining.
-            peak = (layer_probe or {}).get("peak_layer")
+            peak = _significant_peak(layer_probe)  # None unless it clearly beats the last layer
             if peak == "stem":
                 train_from, why_from = 1, "every stage: the layer probe peaks at the stem"
             elif isinstance(peak, str) and peak.startswith("stage") and peak[5:].isdigit():
@@ -126,9 +140,9 @@ def advise(
                     if after <= n_stages
                     else f"the last stage: the layer probe peaks at {peak}"
                 )
-            else:  # peaks at pre_logits, or no layer probe: the deepest stages
+            else:  # no layer clearly better than the last (or no probe): the deepest stages
                 train_from = max(1, n_stages - 2)
-                why_from = "the last three stages"
+                why_from = "the last three stages; no earlier layer probes clearly better"
             low_rec = (
                 "Low-level features are off, yet retraining the early stages does not pay: "
                 "on x-rays it scored below the probe, while keeping the stem and early stages "
@@ -167,6 +181,7 @@ def advise(
                     low_cmds if is_low else high_cmds,
                 )
             )
+            shift_cmd = (low_cmds if is_low else high_cmds)[0]
             if grey:
                 out.append(
                     Finding(
@@ -220,8 +235,7 @@ def advise(
         accs = {k: v["accuracy"] for k, v in layers.items()}
         deepest = "pre_logits" if "pre_logits" in accs else names[-1]
         peak = layer_probe["peak_layer"]
-        gain = accs[peak] - accs[deepest]
-        if peak != deepest and gain > max(0.01, layers[deepest]["std"]):
+        if _significant_peak(layer_probe) is not None:
             out.append(
                 Finding(
                     "earlier_layer_better",
@@ -274,8 +288,9 @@ def advise(
                     + (" (domain shift)" if shifted_from else f" (probe only {probe_acc:.3f})"),
                     {"smallest_class": smallest, "probe_accuracy": probe_acc},
                     "There is enough data to fine-tune; compare against the probe on the same "
-                    "validation split (transferlab finetune reports both).",
-                    [f"transferlab finetune {data}"],
+                    "validation split (transferlab finetune reports both)"
+                    + (", with the flags the domain-shift finding gives." if shift_cmd else "."),
+                    [shift_cmd or f"transferlab finetune {data}"],
                 )
             )
         else:
