@@ -626,6 +626,23 @@ class FineTuner:
                 named[name].requires_grad_(i >= n)
         self.frozen_to_ = n
 
+    def _train_transform(
+        self, images: Sequence[Image.Image]
+    ) -> tuple[Callable[[Any], torch.Tensor], bool]:
+        """The training augmentation the config asks for, and whether `images` are greyscale
+        (judged on the first 50; it narrows colour jitter to brightness and contrast)."""
+        cfg = self.config
+        greyscale = all(_is_grey(img) for img in images[:50])
+        transform = train_transform(
+            self.backbone_,
+            self.size_,
+            augment=cfg.augment,
+            greyscale=greyscale,
+            min_scale=cfg.crop_scale,
+            jitter=cfg.jitter,
+        )
+        return transform, greyscale
+
     def _set_train_mode(self) -> None:
         """Train mode, except BatchNorm in frozen groups (always) and everywhere under 'freeze'."""
         model = self.backbone_.model
@@ -915,19 +932,7 @@ class FineTuner:
         index = {c: i for i, c in enumerate(self.classes_)}
         imgs, kept, _ = _decode_all(train, _preload_size(self.size_), cfg.max_pixels, self.progress)
         y = np.array([index[train[i].label] for i in kept], dtype=np.int64)
-        greyscale = all(_is_grey(img) for img in imgs[:50])
-        ds = _Images(
-            imgs,
-            y,
-            train_transform(
-                self.backbone_,
-                self.size_,
-                augment=cfg.augment,
-                greyscale=greyscale,
-                min_scale=cfg.crop_scale,
-                jitter=cfg.jitter,
-            ),
-        )
+        ds = _Images(imgs, y, self._train_transform(imgs)[0])
         loader = torch.utils.data.DataLoader(
             ds,
             batch_size=cfg.batch_size,
@@ -1048,24 +1053,12 @@ class FineTuner:
             raise DatasetError(f"class(es) {', '.join(missing)} have no decodable training image")
         if not len(y_val):
             raise DatasetError("no validation image could be decoded")
-        greyscale = all(_is_grey(img) for img in tr_imgs[:50])
-        self.greyscale_ = greyscale
+        transform, self.greyscale_ = self._train_transform(tr_imgs)
 
         g = torch.Generator().manual_seed(cfg.seed)
         self._generator = g  # reseeded every epoch: a resumed run shuffles as an uninterrupted one
         workers = cfg.num_workers if cfg.num_workers is not None else 0
-        ds_train = _Images(
-            tr_imgs,
-            y_train,
-            train_transform(
-                self.backbone_,
-                self.size_,
-                augment=cfg.augment,
-                greyscale=greyscale,
-                min_scale=cfg.crop_scale,
-                jitter=cfg.jitter,
-            ),
-        )
+        ds_train = _Images(tr_imgs, y_train, transform)
         sampler = None
         if cfg.class_balance == "sampler":
             w = 1.0 / np.bincount(y_train, minlength=len(self.classes_))[y_train]
