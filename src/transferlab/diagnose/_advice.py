@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LOW_TAPS", "Finding", "advise"]
+__all__ = ["LOW_TAPS", "Finding", "advise", "stage_after"]
 
 # taps that hold low-level features (colour, edges, textures) in stem/stage naming
 LOW_TAPS = ("stem", "stage1", "stage2")
@@ -40,6 +40,14 @@ class Finding:
 def _mean_over(d: dict[str, float], keys: tuple[str, ...] | list[str]) -> float:
     vals = [d[k] for k in keys if k in d]
     return float(np.mean(vals)) if vals else float("nan")
+
+
+def stage_after(tap: str, n_stages: int) -> int | None:
+    """The ``--freeze-to`` that keeps everything up to `tap` frozen and trains from the stage
+    after it (``stageK`` -> K + 1, the last stage at most); None when `tap` is not a stage."""
+    if tap.startswith("stage") and tap[5:].isdigit():
+        return min(int(tap[5:]) + 1, max(1, n_stages))
+    return None
 
 
 def _significant_peak(layer_probe: dict[str, Any] | None) -> str | None:
@@ -130,14 +138,14 @@ def advise(
             # still detect edges and blobs on x-rays; it is the deeper, ImageNet-specific
             # combinations that need retraining.
             peak = _significant_peak(layer_probe)  # None unless it clearly beats the last layer
+            after = stage_after(peak, n_stages) if peak else None
             if peak == "stem":
                 train_from, why_from = 1, "every stage: the layer probe peaks at the stem"
-            elif isinstance(peak, str) and peak.startswith("stage") and peak[5:].isdigit():
-                after = int(peak[5:]) + 1
-                train_from = min(after, max(1, n_stages))
+            elif after is not None:
+                train_from = after
                 why_from = (
                     f"the stage after {peak}, where the layer probe peaks"
-                    if after <= n_stages
+                    if int(peak[5:]) < n_stages  # type: ignore[index]
                     else f"the last stage: the layer probe peaks at {peak}"
                 )
             else:  # no layer clearly better than the last (or no probe): the deepest stages

@@ -569,14 +569,16 @@ class RankResult:
         """Commands that act on the pick: a probe on its backbone and layer, and a fine-tune
         that keeps the stages up to that layer frozen and trains the ones after it (the rule
         `diagnose` gives for data far from ImageNet; see benchmarks/RESULTS.md issue 4)."""
+        from transferlab.diagnose._advice import stage_after
+
         row = self.pick()
         name, layer = row["backbone"], row["layer"]
         bb = f" --backbone {name}"
         at = "" if layer == "pre_logits" else f" --layer {layer}"
         steps = [f"transferlab fit {self.data}{bb}{at}"]
         n = self.n_stages.get(name, 0)
-        if layer.startswith("stage") and layer[5:].isdigit() and n:
-            freeze_to = min(int(layer[5:]) + 1, n)
+        freeze_to = stage_after(layer, n) if n else None
+        if freeze_to is not None:
             steps.append(
                 f"transferlab finetune {self.data}{bb} --freeze-to {freeze_to} --bn freeze "
                 "--lr 1e-3 --lr-mult 10"
