@@ -310,25 +310,28 @@ def metrics(collection_id: str, services: ServicesDep, key: CurrentKey) -> dict[
     from transferlab.serve.jobs import _jsonable
 
     coll = get_collection(services, key, collection_id)
-    with services.store.session() as s:
-        examples = list(
-            s.scalars(
-                select(Example)
-                .where(Example.collection_id == coll.id)
-                .order_by(Example.created, Example.id)  # the CV folds follow row order
-            )
-        )
-    rows = sorted([e.id, e.image_sha256, sorted(e.labels)] for e in examples)
-    digest = hashlib.sha256(json.dumps([coll.multi_label, rows]).encode()).hexdigest()
-    cache_key = (coll.id, digest)
+
+    def cache_key(rows: Any) -> tuple[str, str]:
+        listed = sorted([e.id, e.image_sha256, sorted(e.labels)] for e in rows)
+        return coll.id, hashlib.sha256(json.dumps([coll.multi_label, listed]).encode()).hexdigest()
+
+    where = Example.collection_id == coll.id
+    order = (Example.created, Example.id)  # the CV folds follow row order
+    with services.store.session() as s:  # a hit reads ids, digests and labels, not the vectors
+        light = s.execute(
+            select(Example.id, Example.image_sha256, Example.labels).where(where).order_by(*order)
+        ).all()
+    seen = cache_key(light)
     with services.metrics_lock:
-        if cache_key in services.metrics:
-            services.metrics.move_to_end(cache_key)
-            return services.metrics[cache_key]  # type: ignore[no-any-return]
+        if seen in services.metrics:
+            services.metrics.move_to_end(seen)
+            return services.metrics[seen]  # type: ignore[no-any-return]
+    with services.store.session() as s:
+        examples = list(s.scalars(select(Example).where(where).order_by(*order)))
     result, *_ = collection_metrics(examples, coll.multi_label)
     out = _jsonable(result)
-    with services.metrics_lock:
-        services.metrics[cache_key] = out
+    with services.metrics_lock:  # keyed by the rows it was computed on (they may have changed)
+        services.metrics[cache_key(examples)] = out
         while len(services.metrics) > MAX_CACHED_METRICS:
             services.metrics.popitem(last=False)
     return out  # type: ignore[no-any-return]
