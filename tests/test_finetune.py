@@ -94,10 +94,12 @@ class _Interrupt(Callback):
                 raise KeyboardInterrupt
 
 
-def test_interrupted_run_resumes_to_the_same_result(data, tmp_path):
+@pytest.mark.parametrize("extra", [{"mixup": 0.3}, {"ema": 0.9}], ids=["mixup", "ema"])
+def test_interrupted_run_resumes_to_the_same_result(data, tmp_path, extra):
     ds = load_dataset(data)
-    # mixup draws random pairs and blend weights: the resumed run must draw the same ones
-    cfg = FinetuneConfig(**FAST, epochs=3, freeze_epochs=1, head_init="random", mixup=0.3)
+    # mixup draws random pairs and blend weights: the resumed run must draw the same ones;
+    # the weight average (ema) must carry over too, or validation and the kept weights differ
+    cfg = FinetuneConfig(**FAST, epochs=3, freeze_epochs=1, head_init="random", **extra)
     full = FineTuner(cfg, progress=False)
     full.fit(ds.train, ds.val, ds.classes, checkpoint_dir=tmp_path / "full")
 
@@ -170,6 +172,8 @@ def test_resume_accepts_a_checkpoint_from_before_new_settings_existed(data, tmp_
         ({"jitter": 1.0}, "jitter must be in"),
         ({"jitter": -0.1}, "jitter must be in"),
         ({"mixup": -1}, "mixup must be >= 0"),
+        ({"ema": 1.0}, "ema must be None or a decay in"),
+        ({"ema": 0}, "ema must be None or a decay in"),
     ],
 )
 def test_config_errors(kw, match):
@@ -444,6 +448,46 @@ def test_mixup_trains_on_blended_pairs_and_stays_deterministic(data):
     assert mixed == again
     assert mixed != plain
     assert all(np.isfinite(mixed)) and mixed[-1] < mixed[0]
+
+
+def test_ema_validates_and_keeps_the_bias_corrected_weight_average(data):
+    """With ``ema`` the weights validated after each epoch, and kept at the end, are the
+    bias-corrected exponential average of the weights after every optimiser step (recomputed
+    here from the trajectory), not the last step's weights."""
+    ds = load_dataset(data)
+    decay = 0.8
+
+    class Trajectory(Callback):
+        def __init__(self) -> None:
+            self.steps: list[dict[str, torch.Tensor]] = []
+            self.epoch_ends: list[int] = []
+
+        def after_batch(self, tuner):
+            state = tuner.backbone_.model.state_dict()
+            self.steps.append({k: v.detach().clone() for k, v in state.items()})
+
+        def after_epoch(self, tuner):
+            self.epoch_ends.append(len(self.steps))
+
+    traj = Trajectory()
+    cfg = FinetuneConfig(
+        **FAST, epochs=2, freeze_epochs=1, lr=5e-3, head_init="random", ema=decay, wise="off"
+    )
+    tuner = FineTuner(cfg, callbacks=[traj], progress=False)
+    result = tuner.fit(ds.train, ds.val, ds.classes)
+    averages, avg = [], None
+    for t, state in enumerate(traj.steps, start=1):
+        w = (1 - decay) / (1 - decay**t)
+        avg = {k: v.clone() if avg is None else avg[k] + w * (v - avg[k]) for k, v in state.items()}
+        if t in traj.epoch_ends:
+            averages.append(avg)
+    kept = tuner.backbone_.model.state_dict()
+    expected = averages[result.best_epoch - 1]
+    moved = [k for k in expected if not torch.equal(traj.steps[-1][k], traj.steps[0][k])]
+    assert moved  # the run trained something, so the average differs from the last step
+    for k in moved:
+        torch.testing.assert_close(kept[k], expected[k], rtol=1e-4, atol=1e-6, msg=k)
+    assert any(not torch.allclose(kept[k], traj.steps[-1][k]) for k in moved)
 
 
 def test_cli_finetune_json_is_the_only_thing_on_stdout(data, tmp_path):

@@ -103,6 +103,11 @@ class FinetuneConfig:
             vary by up to this fraction; raise it when a class differs from the other in
             exposure or contrast for reasons that will not hold on new images (0 disables).
         tta: average predictions over the image and its mirror at evaluation.
+        ema: keep an exponential moving average of the weights with this decay (e.g. 0.998;
+            None: off) and validate, select and save the averaged weights, as timm's
+            ``--model-ema``: averaged weights sit in flatter minima and hold up better when new
+            images drift from the training set. Bias-corrected, so it averages about the last
+            ``1 / (1 - ema)`` steps (0.998: 500) and never leans on the starting weights.
         class_balance: None, ``"weights"`` (class-weighted loss) or ``"sampler"`` (balanced
             sampling).
         early_stopping: stop after this many epochs without validation improvement (None: never).
@@ -143,6 +148,7 @@ class FinetuneConfig:
     crop_scale: float = 0.35
     jitter: float = 0.2
     tta: bool = False
+    ema: float | None = None
     class_balance: str | None = None
     early_stopping: int | None = None
     wise: str | float = "auto"
@@ -180,6 +186,10 @@ class FinetuneConfig:
                 f"crop_scale must be in [0.05, 1], got {self.crop_scale}",
             ),
             (0 <= self.jitter < 1, f"jitter must be in [0, 1), got {self.jitter}"),
+            (
+                self.ema is None or 0 < self.ema < 1,
+                f"ema must be None or a decay in (0, 1), got {self.ema}",
+            ),
             (
                 self.bn_policy in BN_POLICIES,
                 f"bn_policy must be one of {', '.join(BN_POLICIES)}, got {self.bn_policy!r}",
@@ -538,6 +548,8 @@ class FineTuner:
         self.multi_label_ = False
         self.score_key_ = "val_accuracy"
         self.history: list[dict[str, Any]] = []
+        self._ema: dict[str, torch.Tensor] | None = None  # weight average (config.ema)
+        self._ema_steps = 0
 
     # -- building blocks ----------------------------------------------------------------------
     def _setup(self, classes: Sequence[str]) -> None:
@@ -744,6 +756,7 @@ class FineTuner:
                     )
                 opt.step()
                 sched.step()
+                self._ema_update()
                 total += float(loss.detach()) * len(y)
                 n_seen += len(y)
                 self.last_loss_ = float(loss.detach())
@@ -752,6 +765,7 @@ class FineTuner:
                     cb.after_batch(self)
             train_seconds = time.perf_counter() - t0
             total, n_seen = _ddp.all_reduce_sums([total, n_seen], device)  # over ranks
+            raw = self._swap_in_ema()  # validate (and keep as best) the averaged weights
             val_loss, val_score = self._evaluate_loader(loaders["val"], loss_fn)
             self.epoch += 1
             self.history.append(
@@ -777,6 +791,8 @@ class FineTuner:
                 )
             if self.history[-1][self.score_key_] >= max(h[self.score_key_] for h in self.history):
                 self._best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if raw is not None:
+                model.load_state_dict(raw)  # training goes on from the raw weights
             if ckpt_dir is not None and _ddp.is_main_process():
                 self._save_checkpoint(ckpt_dir, phase, e + 1, opt, sched)
             try:
@@ -785,6 +801,33 @@ class FineTuner:
             except CancelFitException:
                 return False
         return True
+
+    # -- weight averaging (EMA) ----------------------------------------------------------------
+    def _ema_update(self) -> None:
+        """One EMA step over the model's floating-point state (parameters and BN statistics)."""
+        if self._ema is None:
+            return
+        # bias-corrected (as Adam's moments): step t weighs (1 - d) d^(T - t) / (1 - d^T), so
+        # the average covers the last ~1 / (1 - d) steps and never leans on the starting point
+        self._ema_steps += 1
+        decay = float(self.config.ema)
+        weight = (1 - decay) / (1 - decay**self._ema_steps)
+        state = self.backbone_.model.state_dict()
+        keys = [k for k, v in self._ema.items() if v.is_floating_point()]
+        with torch.no_grad():
+            torch._foreach_lerp_([self._ema[k] for k in keys], [state[k] for k in keys], weight)
+            for k, v in self._ema.items():
+                if not v.is_floating_point():
+                    v.copy_(state[k])
+
+    def _swap_in_ema(self) -> dict[str, torch.Tensor] | None:
+        """Load the averaged weights; returns the raw ones to restore (None when EMA is off)."""
+        if self._ema is None:
+            return None
+        model = self.backbone_.model
+        raw = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(self._ema)
+        return raw
 
     @torch.inference_mode()
     def predict_proba_loader(self, loader: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -895,6 +938,8 @@ class FineTuner:
             "probe_val_accuracy": getattr(self, "probe_val_accuracy_", None),
             "fingerprint": self._fingerprint_,
             "world_size": _ddp.get_world_size(),
+            "ema": self._ema,
+            "ema_steps": self._ema_steps,
         }
         tmp = ckpt_dir / f".{CHECKPOINT}.tmp"
         torch.save(state, tmp)
@@ -902,7 +947,7 @@ class FineTuner:
         best = max(h[self.score_key_] for h in self.history)
         if self.history[-1][self.score_key_] >= best:
             tmp = ckpt_dir / ".best.pt.tmp"
-            torch.save({"model": self.backbone_.model.state_dict(), "epoch": self.epoch}, tmp)
+            torch.save({"model": self._best_state, "epoch": self.epoch}, tmp)
             os.replace(tmp, ckpt_dir / "best.pt")
 
     # -- LR finder ----------------------------------------------------------------------------
@@ -1120,6 +1165,8 @@ class FineTuner:
             self.history = list(resume_state["history"])
             self.epoch = int(resume_state["epoch"])
             self.probe_val_accuracy_ = resume_state.get("probe_val_accuracy")
+            self._ema = resume_state.get("ema")
+            self._ema_steps = int(resume_state.get("ema_steps", 0))
             logger.info("resuming after epoch %d (%s)", self.epoch, resume_state["phase"])
         if resume_state is None:
             if cfg.adapt_bn:
@@ -1150,6 +1197,13 @@ class FineTuner:
             if init_path is not None and _ddp.is_main_process():
                 init_path.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(self._init_state, init_path)
+        if resume_state is None:  # the average starts at the starting point
+            self._ema_steps = 0
+            self._ema = (
+                {k: v.detach().clone() for k, v in self.backbone_.model.state_dict().items()}
+                if cfg.ema is not None
+                else None
+            )
         self._best_state: dict[str, torch.Tensor] | None = None
         best_ckpt = (
             self._load_file(ckpt_dir / "best.pt")
@@ -1192,7 +1246,9 @@ class FineTuner:
             if not completed:
                 break
         # keep the best epoch's weights (selected on validation, reported as such)
-        best = int(np.argmax([h[self.score_key_] for h in self.history]))
+        # ties go to the later epoch, as in `_run_phase` (which keeps its weights)
+        scores = [h[self.score_key_] for h in self.history]
+        best = len(scores) - 1 - int(np.argmax(scores[::-1]))
         if self._best_state is None and ckpt_dir is not None:
             best_ckpt = self._load_file(ckpt_dir / "best.pt")
             self._best_state = best_ckpt["model"] if best_ckpt is not None else None

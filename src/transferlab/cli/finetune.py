@@ -56,6 +56,11 @@ def finetune_cmd(
     mixup: float = typer.Option(
         0.0, "--mixup", help="MixUp Beta(alpha, alpha): blend image pairs and labels (0: off)."
     ),
+    ema: float | None = typer.Option(
+        None,
+        "--ema",
+        help="Average the weights (EMA with this decay, e.g. 0.998) and keep the average.",
+    ),
     batch_size: int = typer.Option(16, "--batch-size", min=1),
     bn_policy: str = typer.Option(
         "freeze", "--bn", help="BatchNorm statistics: 'freeze' (keep pretrained) or 'train'."
@@ -170,6 +175,7 @@ def finetune_cmd(
         weight_decay=weight_decay,
         label_smoothing=label_smoothing,
         mixup=mixup,
+        ema=ema,
         batch_size=batch_size,
         bn_policy=bn_policy,
         head_init=head_init,
