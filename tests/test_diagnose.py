@@ -533,6 +533,8 @@ def test_low_level_shift_advice_freezes_up_to_the_probe_peak(peak, gain, freeze_
     assert says in shift.recommendation
     # the "fine-tune rather than probe" finding points to the same command, not a bare one
     assert next(f for f in findings if f.code == "prefer_finetune").commands == shift.commands[:1]
+    # and the command is one the CLI takes as written (every flag exists, every value parses)
+    _assert_cli_accepts(shift.commands[0])
     # on lite0, --freeze-to N trains from stage N (timm's blocks[N-1]) on, so the stages up to
     # the peak keep their ImageNet weights
     groups = layer_groups(timm.create_model("tf_efficientnet_lite0"))
@@ -652,6 +654,22 @@ def test_rank_run_scores_ranks_gaps_and_tau(xray_like, backbone, tmp_path):
     assert "Kendall tau" in report and "data:image/png;base64," in report
 
 
+def _assert_cli_accepts(command: str) -> None:
+    """Parse an advised ``transferlab SUB ...`` command with the real CLI, without running it."""
+    import shlex
+
+    import typer.main
+
+    from transferlab.cli import app
+
+    words = shlex.split(command)
+    assert words[0] == "transferlab", command
+    group = typer.main.get_command(app)
+    sub = group.get_command(group.make_context("transferlab", [], resilient_parsing=True), words[1])
+    assert sub is not None, command
+    sub.make_context(words[1], words[2:])  # raises on an unknown flag or a bad value
+
+
 @pytest.mark.parametrize(
     ("layer", "verified", "expected"),
     [
@@ -704,6 +722,8 @@ def test_rank_next_steps_follow_the_pick(layer, verified, expected):
         data="D",
     )
     assert res.next_steps() == expected
+    for command in expected:
+        _assert_cli_accepts(command)
 
 
 def test_rank_run_refuses_no_backbones(xray_like):
