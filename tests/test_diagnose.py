@@ -535,10 +535,31 @@ def test_low_level_shift_advice_freezes_up_to_the_probe_peak(peak, gain, freeze_
     assert next(f for f in findings if f.code == "prefer_finetune").commands == shift.commands[:1]
     # and the command is one the CLI takes as written (every flag exists, every value parses)
     _assert_cli_accepts(shift.commands[0])
+    assert "--image-size 112" in shift.commands[0]  # 28 px images: 112 px is enough
     # on lite0, --freeze-to N trains from stage N (timm's blocks[N-1]) on, so the stages up to
     # the peak keep their ImageNet weights
     groups = layer_groups(timm.create_model("tf_efficientnet_lite0"))
     assert groups[freeze_to][1][0].startswith(f"blocks.{freeze_to - 1}.")
+
+
+@pytest.mark.parametrize(("side", "sized"), [(28, True), (56, True), (57, False), (224, False)])
+def test_low_level_shift_advice_trains_tiny_images_at_112_px(side, sized):
+    """Images a quarter of the backbone's input or smaller are advised --image-size 112 (what
+    the measured recipe used); larger ones keep the backbone's own size."""
+    taps = ["stem", *[f"stage{k}" for k in range(1, 8)]]
+    findings = advise(
+        class_counts={"a": 50, "b": 50},
+        target_stats={"greyscale_fraction": 1.0, "median_min_side": side},
+        reference_stats={"greyscale_fraction": 0.0},
+        bn_target={t: (0.9 if t in LOW_TAPS else 0.3) for t in taps},
+        bn_reference=dict.fromkeys(taps, 0.2),
+        layer_probe=None,
+        domain_gap=None,
+        input_size=224,
+    )
+    shift = next(f for f in findings if f.code == "domain_shift_low_level")
+    assert ("--image-size 112" in shift.commands[0]) is sized
+    assert ("train at 112 px" in shift.recommendation) is sized
 
 
 def test_cli_diagnose_finds_a_low_level_shift_in_small_greyscale_images(xray_like, tmp_path):

@@ -156,13 +156,22 @@ def advise(
                 "on x-rays it scored below the probe, while keeping the stem and early stages "
                 "frozen with their ImageNet BatchNorm statistics and fine-tuning the deeper "
                 f"stages beat every probe. Fine-tune from stage {train_from} ({why_from}) with "
-                "BatchNorm statistics frozen, a 10x spread of learning rates, large crops and "
-                "a moving average of the weights (--ema), which held up best on shifted test "
-                "images."
+                "BatchNorm statistics frozen, a 10x spread of learning rates, large crops, 10 "
+                "epochs and a moving average of the weights (--ema), which held up best on "
+                "shifted test images."
             )
+            # tiny images (28 px x-rays): 112 px input scored as 224 did (test 0.891 vs 0.895,
+            # benchmarks/RESULTS.md issue 4) for a quarter of the compute
+            min_side = target_stats.get("median_min_side", input_size)
+            small = " --image-size 112" if min_side * 4 <= input_size and input_size > 112 else ""
+            if small:
+                low_rec += (
+                    f" The images are {min_side:.0f} px: train at 112 px, not {input_size}; "
+                    "upsampling further adds compute, not detail."
+                )
             low_cmds = [
-                f"transferlab finetune {data} --freeze-to {train_from} --bn freeze --lr 1e-3 "
-                "--lr-mult 10 --crop-scale 0.6 --tta --ema 0.998"
+                f"transferlab finetune {data}{small} --freeze-to {train_from} --bn freeze "
+                "--epochs 10 --lr 1e-3 --lr-mult 10 --crop-scale 0.6 --tta --ema 0.998"
             ]
             if adabn_helps is not False:
                 low_cmds.append(f"transferlab fit {data} --adapt-bn")
