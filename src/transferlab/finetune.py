@@ -1197,7 +1197,7 @@ class FineTuner:
             if init_path is not None and _ddp.is_main_process():
                 init_path.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(self._init_state, init_path)
-        if resume_state is None:  # the average starts at the starting point
+        if resume_state is None:  # a buffer shaped as the model; step 1 overwrites it (weight 1)
             self._ema_steps = 0
             self._ema = (
                 {k: v.detach().clone() for k, v in self.backbone_.model.state_dict().items()}
