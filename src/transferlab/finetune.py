@@ -789,7 +789,7 @@ class FineTuner:
                     f"{h['val_loss']:.4f}  val {name} {h[self.score_key_]:.4f}  ({h['seconds']:.0f} s)",
                     file=sys.stderr,  # progress, like the bar: stdout stays for results (--json)
                 )
-            if self.history[-1][self.score_key_] >= max(h[self.score_key_] for h in self.history):
+            if self._best_index() == len(self.history) - 1:
                 self._best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             if raw is not None:
                 model.load_state_dict(raw)  # training goes on from the raw weights
@@ -801,6 +801,12 @@ class FineTuner:
             except CancelFitException:
                 return False
         return True
+
+    def _best_index(self) -> int:
+        """Index in `history` of the best epoch by validation; ties go to the later epoch. The
+        one rule for the weights kept, best.pt and the reported best epoch."""
+        scores = [h[self.score_key_] for h in self.history]
+        return len(scores) - 1 - int(np.argmax(scores[::-1]))
 
     # -- weight averaging (EMA) ----------------------------------------------------------------
     def _ema_update(self) -> None:
@@ -944,8 +950,7 @@ class FineTuner:
         tmp = ckpt_dir / f".{CHECKPOINT}.tmp"
         torch.save(state, tmp)
         os.replace(tmp, ckpt_dir / CHECKPOINT)
-        best = max(h[self.score_key_] for h in self.history)
-        if self.history[-1][self.score_key_] >= best:
+        if self._best_index() == len(self.history) - 1:
             tmp = ckpt_dir / ".best.pt.tmp"
             torch.save({"model": self._best_state, "epoch": self.epoch}, tmp)
             os.replace(tmp, ckpt_dir / "best.pt")
@@ -1246,9 +1251,7 @@ class FineTuner:
             if not completed:
                 break
         # keep the best epoch's weights (selected on validation, reported as such)
-        # ties go to the later epoch, as in `_run_phase` (which keeps its weights)
-        scores = [h[self.score_key_] for h in self.history]
-        best = len(scores) - 1 - int(np.argmax(scores[::-1]))
+        best = self._best_index()
         if self._best_state is None and ckpt_dir is not None:
             best_ckpt = self._load_file(ckpt_dir / "best.pt")
             self._best_state = best_ckpt["model"] if best_ckpt is not None else None

@@ -50,6 +50,11 @@ def stage_after(tap: str, n_stages: int) -> int | None:
     return None
 
 
+def _deepest(layers: dict[str, Any]) -> str:
+    """The layer a default probe reads: pre_logits when probed, else the last one listed."""
+    return "pre_logits" if "pre_logits" in layers else list(layers)[-1]
+
+
 def _significant_peak(layer_probe: dict[str, Any] | None) -> str | None:
     """The layer where the probe peaks, if it beats the deepest layer by more than one standard
     deviation (and 1 point); None otherwise. The same rule as the `earlier_layer_better`
@@ -57,7 +62,7 @@ def _significant_peak(layer_probe: dict[str, Any] | None) -> str | None:
     if not layer_probe:
         return None
     layers = layer_probe["layers"]
-    deepest = "pre_logits" if "pre_logits" in layers else list(layers)[-1]
+    deepest = _deepest(layers)
     peak = layer_probe["peak_layer"]
     gain = layers[peak]["accuracy"] - layers[deepest]["accuracy"]
     return peak if peak != deepest and gain > max(0.01, layers[deepest]["std"]) else None
@@ -250,9 +255,8 @@ def advise(
     # 3. which layer: the layer-probe curve
     if layer_probe:
         layers = layer_probe["layers"]
-        names = list(layers)
         accs = {k: v["accuracy"] for k, v in layers.items()}
-        deepest = "pre_logits" if "pre_logits" in accs else names[-1]
+        deepest = _deepest(layers)
         peak = layer_probe["peak_layer"]
         if _significant_peak(layer_probe) is not None:
             out.append(
