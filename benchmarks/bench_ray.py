@@ -65,7 +65,7 @@ def _single(paths: list[str], engine: str) -> tuple[float, np.ndarray]:
 
 
 def _ray(listing: str, workers: int, shard_size: int) -> tuple[float, float, np.ndarray, list[str]]:
-    from transferlab.distributed._ray import extract_with_ray, load_shards
+    from transferlab.features.ray import extract_with_ray, load_shards
 
     out = Path(tempfile.mkdtemp(prefix="out-", dir=WORK)) / "feats"
     res = extract_with_ray(listing, out, shard_size=shard_size, workers=workers, progress=False)

@@ -204,7 +204,7 @@ def main() -> None:
 
     import httpx
 
-    from transferlab.store import Store
+    from transferlab.serve.store import Store
 
     data_dir = tmp / "service"
     store = Store(data_dir)

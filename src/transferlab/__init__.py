@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from transferlab._version import __version__
 
 # name -> module that defines it. Importing `transferlab` stays cheap (no torch) so that the CLI's
 # `--help` and error paths are quick; the names resolve on first attribute access (PEP 562).
@@ -29,15 +29,13 @@ _LAZY = {
     "fit": "transferlab.pipeline",
     "FitConfig": "transferlab.pipeline",
     "FitResult": "transferlab.pipeline",
-    "TransferModel": "transferlab.artifacts",
-    "load_model": "transferlab.artifacts",
+    "TransferModel": "transferlab.models",
+    "load_model": "transferlab.models",
 }
 
 __all__ = ["__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from transferlab.artifacts import TransferModel as TransferModel
-    from transferlab.artifacts import load_model as load_model
     from transferlab.backbones import BackboneSpec as BackboneSpec
     from transferlab.backbones import get_backbone_spec as get_backbone_spec
     from transferlab.backbones import list_backbones as list_backbones
@@ -51,6 +49,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from transferlab.exceptions import TransferlabError as TransferlabError
     from transferlab.features import FeatureCache as FeatureCache
     from transferlab.features import FeatureExtractor as FeatureExtractor
+    from transferlab.models import TransferModel as TransferModel
+    from transferlab.models import load_model as load_model
     from transferlab.pipeline import FitConfig as FitConfig
     from transferlab.pipeline import FitResult as FitResult
     from transferlab.pipeline import fit as fit

@@ -66,7 +66,7 @@ def _configure_logging() -> None:
 def print_json(data: Any) -> None:
     import json
 
-    from transferlab.artifacts import _json_default
+    from transferlab._internal.json import json_default as _json_default
 
     typer.echo(json.dumps(data, indent=2, default=_json_default))
 

@@ -26,9 +26,9 @@ def export_cmd(
     Example:
       transferlab export runs/hym-ft/model --format onnx --out runs/hym-ft/onnx
     """
-    from transferlab.artifacts import load_model
     from transferlab.exceptions import InvalidParameterError
-    from transferlab.export import EXPORT_FORMATS, export_onnx
+    from transferlab.models import load_model
+    from transferlab.models.export import EXPORT_FORMATS, export_onnx
 
     if fmt not in EXPORT_FORMATS:
         raise InvalidParameterError(

@@ -166,8 +166,8 @@ def extract_cmd(
 
 
 def _extract_ray(data: str, out_dir: Path, **kwargs: object) -> None:
-    from transferlab.distributed._ray import extract_with_ray
     from transferlab.exceptions import InvalidParameterError
+    from transferlab.features.ray import extract_with_ray
 
     if out_dir.suffix.lower() in (".npz", ".parquet") and not out_dir.is_dir():
         raise InvalidParameterError(

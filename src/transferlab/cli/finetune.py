@@ -140,7 +140,7 @@ def finetune_cmd(
         min=1,
         help="Data-parallel processes on this machine (DDP, started through torchrun): one per "
         "GPU, or CPU processes. --batch-size is per process. For several machines run torchrun "
-        "yourself: torchrun --nproc_per_node N ... -m transferlab.finetune DATA --out DIR.",
+        "yourself: torchrun --nproc_per_node N ... -m transferlab finetune DATA --out DIR.",
     ),
 ) -> None:
     """Fine-tune: head first (body frozen), then all layers with discriminative learning rates.
@@ -152,10 +152,10 @@ def finetune_cmd(
       transferlab finetune ../shared/datasets/hymenoptera --out runs/hym-ft --epochs 4
       transferlab finetune data/ --out runs/ft --resume          # after Ctrl-C
       transferlab finetune data/ --out runs/ft --nproc 4         # 4 GPUs, DDP
-      torchrun --nproc_per_node 4 -m transferlab.finetune data/ --out runs/ft
+      torchrun --nproc_per_node 4 -m transferlab finetune data/ --out runs/ft
     """
     from transferlab.cli.fit import default_run_dir, print_fit_summary
-    from transferlab.distributed import _ddp
+    from transferlab.distributed import ddp as _ddp
     from transferlab.finetune import FinetuneConfig
     from transferlab.pipeline import finetune
 
@@ -240,12 +240,12 @@ def _launch(
 
     import torch
 
+    from transferlab._internal.rundir import prepare_out as _prepare_out
     from transferlab.backbones import resolve_device
     from transferlab.data import load_dataset
-    from transferlab.distributed import _ddp
+    from transferlab.distributed import ddp as _ddp
     from transferlab.exceptions import InvalidParameterError
-    from transferlab.pipeline import FitResult
-    from transferlab.pipeline._core import _prepare_out
+    from transferlab.pipeline import FitResult, launch_finetune
 
     if _ddp.launched_by_torchrun():
         raise InvalidParameterError(
@@ -275,7 +275,7 @@ def _launch(
     else:
         _prepare_out(out_dir, kwargs["overwrite"])
     job = {"data": str(data), "out": str(out_dir), "config": asdict(config), **kwargs}
-    _ddp.launch_finetune(nproc, job)
+    launch_finetune(nproc, job)
     metrics = json.loads((out_dir / "metrics.json").read_text())
     skipped = [(s["path"], s["reason"]) for s in metrics.get("skipped", [])]
     return FitResult(

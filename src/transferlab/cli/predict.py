@@ -35,9 +35,9 @@ def predict_cmd(
     """
     from rich.markup import escape
 
-    from transferlab.artifacts import load_model
     from transferlab.data import list_images
     from transferlab.exceptions import DatasetError
+    from transferlab.models import load_model
 
     paths: list[str] = []
     for p in images:

@@ -11,7 +11,7 @@ from transferlab.cli._common import app, handle_errors, out, print_json
 
 if TYPE_CHECKING:
     from transferlab.serve.settings import Settings
-    from transferlab.store import Store
+    from transferlab.serve.store import Store
 
 DbOpt = typer.Option(
     None,
@@ -89,7 +89,7 @@ app.add_typer(keys_app, name="keys")
 
 
 def _store(db: str | None, data_dir: Path | None) -> Store:
-    from transferlab.store import Store
+    from transferlab.serve.store import Store
 
     settings = _settings(db, data_dir)
     return Store(settings.data_dir, settings.db_url)

@@ -145,7 +145,7 @@ class LayerProfileDisplay:
         )
 
     def plot(self, ax: Any = None) -> LayerProfileDisplay:
-        from transferlab.report import _pyplot
+        from transferlab._internal.plotting import pyplot as _pyplot
 
         plt = _pyplot()
         if ax is None:

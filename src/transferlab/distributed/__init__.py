@@ -1,41 +1,46 @@
-"""Beyond one process on existing engines: Ray Data for extraction, torchrun/DDP for fine-tuning.
-
-Both engines are optional at run time; importing this package imports neither Ray nor starts
-a process group.
+"""Beyond one process: torchrun/DDP helpers for fine-tuning (collectives, shard sampler, model
+wrapping). A leaf: it imports no layer above `backbones`, and importing it starts no process group.
+The launcher for ``--nproc`` is a run (`transferlab.pipeline`); Ray extraction lives in
+`transferlab.features.ray` (its names here are deprecated aliases).
 """
 
-from transferlab.distributed._ddp import (
+from transferlab._internal.deprecation import warn_once
+from transferlab.distributed.ddp import (
     ShardSampler,
     distributed_session,
     get_rank,
     get_world_size,
     is_distributed,
     is_main_process,
-    launch_finetune,
     launched_by_torchrun,
-)
-from transferlab.distributed._ray import (
-    ListedImage,
-    RayExtractionResult,
-    extract_with_ray,
-    is_ray_available,
-    list_sources,
-    load_shards,
 )
 
 __all__ = [
-    "ListedImage",
-    "RayExtractionResult",
     "ShardSampler",
     "distributed_session",
-    "extract_with_ray",
     "get_rank",
     "get_world_size",
     "is_distributed",
     "is_main_process",
-    "is_ray_available",
-    "launch_finetune",
     "launched_by_torchrun",
-    "list_sources",
-    "load_shards",
 ]
+
+_MOVED = {
+    "ListedImage": "transferlab.features.ray",
+    "RayExtractionResult": "transferlab.features.ray",
+    "extract_with_ray": "transferlab.features.ray",
+    "is_ray_available": "transferlab.features.ray",
+    "list_sources": "transferlab.features.ray",
+    "load_shards": "transferlab.features.ray",
+    "launch_finetune": "transferlab.pipeline",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module 'transferlab.distributed' has no attribute {name!r}")
+    import importlib
+
+    warn_once(f"transferlab.distributed.{name}", f"{module}.{name}")
+    return getattr(importlib.import_module(module), name)

@@ -83,7 +83,7 @@ class LearningCurve:
 
     def plot(self, ax: Any = None) -> Any:
         """Mean ± std accuracy against images per class (log scale); returns the axes."""
-        from transferlab.report import _pyplot
+        from transferlab._internal.plotting import pyplot as _pyplot
 
         plt = _pyplot()
         if ax is None:

@@ -91,7 +91,7 @@ class EmbeddingDisplay:
     def plot(
         self, ax: Any = None, *, thumbnails: bool = False, max_thumbnails: int = 150, zoom: int = 28
     ) -> EmbeddingDisplay:
-        from transferlab.report import _pyplot
+        from transferlab._internal.plotting import pyplot as _pyplot
 
         plt = _pyplot()
         if ax is None:

@@ -12,7 +12,7 @@ __all__ = ["AccuracyCoverageDisplay", "ImageGridDisplay", "ReliabilityDisplay"]
 
 
 def _plt() -> Any:
-    from transferlab.report import _pyplot
+    from transferlab._internal.plotting import pyplot as _pyplot
 
     return _pyplot()
 

@@ -19,6 +19,7 @@ from transferlab.pipeline._diagnose import DiagnoseConfig as DiagnoseConfig
 from transferlab.pipeline._diagnose import adapt_bn_run as adapt_bn_run
 from transferlab.pipeline._diagnose import diagnose_run as diagnose_run
 from transferlab.pipeline._diagnose import rank_run as rank_run
+from transferlab.pipeline._launch import launch_finetune as launch_finetune
 
 __all__ = [
     "DiagnoseConfig",
@@ -33,5 +34,6 @@ __all__ = [
     "evaluate_run",
     "finetune",
     "fit",
+    "launch_finetune",
     "rank_run",
 ]

@@ -18,12 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from transferlab.artifacts import MAX_TRAIN_INDEX, TransferModel, _json_default
+from transferlab._internal.json import json_default as _json_default
+from transferlab._internal.rundir import prepare_out as _prepare_out
 from transferlab.backbones import POOLS
 from transferlab.data import DEFAULT_MAX_PIXELS, Dataset, load_dataset
 from transferlab.evaluate import EvalReport, evaluate_predictions
 from transferlab.exceptions import DatasetError, InvalidParameterError
 from transferlab.features import FeatureExtractor
+from transferlab.models import MAX_TRAIN_INDEX, TransferModel
 from transferlab.probe import CLASSIFIERS, LinearProbe
 
 __all__ = [
@@ -122,16 +124,6 @@ class FitResult:
             "confusion_png": str(self.confusion_png) if self.confusion_png else None,
         }
 
-
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise InvalidParameterError(f"--out {out} is a file; give a directory")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise InvalidParameterError(
-            f"--out {out} already holds files (a previous run?); choose another directory or pass "
-            "--overwrite to replace them"
-        )
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def fit(config: FitConfig, dataset: Dataset | None = None) -> FitResult:
@@ -463,9 +455,9 @@ def finetune(
     ``probe_val_accuracy`` and ``advice``), report.html, training_curves.png,
     confusion_matrix.png, checkpoints/ (for ``resume``) and model/.
     """
-    from transferlab.artifacts import FinetunedModel
-    from transferlab.distributed import _ddp
+    from transferlab.distributed import ddp as _ddp
     from transferlab.finetune import FinetuneConfig, FineTuner
+    from transferlab.models import FinetunedModel
     from transferlab.report import plot_confusion_matrix, plot_training_curves
 
     cfg = config or FinetuneConfig()
@@ -777,9 +769,9 @@ def _finish_multilabel_finetune(
     tuner: Any, result: Any, ds: Dataset, out: Path, cfg: Any, t0: float, progress: bool
 ) -> FitResult:
     """Multi-label end of `finetune`: thresholds tuned on validation, mAP/F1 metrics, save."""
-    from transferlab.artifacts import FinetunedModel
-    from transferlab.distributed import _ddp
+    from transferlab.distributed import ddp as _ddp
     from transferlab.evaluate import evaluate_multilabel, tune_thresholds
+    from transferlab.models import FinetunedModel
     from transferlab.report import plot_training_curves, write_html_report
 
     bb = tuner.backbone_
@@ -884,7 +876,6 @@ def evaluate_run(
     Images are predicted `chunk_size` at a time and only probabilities are kept, so memory grows
     with the number of images by a few floats each, not by feature vectors or pixels.
     """
-    from transferlab.artifacts import load_model
     from transferlab.evaluate import (
         Interpretation,
         TemperatureScaler,
@@ -892,6 +883,7 @@ def evaluate_run(
         expected_calibration_error,
         top_k_accuracy,
     )
+    from transferlab.models import load_model
 
     t0 = time.perf_counter()
     if threshold is not None and not 0 < threshold < 1:
@@ -1014,12 +1006,13 @@ def _evaluation_plots(
     threshold: float | None,
     grid_size: int,
 ) -> list[tuple[str, Path]]:
+    from transferlab._internal.plotting import pyplot as _pyplot
     from transferlab.evaluate._plots import (
         AccuracyCoverageDisplay,
         ImageGridDisplay,
         ReliabilityDisplay,
     )
-    from transferlab.report import _pyplot, plot_confusion_matrix
+    from transferlab.report import plot_confusion_matrix
 
     plt = _pyplot()
     images = [
@@ -1067,9 +1060,9 @@ def _feature_views(
 ) -> list[tuple[str, Path]]:
     """For probe models: a t-SNE map of the evaluated images (misclassified ringed) and, for the
     worst errors, their nearest training images in feature space: what the model compared with."""
-    from transferlab.artifacts import TransferModel
+    from transferlab._internal.plotting import pyplot as _pyplot
     from transferlab.evaluate import EmbeddingDisplay, embed_2d, nearest_neighbours
-    from transferlab.report import _pyplot
+    from transferlab.models import TransferModel
 
     if not isinstance(model, TransferModel) or len(interp.paths) < 3:
         return []
@@ -1354,7 +1347,8 @@ def curve_run(
         seed=seed,
         progress=progress,
     )
-    from transferlab.report import _pyplot, html_table
+    from transferlab._internal.plotting import pyplot as _pyplot
+    from transferlab.report import html_table
 
     plt = _pyplot()
     ax = curve.plot()
@@ -1420,10 +1414,11 @@ def embed_run(
     `domains` are other image folders mapped with `data` (e.g. photos beside cartoons); each
     one's points are labelled by its folder name, and ``colour="domain"`` colours by source.
     """
+    from transferlab._internal.plotting import pyplot as _pyplot
     from transferlab.data import Sample, collect_images, list_images
     from transferlab.evaluate import EmbeddingDisplay, embed_2d
     from transferlab.exceptions import DatasetNotFoundError
-    from transferlab.report import _pyplot, write_html_report
+    from transferlab.report import write_html_report
 
     if colour not in ("class", "split", "domain"):
         raise InvalidParameterError(

@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from transferlab.artifacts import _json_default
+from transferlab._internal.json import json_default as _json_default
+from transferlab._internal.rundir import prepare_out as _prepare_out
 from transferlab.backbones import Backbone, load_backbone
 from transferlab.data import DEFAULT_MAX_PIXELS, Sample, list_images, load_dataset
 from transferlab.exceptions import DatasetError, DatasetNotFoundError, InvalidParameterError
 from transferlab.features import FeatureExtractor
-from transferlab.pipeline._core import FitResult, _prepare_out
+from transferlab.pipeline._core import FitResult
 
 __all__ = ["DiagnoseConfig", "RankResult", "adapt_bn_run", "diagnose_run", "rank_run"]
 
@@ -399,8 +400,8 @@ def _backbone_finding(current: str, scores: dict[str, dict[str, float]] | None, 
 def _diagnosis_plots(
     out: Path, probe: Any, gap: Any, shift_t: Any, shift_r: Any, scores: dict[str, dict[str, float]]
 ) -> list[tuple[str, Path]]:
+    from transferlab._internal.plotting import pyplot as _pyplot
     from transferlab.diagnose import LayerProfileDisplay
-    from transferlab.report import _pyplot
 
     plt = _pyplot()
     pngs = []
@@ -712,7 +713,8 @@ def rank_table(result: RankResult) -> tuple[list[str], list[list[Any]]]:
 
 
 def _write_rank_report(out: Path, dataset: str, result: RankResult) -> Path:
-    from transferlab.report import _pyplot, html_table, write_html_report
+    from transferlab._internal.plotting import pyplot as _pyplot
+    from transferlab.report import html_table, write_html_report
 
     header, rows = rank_table(result)
     gaps = [
@@ -818,7 +820,7 @@ def adapt_bn_run(
     outp = Path(out)
     _prepare_out(outp, overwrite)
     bb = load_backbone(backbone, weights=weights, device=device)
-    from transferlab.features import _progress
+    from transferlab._internal.progress import progress as _progress
 
     # measure the shift on images AdaBN did not see, when there are enough
     held_out = len(paths) >= 512

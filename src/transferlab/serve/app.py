@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from transferlab.features import FeatureExtractor
         from transferlab.serve.deps import Services
         from transferlab.serve.jobs import FeatureBatcher, JobRunner
-        from transferlab.store import Store
+        from transferlab.serve.store import Store
 
         t0 = time.perf_counter()
         store = Store(settings.data_dir, settings.db_url)
@@ -285,6 +285,6 @@ class GuardMiddleware:
 
 
 def _version() -> str:
-    from transferlab import __version__
+    from transferlab._version import __version__
 
     return __version__

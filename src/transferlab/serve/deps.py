@@ -18,7 +18,7 @@ from transferlab.features import FeatureExtractor
 from transferlab.serve.errors import ApiError
 from transferlab.serve.jobs import FeatureBatcher, JobRunner
 from transferlab.serve.settings import Settings
-from transferlab.store import ApiKey, Collection, Store
+from transferlab.serve.store import ApiKey, Collection, Store
 
 __all__ = ["CurrentKey", "Services", "ServicesDep", "get_collection"]
 

@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from transferlab.data import load_image
 from transferlab.exceptions import ImageLoadError
 from transferlab.serve.errors import ApiError
-from transferlab.store import IMAGE_FORMATS, Store
+from transferlab.serve.store import IMAGE_FORMATS, Store
 
 __all__ = ["read_limited", "sniff_image", "store_image", "temp_image"]
 

@@ -25,7 +25,15 @@ from transferlab.exceptions import DatasetError, ImageLoadError, InvalidParamete
 from transferlab.features import ExtractionResult, FeatureExtractor
 from transferlab.finetune import Callback
 from transferlab.serve.errors import ApiError
-from transferlab.store import INTERRUPTED, Collection, Example, Job, Store, StoredModel, utcnow
+from transferlab.serve.store import (
+    INTERRUPTED,
+    Collection,
+    Example,
+    Job,
+    Store,
+    StoredModel,
+    utcnow,
+)
 
 __all__ = [
     "BatchedExtractor",
@@ -345,8 +353,8 @@ def probe_collection(
     store: Store, batcher: FeatureBatcher, coll: Collection, examples: list[Example], job_id: str
 ) -> None:
     """Fit the collection's probe from its stored features and save it as a `TransferModel`."""
-    from transferlab.artifacts import TransferModel
     from transferlab.evaluate import TemperatureScaler
+    from transferlab.models import TransferModel
     from transferlab.probe import LinearProbe, MultiLabelProbe
 
     multi_label, layer, coll_id = coll.multi_label, coll.layer, coll.id
@@ -480,7 +488,6 @@ def finetune_collection(
 ) -> None:
     """Fine-tune the collection's backbone on its stored images (`transferlab.finetune`), then
     calibrate on the held-out images and save a `FinetunedModel` that predict and export use."""
-    from transferlab.artifacts import FinetunedModel
     from transferlab.data import Sample
     from transferlab.evaluate import (
         TemperatureScaler,
@@ -489,6 +496,7 @@ def finetune_collection(
         tune_thresholds,
     )
     from transferlab.finetune import FinetuneConfig, FineTuner
+    from transferlab.models import FinetunedModel
 
     check_trainable(examples, coll.multi_label)
     multi_label = coll.multi_label

@@ -28,7 +28,7 @@ from transferlab.serve.schemas import (
     PredictResponse,
     TrainRequest,
 )
-from transferlab.store import Collection, Example, Job, StoredModel
+from transferlab.serve.store import Collection, Example, Job, StoredModel
 
 __all__ = ["router"]
 
@@ -351,8 +351,8 @@ def _load_model(services: Services, row: StoredModel, layer: str) -> Any:
     """A `TransferModel` for a stored model, using the shared batched extractor (LRU-cached)."""
     import joblib
 
-    from transferlab.artifacts import TransferModel, load_model
     from transferlab.exceptions import TransferlabError
+    from transferlab.models import TransferModel, load_model
 
     with services.models_lock:
         if row.id in services.models:

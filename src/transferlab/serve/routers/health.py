@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from transferlab.serve.deps import ServicesDep
 from transferlab.serve.schemas import HealthResponse
-from transferlab.store import SCHEMA_VERSION
+from transferlab.serve.store import SCHEMA_VERSION
 
 __all__ = ["router"]
 
@@ -15,7 +15,7 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health", response_model=HealthResponse)
 def health(services: ServicesDep) -> HealthResponse:
-    from transferlab import __version__
+    from transferlab._version import __version__
 
     bb = services.extractor.backbone_
     return HealthResponse(

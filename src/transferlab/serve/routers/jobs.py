@@ -8,7 +8,7 @@ from sqlalchemy import select
 from transferlab.serve.deps import CurrentKey, ServicesDep
 from transferlab.serve.errors import ApiError
 from transferlab.serve.schemas import JobPublic
-from transferlab.store import Collection, Job
+from transferlab.serve.store import Collection, Job
 
 __all__ = ["router"]
 
