@@ -21,6 +21,7 @@ from sklearn.svm import LinearSVC
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
 
+from transferlab._internal.numeric import softmax
 from transferlab.exceptions import InvalidParameterError
 
 __all__ = ["CLASSIFIERS", "LinearProbe", "MultiLabelProbe"]
@@ -30,10 +31,16 @@ CLASSIFIERS = ("logreg", "svm", "centroid")
 C_GRID = np.logspace(-4, 2, 13)
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+def _check_features(probe: Any, X: Any) -> np.ndarray:
+    """`X` as float64 for a fitted `probe`, refused when its width is not the one fitted on."""
+    check_is_fitted(probe, "pipeline_")
+    X = check_array(X, dtype=np.float64)
+    if X.shape[1] != probe.n_features_in_:
+        raise InvalidParameterError(
+            f"X has {X.shape[1]} features, but {type(probe).__name__} is expecting "
+            f"{probe.n_features_in_} features as input (features from another layer or backbone?)"
+        )
+    return X
 
 
 class LinearProbe(ClassifierMixin, BaseEstimator):
@@ -242,21 +249,15 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             scores = self._scores(self.pipeline_, X)
         temps = np.logspace(-3, 3, 61)
         rows = np.arange(len(y))
-        losses = [-np.log(_softmax(scores / t)[rows, y] + 1e-12).mean() for t in temps]
+        losses = [-np.log(softmax(scores / t)[rows, y] + 1e-12).mean() for t in temps]
         return float(temps[int(np.argmin(losses))])
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, columns in the order of `classes_`."""
-        check_is_fitted(self, "pipeline_")
-        X = check_array(X, dtype=np.float64)
-        if X.shape[1] != self.n_features_in_:
-            raise InvalidParameterError(
-                f"X has {X.shape[1]} features, but LinearProbe is expecting {self.n_features_in_} "
-                "features as input (features from another layer or backbone?)"
-            )
+        X = _check_features(self, X)
         if self.classifier == "logreg":
             return self.pipeline_.predict_proba(X)
-        return _softmax(self._scores(self.pipeline_, X) / self.temperature_)
+        return softmax(self._scores(self.pipeline_, X) / self.temperature_)
 
     def predict(self, X: Any) -> np.ndarray:
         """Most probable class per row."""
@@ -347,13 +348,7 @@ class MultiLabelProbe(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Each label's probability, (n_samples, n_labels)."""
-        check_is_fitted(self, "pipeline_")
-        X = check_array(X, dtype=np.float64)
-        if X.shape[1] != self.n_features_in_:
-            raise InvalidParameterError(
-                f"X has {X.shape[1]} features, but MultiLabelProbe is expecting {self.n_features_in_} "
-                "features as input (features from another layer or backbone?)"
-            )
+        X = _check_features(self, X)
         return self.pipeline_.predict_proba(X)
 
     def predict(self, X: Any) -> np.ndarray:

@@ -184,3 +184,33 @@ def test_device_validation():
         pytest.skip("CUDA present: the error path cannot be exercised")
     with pytest.raises(InvalidParameterError, match="CUDA is not available"):
         load_backbone("test_resnet", weights="random", device="cuda")
+
+
+def test_transform_is_the_data_eval_transform_and_timms(lite0):
+    """`Backbone.transform()` is `transferlab.data.eval_transform` at the input size, which is
+    what it was before: timm's `create_transform` on the backbone's whole data config."""
+    import timm.data
+    from skimage import data
+
+    from transferlab.data import eval_transform
+
+    img = Image.fromarray(data.coffee())
+    ref = timm.data.create_transform(**lite0.data_config, is_training=False)(img)
+    assert torch.equal(lite0.transform()(img), ref)
+    assert torch.equal(eval_transform(lite0, 224)(img), ref)
+
+
+def test_lite0_taps_are_timms_forward_intermediates(lite0):
+    """Why the hooks are no loss for lite0: timm's `forward_intermediates` (every block) gives
+    the same stem and stage tensors (see `Backbone.forward_taps` for why the hooks stay)."""
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    taps = lite0.forward_taps(
+        x, [la for la in lite0.layers if la.startswith(("stem", "stage"))], None
+    )
+    with torch.inference_mode():
+        inter = lite0.model.forward_intermediates(
+            x, indices=list(range(len(taps))), intermediates_only=True, extra_blocks=True
+        )
+    assert len(inter) == len(taps) == 8
+    for (name, ours), theirs in zip(taps.items(), inter, strict=True):
+        assert torch.equal(ours, theirs), name

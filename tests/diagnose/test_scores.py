@@ -62,7 +62,9 @@ def test_feature_scores_on_clear_blobs_are_in_expected_ranges():
     X, y = _blobs(sep=3.0)
     assert knn_accuracy(X, y) > 0.9
     assert 0.0 < hscore(X, y) < 3.0  # at most C - 1 = 2 after shrinkage, positive with signal
-    assert isinstance(logme(X, y), float)
+    value = logme(X, y)  # the exact evidence: what a brute-force maximisation finds
+    assert isinstance(value, float)
+    assert value == pytest.approx(_brute_force_logme(X, y), abs=1e-3)
 
 
 def test_leep_and_nce_prefer_informative_source_predictions():
@@ -262,7 +264,14 @@ def test_kendall_tau_values_and_nan_cases_without_warnings():
         assert math.isnan(kendall_tau([1, 1, 1], [3, 4, 5]))
         assert math.isnan(kendall_tau([1, 2, 3], [0.5, 0.5, 0.5]))
         assert math.isnan(kendall_tau([1, 2, float("nan")], [1, 2, 3]))
-    assert isinstance(kendall_tau([1, 3, 2], [1, 2, 3]), float)
+    x, acc = [1, 3, 2], [1, 2, 3]  # 2 concordant pairs, 1 discordant: tau = 1/3
+    pairs = [
+        np.sign(x[j] - x[i]) * np.sign(acc[j] - acc[i])
+        for i, j in itertools.combinations(range(len(x)), 2)
+    ]
+    tau = kendall_tau(x, acc)
+    assert isinstance(tau, float)
+    assert tau == pytest.approx(sum(pairs) / len(pairs)) and tau == pytest.approx(1 / 3)
 
 
 def test_scores_registry_describes_every_score():

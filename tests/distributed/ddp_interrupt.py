@@ -1,7 +1,7 @@
-"""A torchrun worker script for tests/test_ddp.py: `transferlab finetune`, except that rank 0 stops
+"""A torchrun worker script for tests/distributed/test_ddp.py: `transferlab finetune`, except that rank 0 stops
 (as Ctrl-C would) right after writing the checkpoint of epoch ``DDP_STOP_AFTER_EPOCH``.
 
-Usage: torchrun --nproc_per_node 2 tests/ddp_interrupt.py DATA --out DIR ... (same flags as
+Usage: torchrun --nproc_per_node 2 tests/distributed/ddp_interrupt.py DATA --out DIR ... (same flags as
 `transferlab finetune`). torchrun then ends the other rank, as it does when any worker fails.
 Importing this file changes nothing (pytest's doctest collection imports it).
 """

@@ -34,6 +34,27 @@ def test_draws_are_per_class_and_reproducible():
     assert len(_draw(y, "all", np.random.default_rng(0))) == 30
 
 
+def _per_class_draw(y, k, rng):
+    """The draw as learning curves made it before `data.stratified_subsample` did it: classes
+    in sorted order, `rng.choice` without replacement from each larger than k."""
+    idx = []
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        small = k == "all" or len(members) <= int(k)
+        idx.append(members if small else rng.choice(members, size=int(k), replace=False))
+    return np.sort(np.concatenate(idx))
+
+
+@pytest.mark.parametrize("k", [1, 3, 7, "all"])
+def test_draws_are_the_ones_curves_always_drew(k):
+    """Same seed, same images: curves keep their numbers across the move to the shared
+    stratified subsample (uneven classes, one smaller than k)."""
+    y = np.repeat([2, 0, 1, 3], [10, 4, 25, 6])
+    for seed in range(5):
+        got = _draw(y, k, np.random.default_rng([seed, 0, 3]))
+        assert got.tolist() == _per_class_draw(y, k, np.random.default_rng([seed, 0, 3])).tolist()
+
+
 def test_transfer_curve_rises_with_shots():
     rng = np.random.default_rng(0)
     centres = rng.normal(0, 1.2, (3, 20))

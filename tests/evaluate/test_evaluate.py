@@ -14,6 +14,7 @@ from transferlab.evaluate import (
     Interpretation,
     TemperatureScaler,
     accuracy_coverage,
+    calibrate,
     expected_calibration_error,
     top_k_accuracy,
 )
@@ -47,6 +48,31 @@ def test_temperature_scaling_lowers_ece_and_keeps_argmax():
     assert expected_calibration_error(after, y[1000:]) < 0.5 * expected_calibration_error(
         p[1000:], y[1000:]
     )
+
+
+def test_calibrate_is_the_scaler_fit_plus_ece_and_log_loss_per_split():
+    """The one temperature fit (pipeline runs and the service call it): T is exactly
+    TemperatureScaler's, and each split's scores are sklearn's log loss and our ECE."""
+    from sklearn.metrics import log_loss
+
+    p, y = _overconfident()
+    val, test = (p[:1000], y[:1000]), (p[1000:], y[1000:])
+    cal = calibrate(*val, also={"test": test})
+    ts = TemperatureScaler().fit(*val)
+    assert cal.temperature == ts.temperature_ and cal.n == 1000
+    d = cal.to_dict()
+    assert list(d) == ["temperature", "fitted_on", "val", "test"]
+    assert d["fitted_on"] == "validation"
+    for name, (pp, yy) in (("val", val), ("test", test)):
+        after = ts.transform(pp)
+        assert d[name] == {
+            "ece_before": expected_calibration_error(pp, yy),
+            "ece_after": expected_calibration_error(after, yy),
+            "log_loss_before": float(log_loss(yy, np.clip(pp, 1e-15, 1), labels=range(3))),
+            "log_loss_after": float(log_loss(yy, np.clip(after, 1e-15, 1), labels=range(3))),
+        }
+    np.testing.assert_array_equal(cal.transform(test[0]), ts.transform(test[0]))
+    assert calibrate(*val, fitted_on="out-of-fold").to_dict()["fitted_on"] == "out-of-fold"
 
 
 def test_accuracy_coverage_is_monotone_in_coverage():

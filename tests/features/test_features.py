@@ -188,6 +188,41 @@ def test_save_and_load_feature_files(tmp_path, suffix):
     assert not list(tmp_path.glob(".*tmp"))
 
 
+def test_feature_files_written_by_the_old_codec_still_load(tmp_path):
+    """Parquet files as save_features wrote them before the codec was shared with the Ray
+    shards (inferred string columns; an empty file's vectors as list<float32>) read the same,
+    and a new file has the same schema as an old one."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    X = np.arange(6, dtype=np.float32).reshape(2, 3)
+    old = pa.table(
+        {
+            "path": ["a.png", "b.png"],
+            "label": ["x", ""],
+            "split": ["train", "val"],
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), 3),
+        }
+    ).replace_schema_metadata({"transferlab": '{"layer": "stage2"}'})
+    pq.write_table(old, tmp_path / "old.parquet")
+    back = load_features(tmp_path / "old.parquet")
+    np.testing.assert_array_equal(back["X"], X)
+    assert back["paths"] == ["a.png", "b.png"] and back["meta"] == {"layer": "stage2"}
+    new = save_features(
+        tmp_path / "new.parquet", X, ["a.png", "b.png"], ["x", None], ["train", "val"],
+        meta={"layer": "stage2"},
+    )  # fmt: skip
+    assert pq.read_schema(new).equals(pq.read_schema(tmp_path / "old.parquet"), check_metadata=True)
+
+    empty = pa.table(
+        {"path": pa.array([], pa.string()), "label": pa.array([], pa.string()),
+         "split": pa.array([], pa.string()), "vector": pa.array([], pa.list_(pa.float32()))}
+    )  # fmt: skip
+    pq.write_table(empty, tmp_path / "empty.parquet")
+    back = load_features(tmp_path / "empty.parquet")
+    assert back["X"].shape == (0, 0) and back["paths"] == [] and back["meta"] == {}
+
+
 @pytest.mark.parametrize("backbone", ["efficientnet_lite0", "test_resnet"])
 def test_onnx_engine_matches_pytorch_and_exports_once(images, tmp_path, backbone):
     """engine='onnx' exports the backbone once into the cache folder and gives the same vectors
@@ -220,7 +255,7 @@ def test_auto_engine_exports_only_when_it_pays(images, tmp_path, monkeypatch):
     """engine='auto' (the default) stays on PyTorch for a handful of images, exports to ONNX once
     a run is big enough, and from then on uses the export even for a single image."""
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
-    import transferlab.features as features_mod
+    import transferlab.features._extractor as features_mod  # where the name is looked up
 
     assert FeatureExtractor().engine == "auto"
     cache = FeatureCache(tmp_path / "cache")
@@ -252,7 +287,7 @@ def test_auto_engine_falls_back_to_torch_once_when_the_export_fails(
     computes the same vectors with PyTorch and does not try the export again."""
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     import transferlab.backbones as backbones_mod
-    import transferlab.features as features_mod
+    import transferlab.features._extractor as features_mod  # where the name is looked up
 
     calls = []
 
@@ -327,3 +362,20 @@ def test_prepare_exports_up_front_for_long_running_processes(images, tmp_path):
         fx.transform(images[:2]), ref.transform(images[:2]), atol=1e-4, rtol=1e-4
     )
     assert fx.__dict__["_onnx_runners"]
+
+
+def test_auto_precision_is_the_backbones_rule_without_cpu_bf16(monkeypatch):
+    """precision='auto' follows `backbones.use_bf16(..., cpu=False)`: bf16 on a GPU that has it,
+    fp32 on other GPUs and on every CPU (the fp32 reference vectors); explicit values win."""
+    from types import SimpleNamespace
+
+    cuda, cpu = (
+        SimpleNamespace(device=torch.device("cuda")),
+        SimpleNamespace(device=torch.device("cpu")),
+    )
+    for supported, want in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, s=supported, **k: s)
+        assert FeatureExtractor(precision="auto")._precision(cuda) == want
+    assert FeatureExtractor(precision="auto")._precision(cpu) == "fp32"
+    assert FeatureExtractor(precision="bf16")._precision(cpu) == "bf16"
+    assert FeatureExtractor(precision="fp32")._precision(cuda) == "fp32"

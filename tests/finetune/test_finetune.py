@@ -1,4 +1,5 @@
-"""Fine-tuning: layer groups, freezing, discriminative LRs, resume, saved models, CLI."""
+"""Fine-tuning: layer groups, freezing, discriminative LRs, resume, the CLI (ONNX export of the
+models it saves is tested in tests/models/test_export.py)."""
 
 from __future__ import annotations
 
@@ -9,58 +10,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests._helpers import build_image_folder
+from tests.finetune._data import FAST, make_data
 from transferlab.cli import app
 from transferlab.data import load_dataset
 from transferlab.exceptions import InvalidParameterError
-from transferlab.finetune import Callback, FinetuneConfig, FineTuner, layer_groups, use_bf16
+from transferlab.finetune import Callback, FinetuneConfig, FineTuner, use_bf16
 from transferlab.models import FinetunedModel, load_model
 
 runner = CliRunner()
-FAST = {
-    "backbone": "test_resnet",
-    "weights": "random",
-    "image_size": 48,
-    "batch_size": 4,
-    "num_workers": 0,
-}
 
 
 @pytest.fixture
 def data(tmp_path):
-    root = tmp_path / "data"
-    build_image_folder(root / "train", n_per_class=8, seed=1)
-    build_image_folder(root / "val", n_per_class=4, seed=2)
-    return root
-
-
-def test_layer_groups_follow_the_network_order():
-    import timm
-
-    model = timm.create_model("tf_efficientnet_lite0", num_classes=3)
-    groups = layer_groups(model)
-    names = [g for g, _ in groups]
-    assert names[0] == "stem" and names[-1] == "classifier"
-    assert groups[-1][1] == ["classifier.weight", "classifier.bias"]
-    assert any(p.startswith("conv_stem") for p in groups[0][1])
-    flat = [p for _, ps in groups for p in ps]
-    assert sorted(flat) == sorted(n for n, _ in model.named_parameters())  # each parameter once
-    assert len(groups) >= 8  # stem, 7 stages (+ head conv), classifier
-
-
-def test_freeze_to_and_discriminative_learning_rates(data):
-    ds = load_dataset(data)
-    tuner = FineTuner(FinetuneConfig(**FAST, lr=1e-2, lr_mult=100), progress=False)
-    tuner._setup(ds.classes)
-    tuner.freeze_to(-1)
-    trainable = [n for n, p in tuner.backbone_.model.named_parameters() if p.requires_grad]
-    assert trainable == tuner.groups_[-1][1]
-    tuner.freeze_to(0)
-    assert all(p.requires_grad for p in tuner.backbone_.model.parameters())
-    _, max_lrs = tuner._optimizer(1e-2, 100)
-    assert max(max_lrs) == pytest.approx(1e-2)
-    assert min(max_lrs) == pytest.approx(1e-4)
-    assert max_lrs == sorted(max_lrs)  # stem lowest ... classifier highest
+    return make_data(tmp_path / "data")
 
 
 def test_finetune_learns_and_beats_chance(data, tmp_path):
@@ -269,134 +231,6 @@ def test_cli_resume_needs_out(data):
     assert res.exit_code == 2 and "--resume needs --out" in res.output
 
 
-def test_lr_find_sweeps_and_restores_weights(data, tmp_path):
-    ds = load_dataset(data)
-    tuner = FineTuner(FinetuneConfig(**FAST), progress=False)
-    res = tuner.lr_find(ds.train, ds.classes, num_it=12, start_lr=1e-5, end_lr=10)
-    assert 5 <= len(res.lrs) <= 12
-    assert res.lrs == sorted(res.lrs) and res.lrs[0] == pytest.approx(1e-5)
-    assert res.lrs[0] <= res.suggestion * 10 <= res.lrs[-1]
-    assert "minimum" in res.rule
-    png = res.plot(tmp_path / "lr.png")
-    assert png.stat().st_size > 1000
-
-
-def test_cli_lr_find(data, tmp_path):
-    res = runner.invoke(
-        app,
-        [
-            "lr-find",
-            str(data),
-            "--out",
-            str(tmp_path / "lr"),
-            "--backbone",
-            "test_resnet",
-            "--weights",
-            "random",
-            "--image-size",
-            "48",
-            "--num-it",
-            "8",
-            "--batch-size",
-            "4",
-        ],
-    )
-    assert res.exit_code == 0, res.output
-    assert "suggested lr" in res.stdout
-    assert (tmp_path / "lr" / "lr_find.png").exists()
-    assert json.loads((tmp_path / "lr" / "lr_find.json").read_text())["suggestion"] > 0
-
-
-@pytest.mark.parametrize("kind", ["finetune", "logreg", "svm", "centroid"])
-def test_onnx_export_matches_pytorch(data, tmp_path, kind):
-    pytest.importorskip("onnxruntime")
-    import onnxruntime as ort
-
-    from transferlab.models.export import export_onnx
-    from transferlab.pipeline import FitConfig, fit
-
-    out = tmp_path / "run"
-    if kind == "finetune":
-        res = runner.invoke(
-            app,
-            [
-                "finetune",
-                str(data),
-                "--out",
-                str(out),
-                "--backbone",
-                "test_resnet",
-                "--weights",
-                "random",
-                "--image-size",
-                "48",
-                "--epochs",
-                "1",
-                "--freeze-epochs",
-                "0",
-                "--batch-size",
-                "4",
-            ],
-        )
-        assert res.exit_code == 0, res.output
-    else:
-        fit(
-            FitConfig(
-                data=str(data),
-                out=str(out),
-                backbone="test_resnet",
-                weights="random",
-                classifier=kind,
-                progress=False,
-            )
-        )
-    model = load_model(out / "model", device="cpu", progress=False)
-    written = export_onnx(model, tmp_path / "onnx")
-    spec = json.loads((tmp_path / "onnx" / "preprocessing.json").read_text())
-    assert spec["output"]["classes"] == ["hstripes", "vstripes"]
-    assert written["max_abs_diff"] < 1e-4
-    # the exported graph, fed as preprocessing.json says, reproduces the library's predictions
-    from PIL import Image
-    from torchvision import transforms as T
-
-    p = spec["preprocessing"]
-    tf = T.Compose(
-        [
-            T.Resize(
-                p["resize_shorter_side"], interpolation=T.InterpolationMode(p["interpolation"])
-            ),
-            T.CenterCrop(p["center_crop"]),
-            T.ToTensor(),
-            T.Normalize(p["mean"], p["std"]),
-        ]
-    )
-    imgs = sorted((data / "val").rglob("*.png"))
-    x = np.stack([tf(Image.open(i).convert("RGB")).numpy() for i in imgs])
-    onnx_p = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx")).run(None, {"image": x})[0]
-    lib = model.predict_paths(imgs, top_k=2)
-    lib_p = np.array([[dict(q.top)[c] for c in spec["output"]["classes"]] for q in lib])
-    np.testing.assert_allclose(onnx_p, lib_p, atol=1e-4)
-
-
-def test_cli_export(data, tmp_path):
-    from transferlab.pipeline import FitConfig, fit
-
-    fit(
-        FitConfig(
-            data=str(data),
-            out=str(tmp_path / "run"),
-            backbone="test_resnet",
-            weights="random",
-            progress=False,
-        )
-    )
-    res = runner.invoke(app, ["export", str(tmp_path / "run" / "model"), "--format", "onnx"])
-    assert res.exit_code == 0, res.output
-    assert (tmp_path / "run" / "model" / "export-onnx" / "model.onnx").exists()
-    res = runner.invoke(app, ["export", str(tmp_path / "run" / "model"), "--format", "tflite"])
-    assert res.exit_code == 2 and "--format must be one of onnx" in res.output
-
-
 def test_adapt_bn_and_freeze_to_in_fine_tuning(data):
     """--adapt-bn re-estimates BatchNorm statistics before training (with --bn freeze nothing else
     moves them); --freeze-to 2 trains only the groups from the third on: the stem's weights stay
@@ -431,62 +265,6 @@ def test_bf16_autocast_training_learns_and_auto_follows_the_hardware(data):
     cpu = torch.device("cpu")
     assert use_bf16("auto", cpu) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     assert use_bf16("bf16", cpu) and not use_bf16("fp32", cpu)
-
-
-def test_mixup_trains_on_blended_pairs_and_stays_deterministic(data):
-    """mixup > 0 changes what the network is trained on (blended images, two-label loss), still
-    learns, and two runs with one seed match step for step (so --resume stays exact)."""
-    ds = load_dataset(data)
-
-    def run(mixup: float) -> list[float]:
-        cfg = FinetuneConfig(**FAST, epochs=3, lr=5e-3, head_init="random", mixup=mixup)
-        result = FineTuner(cfg, progress=False).fit(ds.train, ds.val, ds.classes)
-        return [h["train_loss"] for h in result.history]
-
-    plain, mixed, again = run(0.0), run(0.4), run(0.4)
-    assert mixed == again
-    assert mixed != plain
-    assert all(np.isfinite(mixed)) and mixed[-1] < mixed[0]
-
-
-def test_ema_validates_and_keeps_the_bias_corrected_weight_average(data):
-    """With ``ema`` the weights validated after each epoch, and kept at the end, are the
-    bias-corrected exponential average of the weights after every optimiser step (recomputed
-    here from the trajectory), not the last step's weights."""
-    ds = load_dataset(data)
-    decay = 0.8
-
-    class Trajectory(Callback):
-        def __init__(self) -> None:
-            self.steps: list[dict[str, torch.Tensor]] = []
-            self.epoch_ends: list[int] = []
-
-        def after_batch(self, tuner):
-            state = tuner.backbone_.model.state_dict()
-            self.steps.append({k: v.detach().clone() for k, v in state.items()})
-
-        def after_epoch(self, tuner):
-            self.epoch_ends.append(len(self.steps))
-
-    traj = Trajectory()
-    cfg = FinetuneConfig(
-        **FAST, epochs=2, freeze_epochs=1, lr=5e-3, head_init="random", ema=decay, wise="off"
-    )
-    tuner = FineTuner(cfg, callbacks=[traj], progress=False)
-    result = tuner.fit(ds.train, ds.val, ds.classes)
-    averages, avg = [], None
-    for t, state in enumerate(traj.steps, start=1):
-        w = (1 - decay) / (1 - decay**t)
-        avg = {k: v.clone() if avg is None else avg[k] + w * (v - avg[k]) for k, v in state.items()}
-        if t in traj.epoch_ends:
-            averages.append(avg)
-    kept = tuner.backbone_.model.state_dict()
-    expected = averages[result.best_epoch - 1]
-    moved = [k for k in expected if not torch.equal(traj.steps[-1][k], traj.steps[0][k])]
-    assert moved  # the run trained something, so the average differs from the last step
-    for k in moved:
-        torch.testing.assert_close(kept[k], expected[k], rtol=1e-4, atol=1e-6, msg=k)
-    assert any(not torch.allclose(kept[k], traj.steps[-1][k]) for k in moved)
 
 
 def test_cli_finetune_json_is_the_only_thing_on_stdout(data, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,7 +56,15 @@ def test_loading_multilabel_csv(multilabel_csv):
     assert len(ds.train) + len(ds.val) == 72
     Y = ds.label_matrix(ds.train)
     assert Y.shape == (len(ds.train), 3) and set(np.unique(Y)) <= {0, 1}
-    assert any(s.labels == () for s in ds.train + ds.val) or Y.sum(1).min() >= 1
+    # each image's labels are the CSV row's, including the rows that list none
+    rows = dict(line.split(",") for line in multilabel_csv.read_text().splitlines()[1:])
+    for s in ds.train + ds.val:
+        assert set(s.labels) == set(
+            filter(
+                None, rows[Path(s.path).relative_to(multilabel_csv.parent).as_posix()].split(";")
+            )
+        )
+    assert [int(r) for r in Y.sum(1)] == [len(s.labels) for s in ds.train]
     with pytest.raises(DatasetError, match="--multi-label"):
         load_dataset(multilabel_csv)  # ';' in labels without the flag
 
@@ -122,6 +131,8 @@ def test_multilabel_finetune_learns_every_label(multilabel_csv, tmp_path):
     assert res.exit_code == 0, res.output
     m = json.loads((out / "metrics.json").read_text())
     assert m["multi_label"] and m["method"] == "finetune"
+    # one name per value; the old key stays in the JSON with the same value
+    assert "probe_val_score" in m and m["probe_val_map"] == m["probe_val_score"]
     for label in LABELS:
         per = m["per_label"][label]
         assert per["average_precision"] > per["support"] / m["n_val"] + 0.2, (label, per)

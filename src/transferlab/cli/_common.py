@@ -1,4 +1,4 @@
-"""Shared CLI plumbing: the typer app, error handling, output helpers.
+"""Shared CLI plumbing: the typer app, error handling, output helpers (options: `_options`).
 
 Library errors (`TransferlabError`) print as one red line on stderr and exit with code 2; no
 traceback. Ctrl-C exits with 130. Anything else is a bug and shows its traceback.
@@ -9,7 +9,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -56,6 +58,15 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def command(name: str, *, group: typer.Typer = app) -> Callable[[F], F]:
+    """Register a function as the command `name` of `group`, with `handle_errors` around it."""
+
+    def register(func: F) -> F:
+        return group.command(name)(handle_errors(func))
+
+    return register
+
+
 def _configure_logging() -> None:
     level = os.environ.get("TRANSFERLAB_LOG", "WARNING").upper()
     logging.basicConfig(
@@ -64,44 +75,71 @@ def _configure_logging() -> None:
 
 
 def print_json(data: Any) -> None:
-    import json
+    """`data` as indented JSON on stdout, through the library's one encoder."""
+    from transferlab._internal.json import dumps
 
-    from transferlab._internal.json import json_default as _json_default
-
-    typer.echo(json.dumps(data, indent=2, default=_json_default))
+    typer.echo(dumps(data))
 
 
-# Options shared by the commands that extract features (one definition, same help everywhere).
-BackboneOpt = typer.Option(
-    "efficientnet_lite0", "--backbone", "-b", help="Backbone name (see `transferlab backbones`)."
-)
-LayerOpt = typer.Option(
-    "pre_logits", "--layer", "-l", help="Layer tap: stem, stageN, pre_logits or logits."
-)
-PoolOpt = typer.Option("avg", "--pool", help="Pooling of spatial layers: avg, max or avgmax.")
-WeightsOpt = typer.Option(
-    "default",
-    "--weights",
-    help="'default' (packaged or hub), 'hub', 'random', or a .pth/.safetensors file.",
-)
-BatchOpt = typer.Option(32, "--batch-size", min=1, help="Images per forward pass.")
-WorkersOpt = typer.Option(
-    None, "--workers", min=0, help="Decoding processes (default: chosen from cores and input size)."
-)
-DeviceOpt = typer.Option("auto", "--device", help="auto, cpu or cuda.")
-CacheDirOpt = typer.Option(
-    None,
-    "--cache-dir",
-    help="Feature cache folder (default: $TRANSFERLAB_CACHE_DIR or the user cache dir).",
-)
-NoCacheOpt = typer.Option(False, "--no-cache", help="Do not read or write the feature cache.")
-MaxPixelsOpt = typer.Option(
-    89_478_485, "--max-pixels", min=1, help="Refuse larger images (decompression bombs)."
-)
-StrictOpt = typer.Option(
-    False, "--strict", help="Fail on the first broken image instead of skipping it."
-)
-ValFractionOpt = typer.Option(
-    0.2, "--val-fraction", help="Validation share when the data has no val/ split."
-)
-SeedOpt = typer.Option(0, "--seed", help="Seed for the split and the solvers.")
+def print_step(step: str) -> None:
+    """Progress of a long run, dimmed on stderr (stdout stays for the result)."""
+    err.print(f"[dim]» {step}[/]")
+
+
+def print_failures(failures: Iterable[Any]) -> None:
+    """The images an extraction skipped, one line each on stderr."""
+    for f in failures:
+        err.print(f"skipped {f.path}: {f.reason}", markup=False)
+
+
+def default_run_dir(data: Path, command: str) -> Path:
+    """`runs/<command>-<data folder name>-<time>`: where a run goes without `--out`."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{command}-{data.resolve().name or 'data'}-{stamp}"
+
+
+def print_fit_summary(result: Any) -> None:
+    """The short summary `fit`, `finetune` and `demo` end with (skipped files on stderr)."""
+    m = result.metrics
+    for s in m["skipped"]:
+        err.print(f"[yellow]skipped[/] {escape(s['path'])}: {escape(s['reason'])}")
+    if m.get("multi_label"):
+        out.print(
+            f"[bold]{m['backbone']} / {m['layer']}[/] multi-label probe on {len(m['classes'])} labels"
+        )
+        out.print(f"  train {m['n_train']}  val {m['n_val']}  skipped {m['n_skipped']}")
+        out.print(
+            f"  [bold green]val mAP {m['mAP']:.4f}[/]  micro F1 {m['f1_micro']:.4f}  macro F1 {m['f1_macro']:.4f}"
+            f"  (thresholds tuned on val; micro F1 at 0.5: {m['at_threshold_0.5']['f1_micro']:.4f})"
+        )
+    else:
+        if m.get("method") == "finetune":
+            head = f"[bold]{m['backbone']}[/] fine-tuned on {len(m['classes'])} classes"
+        else:
+            head = f"[bold]{m['backbone']} / {m['layer']}[/] + {m['classifier']} probe on {len(m['classes'])} classes"
+        out.print(head)
+        counts = f"  train {m['n_train']}  val {m['n_val']}"
+        counts += f"  test {m['n_test']}" if m.get("n_test") else ""
+        out.print(counts + f"  skipped {m['n_skipped']}")
+        out.print(
+            f"  [bold green]val accuracy {m['accuracy']:.4f}[/]  balanced {m['balanced_accuracy']:.4f}  "
+            f"log loss {m['log_loss']:.4f}"
+        )
+        if m.get("probe_val_accuracy") is not None:
+            out.print(
+                f"  linear probe on the same validation images: {m['probe_val_accuracy']:.4f}"
+            )
+        if "test" in m:
+            out.print(f"  test accuracy {m['test']['accuracy']:.4f}")
+        if "stage_seconds" in m:
+            st = m["stage_seconds"]
+            out.print(
+                f"  time {m['seconds']:.1f} s: extraction {st['extract']:.1f} s ({m['n_cached']} cached), "
+                f"probe {st['probe']:.2f} s"
+            )
+        else:
+            out.print(
+                f"  time {m['seconds']:.1f} s, {m['epochs_run']} epochs, best epoch {m['best_epoch']}"
+            )
+    out.print(f"  model:  {result.model_dir}")
+    out.print(f"  report: {result.report}")

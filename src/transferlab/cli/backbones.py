@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import typer
 
-from transferlab.cli._common import app, handle_errors, out, print_json
+from transferlab.cli._common import command, out, print_json
 
 
-@app.command("backbones")
-@handle_errors
+@command("backbones")
 def backbones_cmd(
     pattern: str = typer.Argument("*", help="Wildcard on names, e.g. 'efficientnet*'."),
     timm: bool = typer.Option(

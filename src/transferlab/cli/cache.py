@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from transferlab.cli._common import app, handle_errors, out, print_json
+from transferlab.cli import _options as opt
+from transferlab.cli._common import app, command, out, print_json
 
 cache_app = typer.Typer(help="Inspect or clear the on-disk feature cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
-CacheDir = typer.Option(
-    None,
-    "--cache-dir",
-    help="Cache folder (default: $TRANSFERLAB_CACHE_DIR or the user cache dir).",
-)
+CacheDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir", help="Cache folder (default: $TRANSFERLAB_CACHE_DIR or the user cache dir)."
+    ),
+]
 
 
-@cache_app.command("info")
-@handle_errors
-def info_cmd(cache_dir: Path = CacheDir, as_json: bool = typer.Option(False, "--json")) -> None:
+@command("info", group=cache_app)
+def info_cmd(cache_dir: CacheDir = None, as_json: opt.Json = False) -> None:
     """Where the cache is, its size, and entries per backbone/layer."""
     from transferlab.features import FeatureCache
 
@@ -34,10 +36,9 @@ def info_cmd(cache_dir: Path = CacheDir, as_json: bool = typer.Option(False, "--
         out.print(f"  {ns['backbone']} / {ns['layer']} ({ns['pool']}): {ns['entries']} vectors")
 
 
-@cache_app.command("clear")
-@handle_errors
+@command("clear", group=cache_app)
 def clear_cmd(
-    cache_dir: Path = CacheDir,
+    cache_dir: CacheDir = None,
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Delete every cached feature vector (they are recomputed when needed)."""

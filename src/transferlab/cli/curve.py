@@ -6,22 +6,13 @@ from pathlib import Path
 
 import typer
 
-from transferlab.cli._common import (
-    BackboneOpt,
-    LayerOpt,
-    SeedOpt,
-    ValFractionOpt,
-    WeightsOpt,
-    app,
-    handle_errors,
-    out,
-)
+from transferlab.cli import _options as opt
+from transferlab.cli._common import command, default_run_dir, out
 
 
-@app.command("curve")
-@handle_errors
+@command("curve")
 def curve_cmd(
-    data: Path = typer.Argument(..., help="Labelled images (same forms as `fit`)."),
+    data: opt.LabelledData,
     out_dir: Path | None = typer.Option(
         None, "--out", "-o", help="Report directory (default: runs/curve-<data>-<time>)."
     ),
@@ -37,12 +28,12 @@ def curve_cmd(
     cnn_epochs: int = typer.Option(
         30, "--cnn-epochs", min=1, help="Training epochs of the from-scratch CNN."
     ),
-    backbone: str = BackboneOpt,
-    layer: str = LayerOpt,
-    weights: str = WeightsOpt,
-    val_fraction: float = ValFractionOpt,
-    seed: int = SeedOpt,
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    backbone: opt.Backbone = "efficientnet_lite0",
+    layer: opt.Layer = "pre_logits",
+    weights: opt.Weights = "default",
+    val_fraction: opt.ValFraction = 0.2,
+    seed: opt.Seed = 0,
+    overwrite: opt.Overwrite = False,
 ) -> None:
     """For 1, 2, 5 ... images per class: the linear probe on pretrained features against a
     logistic regression on raw pixels and a small CNN trained from scratch, on the same draws.
@@ -50,7 +41,6 @@ def curve_cmd(
     Example:
       transferlab curve ../shared/datasets/hymenoptera --shots 1,2,5,10,20,all --repeats 5
     """
-    from transferlab.cli.fit import default_run_dir
     from transferlab.evaluate import parse_shots
     from transferlab.pipeline import curve_run
 

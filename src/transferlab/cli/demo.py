@@ -6,16 +6,16 @@ from pathlib import Path
 
 import typer
 
-from transferlab.cli._common import BackboneOpt, app, handle_errors, out
+from transferlab.cli import _options as opt
+from transferlab.cli._common import command, out, print_fit_summary
 
 
-@app.command("demo")
-@handle_errors
+@command("demo")
 def demo_cmd(
     out_dir: Path = typer.Option(
         Path("runs/demo"), "--out", "-o", help="Where the sample data and the run go."
     ),
-    backbone: str = BackboneOpt,
+    backbone: opt.Backbone = "efficientnet_lite0",
     overwrite: bool = typer.Option(
         True, "--overwrite/--no-overwrite", help="Replace an earlier demo run."
     ),
@@ -26,7 +26,6 @@ def demo_cmd(
     Example:
       transferlab demo --out runs/demo
     """
-    from transferlab.cli.fit import print_fit_summary
     from transferlab.pipeline import FitConfig, fit
     from transferlab.samples import make_texture_dataset
 

@@ -7,21 +7,8 @@ from pathlib import Path
 
 import typer
 
-from transferlab.cli._common import (
-    BackboneOpt,
-    BatchOpt,
-    CacheDirOpt,
-    DeviceOpt,
-    NoCacheOpt,
-    SeedOpt,
-    ValFractionOpt,
-    WeightsOpt,
-    app,
-    err,
-    handle_errors,
-    out,
-    print_json,
-)
+from transferlab.cli import _options as opt
+from transferlab.cli._common import command, default_run_dir, out, print_json, print_step
 
 _COLOURS = {"problem": "red", "warning": "yellow", "info": "cyan", "ok": "green"}
 
@@ -32,10 +19,9 @@ def _split(value: str | None) -> tuple[str, ...] | None:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
-@app.command("diagnose")
-@handle_errors
+@command("diagnose")
 def diagnose_cmd(
-    data: Path = typer.Argument(..., help="Labelled images (same forms as `fit`)."),
+    data: opt.LabelledData,
     out_dir: Path | None = typer.Option(
         None, "--out", "-o", help="Report directory (default: runs/diagnose-<data>-<time>)."
     ),
@@ -48,9 +34,7 @@ def diagnose_cmd(
     layers: str | None = typer.Option(
         None, "--layers", help="Comma-separated taps to probe (default: all but logits)."
     ),
-    max_images: int = typer.Option(
-        2000, "--max-images", min=8, help="Labelled images used at most (stratified draw)."
-    ),
+    max_images: opt.MaxImages = 2000,
     bn_images: int = typer.Option(
         256, "--bn-images", min=8, help="Images for the BatchNorm statistics."
     ),
@@ -63,15 +47,15 @@ def diagnose_cmd(
         help="Other backbones to score against --backbone (comma-separated), for a backbone "
         "recommendation.",
     ),
-    backbone: str = BackboneOpt,
-    weights: str = WeightsOpt,
-    batch_size: int = BatchOpt,
-    device: str = DeviceOpt,
-    cache_dir: Path | None = CacheDirOpt,
-    no_cache: bool = NoCacheOpt,
-    val_fraction: float = ValFractionOpt,
-    seed: int = SeedOpt,
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    backbone: opt.Backbone = "efficientnet_lite0",
+    weights: opt.Weights = "default",
+    batch_size: opt.BatchSize = 32,
+    device: opt.Device = "auto",
+    cache_dir: opt.CacheDir = None,
+    no_cache: opt.NoCache = False,
+    val_fraction: opt.ValFraction = 0.2,
+    seed: opt.Seed = 0,
+    overwrite: opt.Overwrite = False,
     as_json: bool = typer.Option(False, "--json", help="Print diagnosis.json to stdout."),
 ) -> None:
     """Diagnose transfer before training: probe accuracy per layer, domain gap and BatchNorm shift
@@ -80,7 +64,6 @@ def diagnose_cmd(
     Example:
       transferlab diagnose ../shared/datasets/pneumoniamnist --out runs/diag-pneumonia
     """
-    from transferlab.cli.fit import default_run_dir
     from transferlab.pipeline import DiagnoseConfig, diagnose_run
 
     cfg = DiagnoseConfig(
@@ -102,7 +85,7 @@ def diagnose_cmd(
         no_cache=no_cache,
         overwrite=overwrite,
     )
-    res = diagnose_run(cfg, on_step=lambda s: err.print(f"[dim]» {s}[/]"))
+    res = diagnose_run(cfg, on_step=print_step)
     if as_json:
         print_json(res.metrics)
         return
@@ -115,10 +98,9 @@ def diagnose_cmd(
     out.print(f"report: {res.report}", markup=False)
 
 
-@app.command("rank")
-@handle_errors
+@command("rank")
 def rank_cmd(
-    data: Path = typer.Argument(..., help="Labelled images (same forms as `fit`)."),
+    data: opt.LabelledData,
     backbones: str = typer.Option(
         "efficientnet_lite0,efficientnet_lite1,efficientnet_lite2",
         "--backbones",
@@ -133,18 +115,16 @@ def rank_cmd(
         help="Also measure the cross-validated probe accuracy of each row and each score's "
         "Kendall tau against it.",
     ),
-    max_images: int = typer.Option(
-        2000, "--max-images", min=8, help="Labelled images used at most (stratified draw)."
-    ),
+    max_images: opt.MaxImages = 2000,
     out_dir: Path | None = typer.Option(
         None, "--out", "-o", help="Also write rank.json and report.html here."
     ),
-    batch_size: int = BatchOpt,
-    device: str = DeviceOpt,
-    cache_dir: Path | None = CacheDirOpt,
-    val_fraction: float = ValFractionOpt,
-    seed: int = SeedOpt,
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    batch_size: opt.BatchSize = 32,
+    device: opt.Device = "auto",
+    cache_dir: opt.CacheDir = None,
+    val_fraction: opt.ValFraction = 0.2,
+    seed: opt.Seed = 0,
+    overwrite: opt.Overwrite = False,
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
 ) -> None:
     """Rank backbones x layers by transferability scores (LogME, LEEP, NCE, H-score, kNN),
@@ -171,7 +151,7 @@ def rank_cmd(
         batch_size=batch_size,
         device=device,
         overwrite=overwrite,
-        on_step=lambda s: err.print(f"[dim]» {s}[/]"),
+        on_step=print_step,
     )
     if as_json:
         print_json(res.to_dict())
@@ -207,20 +187,19 @@ def rank_cmd(
         out.print(f"report: {res.report}", markup=False)
 
 
-@app.command("adapt-bn")
-@handle_errors
+@command("adapt-bn")
 def adapt_bn_cmd(
     data: Path = typer.Argument(..., help="Target images (labels are not needed)."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for weights.safetensors."),
     max_images: int = typer.Option(
         2000, "--max-images", min=2, help="Images used at most (a random draw)."
     ),
-    backbone: str = BackboneOpt,
-    weights: str = WeightsOpt,
-    batch_size: int = BatchOpt,
-    device: str = DeviceOpt,
-    seed: int = SeedOpt,
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    backbone: opt.Backbone = "efficientnet_lite0",
+    weights: opt.Weights = "default",
+    batch_size: opt.BatchSize = 32,
+    device: opt.Device = "auto",
+    seed: opt.Seed = 0,
+    overwrite: opt.Overwrite = False,
 ) -> None:
     """AdaBN: re-estimate the backbone's BatchNorm statistics on your images, without labels,
     and save the weights for `--weights` in fit, extract and finetune.

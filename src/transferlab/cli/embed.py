@@ -6,19 +6,11 @@ from pathlib import Path
 
 import typer
 
-from transferlab.cli._common import (
-    BackboneOpt,
-    LayerOpt,
-    SeedOpt,
-    WeightsOpt,
-    app,
-    handle_errors,
-    out,
-)
+from transferlab.cli import _options as opt
+from transferlab.cli._common import command, default_run_dir, out
 
 
-@app.command("embed")
-@handle_errors
+@command("embed")
 def embed_cmd(
     data: Path = typer.Argument(
         ..., help="Images: a dataset folder/CSV or a folder of unlabelled images."
@@ -41,11 +33,11 @@ def embed_cmd(
     max_points: int = typer.Option(
         3000, "--max-points", min=3, help="Random sample size for large sets."
     ),
-    backbone: str = BackboneOpt,
-    layer: str = LayerOpt,
-    weights: str = WeightsOpt,
-    seed: int = SeedOpt,
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    backbone: opt.Backbone = "efficientnet_lite0",
+    layer: opt.Layer = "pre_logits",
+    weights: opt.Weights = "default",
+    seed: opt.Seed = 0,
+    overwrite: opt.Overwrite = False,
 ) -> None:
     """Map images by their features: do classes separate at this layer? Does a split or domain
     sit apart?
@@ -55,7 +47,6 @@ def embed_cmd(
       transferlab embed photos/ --layer stage4 --thumbnails
       transferlab embed cartoons/ --domain photos/ --colour domain --layer stage2
     """
-    from transferlab.cli.fit import default_run_dir
     from transferlab.pipeline import embed_run
 
     res = embed_run(

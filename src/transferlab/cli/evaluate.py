@@ -6,15 +6,13 @@ from pathlib import Path
 
 import typer
 
-from transferlab.cli._common import app, handle_errors, out, print_json
+from transferlab.cli import _options as opt
+from transferlab.cli._common import command, default_run_dir, out, print_json
 
 
-@app.command("evaluate")
-@handle_errors
+@command("evaluate")
 def evaluate_cmd(
-    model_dir: Path = typer.Argument(
-        ..., help="Model directory from `fit` or `finetune` (OUT/model)."
-    ),
+    model_dir: opt.ModelDir,
     data: Path = typer.Argument(..., help="Labelled images: a dataset folder or CSV."),
     out_dir: Path | None = typer.Option(
         None, "--out", "-o", help="Report directory (default: runs/evaluate-<data>-<time>)."
@@ -30,7 +28,7 @@ def evaluate_cmd(
     grid_size: int = typer.Option(
         12, "--grid-size", min=1, help="Images in the top-losses and examples grids."
     ),
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    overwrite: opt.Overwrite = False,
     as_json: bool = typer.Option(False, "--json", help="Print metrics.json."),
 ) -> None:
     """Metrics (accuracy, balanced, top-k, log loss, per class, ECE), confusion, most-confused
@@ -40,7 +38,6 @@ def evaluate_cmd(
       transferlab evaluate runs/hym/model ../shared/datasets/hymenoptera --out runs/hym-eval
       transferlab evaluate runs/pneu/model ../shared/datasets/pneumoniamnist --split test --threshold 0.9
     """
-    from transferlab.cli.fit import default_run_dir
     from transferlab.pipeline import evaluate_run
 
     res = evaluate_run(

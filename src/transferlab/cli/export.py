@@ -6,15 +6,13 @@ from pathlib import Path
 
 import typer
 
-from transferlab.cli._common import app, handle_errors, out
+from transferlab.cli import _options as opt
+from transferlab.cli._common import command, out
 
 
-@app.command("export")
-@handle_errors
+@command("export")
 def export_cmd(
-    model_dir: Path = typer.Argument(
-        ..., help="Model directory from `fit` or `finetune` (OUT/model)."
-    ),
+    model_dir: opt.ModelDir,
     fmt: str = typer.Option("onnx", "--format", help="Export format: onnx."),
     out_dir: Path | None = typer.Option(
         None, "--out", "-o", help="Output folder (default: MODEL_DIR/export-onnx)."

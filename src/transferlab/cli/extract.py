@@ -4,31 +4,15 @@ a folder of Parquet shards written by a Ray cluster."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from transferlab.cli._common import (
-    BackboneOpt,
-    CacheDirOpt,
-    DeviceOpt,
-    LayerOpt,
-    MaxPixelsOpt,
-    NoCacheOpt,
-    PoolOpt,
-    SeedOpt,
-    StrictOpt,
-    ValFractionOpt,
-    WeightsOpt,
-    WorkersOpt,
-    app,
-    err,
-    handle_errors,
-    out,
-)
+from transferlab.cli import _options as opt
+from transferlab.cli._common import command, out, print_failures
 
 
-@app.command("extract")
-@handle_errors
+@command("extract")
 def extract_cmd(
     data: str = typer.Argument(
         ...,
@@ -38,10 +22,10 @@ def extract_cmd(
     out_file: Path = typer.Option(
         ..., "--out", "-o", help="Output file: .npz or .parquet; with --engine ray, a folder."
     ),
-    backbone: str = BackboneOpt,
-    layer: str = LayerOpt,
-    pool: str = PoolOpt,
-    weights: str = WeightsOpt,
+    backbone: opt.Backbone = "efficientnet_lite0",
+    layer: opt.Layer = "pre_logits",
+    pool: opt.Pool = "avg",
+    weights: opt.Weights = "default",
     batch_size: int | None = typer.Option(
         None,
         "--batch-size",
@@ -54,11 +38,11 @@ def extract_cmd(
         help="auto (fp32 on CPU; bf16 autocast on a GPU that supports it; fp32 with --engine "
         "ray), fp32, or bf16.",
     ),
-    workers: int | None = WorkersOpt,
-    device: str = DeviceOpt,
-    cache_dir: Path | None = CacheDirOpt,
-    no_cache: bool = NoCacheOpt,
-    max_pixels: int = MaxPixelsOpt,
+    workers: opt.Workers = None,
+    device: opt.Device = "auto",
+    cache_dir: opt.CacheDir = None,
+    no_cache: opt.NoCache = False,
+    max_pixels: opt.MaxPixels = 89_478_485,
     engine: str = typer.Option(
         "auto",
         "--engine",
@@ -85,9 +69,9 @@ def extract_cmd(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="--engine ray: replace shards of a different extraction."
     ),
-    strict: bool = StrictOpt,
-    val_fraction: float = ValFractionOpt,
-    seed: int = SeedOpt,
+    strict: opt.Strict = False,
+    val_fraction: opt.ValFraction = 0.2,
+    seed: opt.Seed = 0,
 ) -> None:
     """Extract feature vectors (one row per image) with paths, labels and splits.
 
@@ -98,18 +82,14 @@ def extract_cmd(
 
     With --engine ray, running the same command again computes only the missing shards.
     """
-    from transferlab.data import collect_images
-    from transferlab.exceptions import InvalidParameterError
-    from transferlab.features import FeatureExtractor, save_features
-
+    # the model, the same for both engines
+    model = {"backbone": backbone, "layer": layer, "pool": pool, "weights": weights}
+    on_error = "raise" if strict else "skip"
     if engine == "ray":
         _extract_ray(
             data,
             out_file,
-            backbone=backbone,
-            layer=layer,
-            pool=pool,
-            weights=weights,
+            **model,
             batch_size=batch_size,
             shard_size=shard_size,
             workers=ray_workers,
@@ -118,21 +98,22 @@ def extract_cmd(
             precision="fp32" if precision == "auto" else precision,
             address=address,
             max_pixels=max_pixels,
-            on_error="raise" if strict else "skip",
+            on_error=on_error,
             overwrite=overwrite,
             val_fraction=val_fraction,
             seed=seed,
         )
         return
+    from transferlab.data import collect_images
+    from transferlab.exceptions import InvalidParameterError
+    from transferlab.features import FeatureExtractor, save_features
+
     suffix = out_file.suffix.lower()
     if suffix not in (".npz", ".parquet"):
         raise InvalidParameterError(f"--out must end in .npz or .parquet, got {out_file.name!r}")
     samples, splits = collect_images(data, val_fraction=val_fraction, seed=seed)
     fx = FeatureExtractor(
-        backbone,
-        layer=layer,
-        pool=pool,
-        weights=weights,
+        **model,
         batch_size=batch_size,
         num_workers=workers,
         device=device,
@@ -141,7 +122,7 @@ def extract_cmd(
         engine=engine,
         precision=precision,
     )
-    res = fx.extract([s.path for s in samples], on_error="raise" if strict else "skip")
+    res = fx.extract([s.path for s in samples], on_error=on_error)
     kept = [samples[i] for i in res.index]
     save_features(
         out_file,
@@ -156,8 +137,7 @@ def extract_cmd(
             "weights_sha256": fx.backbone_.weights_sha256,
         },
     )
-    for f in res.failures:
-        err.print(f"skipped {f.path}: {f.reason}", markup=False)
+    print_failures(res.failures)
     X = res.features[layer]
     out.print(
         f"wrote {X.shape[0]} vectors of {X.shape[1] if X.ndim == 2 else 0} floats to {out_file} "
@@ -165,7 +145,7 @@ def extract_cmd(
     )
 
 
-def _extract_ray(data: str, out_dir: Path, **kwargs: object) -> None:
+def _extract_ray(data: str, out_dir: Path, **kwargs: Any) -> None:
     from transferlab.exceptions import InvalidParameterError
     from transferlab.features.ray import extract_with_ray
 
@@ -174,9 +154,8 @@ def _extract_ray(data: str, out_dir: Path, **kwargs: object) -> None:
             f"with --engine ray, --out is a folder of Parquet shards, got {out_dir.name!r}; "
             f"e.g. --out {out_dir.with_suffix('')}/"
         )
-    res = extract_with_ray(data, out_dir, **kwargs)  # type: ignore[arg-type]
-    for f in res.failures:
-        err.print(f"skipped {f.path}: {f.reason}", markup=False)
+    res = extract_with_ray(data, out_dir, **kwargs)
+    print_failures(res.failures)
     out.print(
         f"wrote {res.n_rows} vectors of {res.dim} floats in {res.n_shards} shards to {out_dir} "
         f"({len(res.shards_computed)} shards computed by {res.workers} workers, "

@@ -3,41 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import typer
 
-from transferlab.cli._common import (
-    BackboneOpt,
-    DeviceOpt,
-    MaxPixelsOpt,
-    SeedOpt,
-    StrictOpt,
-    ValFractionOpt,
-    WeightsOpt,
-    WorkersOpt,
-    app,
-    handle_errors,
-    out,
-    print_json,
-)
-
-if TYPE_CHECKING:
-    from transferlab.finetune import FinetuneConfig
-    from transferlab.pipeline import FitResult
+from transferlab.cli import _options as opt
+from transferlab.cli._common import command, default_run_dir, out, print_fit_summary, print_json
 
 
-@app.command("finetune")
-@handle_errors
+@command("finetune")
 def finetune_cmd(
-    data: Path = typer.Argument(
-        ..., help="Folder with train/ and val/, a folder of class folders, or a CSV (path,label)."
-    ),
+    data: opt.TrainData,
     out_dir: Path | None = typer.Option(
         None, "--out", "-o", help="Run directory (default: runs/finetune-<data>-<time>)."
     ),
-    backbone: str = BackboneOpt,
-    weights: str = WeightsOpt,
+    backbone: opt.Backbone = "efficientnet_lite0",
+    weights: opt.Weights = "default",
     epochs: int = typer.Option(
         5, "--epochs", min=0, help="Epochs with the whole network unfrozen."
     ),
@@ -61,7 +41,7 @@ def finetune_cmd(
         "--ema",
         help="Average the weights (EMA with this decay, e.g. 0.998) and keep the average.",
     ),
-    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    batch_size: opt.TrainBatchSize = 16,
     bn_policy: str = typer.Option(
         "freeze", "--bn", help="BatchNorm statistics: 'freeze' (keep pretrained) or 'train'."
     ),
@@ -117,23 +97,19 @@ def finetune_cmd(
         "--resume",
         help="Continue an interrupted run in --out from its last completed epoch.",
     ),
-    overwrite: bool = typer.Option(
-        False, "--overwrite", help="Replace the files of an earlier run in --out."
-    ),
-    val_fraction: float = ValFractionOpt,
-    seed: int = SeedOpt,
-    strict: bool = StrictOpt,
-    workers: int | None = WorkersOpt,
-    device: str = DeviceOpt,
-    max_pixels: int = MaxPixelsOpt,
+    overwrite: opt.OverwriteRun = False,
+    val_fraction: opt.ValFraction = 0.2,
+    seed: opt.Seed = 0,
+    strict: opt.Strict = False,
+    workers: opt.Workers = None,
+    device: opt.Device = "auto",
+    max_pixels: opt.MaxPixels = 89_478_485,
     multi_label: bool = typer.Option(
         False,
         "--multi-label",
         help="CSV labels hold several ';'-separated labels (sigmoid head, BCE).",
     ),
-    as_json: bool = typer.Option(
-        False, "--json", help="Print metrics.json instead of the summary."
-    ),
+    as_json: opt.MetricsJson = False,
     nproc: int | None = typer.Option(
         None,
         "--nproc",
@@ -154,7 +130,6 @@ def finetune_cmd(
       transferlab finetune data/ --out runs/ft --nproc 4         # 4 GPUs, DDP
       torchrun --nproc_per_node 4 -m transferlab finetune data/ --out runs/ft
     """
-    from transferlab.cli.fit import default_run_dir, print_fit_summary
     from transferlab.distributed import ddp as _ddp
     from transferlab.finetune import FinetuneConfig
     from transferlab.pipeline import finetune
@@ -203,9 +178,15 @@ def finetune_cmd(
         "multi_label": multi_label,
     }
     if nproc is not None and nproc > 1:
-        result = _launch(data, out_dir or default_run_dir(data, "finetune"), config, nproc, kwargs)
+        # checks what it can here (one clear error, not one per process), loads the data and
+        # prepares --out once, then starts torchrun's agent with N workers
+        from transferlab.pipeline import FinetuneRunConfig, run_finetune_nproc
+
+        run_dir = out_dir or default_run_dir(data, "finetune")
+        run = FinetuneRunConfig(data=data, out=run_dir, finetune=config, **kwargs)
+        result = run_finetune_nproc(run, nproc)
     else:
-        # under torchrun (`-m transferlab.finetune`): one process of the group; else plain
+        # under torchrun (`torchrun ... -m transferlab finetune`): one process of the group; else plain
         with _ddp.distributed_session(device):
             run_dir = _ddp.on_main(lambda: out_dir or default_run_dir(data, "finetune"))
             result = finetune(data, run_dir, config, **kwargs)
@@ -228,61 +209,3 @@ def _alpha(text: str) -> float:
         raise InvalidParameterError(
             f"--wise must be auto, off or a number in (0, 1], got {text!r}"
         ) from None
-
-
-def _launch(
-    data: Path, out_dir: Path, config: FinetuneConfig, nproc: int, kwargs: dict[str, Any]
-) -> FitResult:
-    """`--nproc N`: check what can be checked here (one clear error, not one per process), run
-    torchrun's agent with N workers, and read back the metrics rank 0 wrote."""
-    import json
-    from dataclasses import asdict
-
-    import torch
-
-    from transferlab._internal.rundir import prepare_out as _prepare_out
-    from transferlab.backbones import resolve_device
-    from transferlab.data import load_dataset
-    from transferlab.distributed import ddp as _ddp
-    from transferlab.exceptions import InvalidParameterError
-    from transferlab.pipeline import FitResult, launch_finetune
-
-    if _ddp.launched_by_torchrun():
-        raise InvalidParameterError(
-            "--nproc starts torchrun itself; this process already runs under torchrun "
-            "(RANK/WORLD_SIZE are set): leave --nproc out"
-        )
-    dev = resolve_device(config.device)
-    if dev.type == "cuda":
-        if dev.index is not None:
-            raise InvalidParameterError(
-                f"--nproc {nproc} with --device {config.device}: each process takes its own GPU; "
-                "pass --device cuda (choose GPUs with CUDA_VISIBLE_DEVICES)"
-            )
-        if nproc > torch.cuda.device_count():
-            raise InvalidParameterError(
-                f"--nproc {nproc} needs {nproc} GPUs, {torch.cuda.device_count()} visible; "
-                "lower --nproc or use --device cpu"
-            )
-    load_dataset(
-        data,
-        val_fraction=kwargs["val_fraction"],
-        seed=config.seed,
-        multi_label=kwargs["multi_label"],
-    )
-    if kwargs["resume"]:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    else:
-        _prepare_out(out_dir, kwargs["overwrite"])
-    job = {"data": str(data), "out": str(out_dir), "config": asdict(config), **kwargs}
-    launch_finetune(nproc, job)
-    metrics = json.loads((out_dir / "metrics.json").read_text())
-    skipped = [(s["path"], s["reason"]) for s in metrics.get("skipped", [])]
-    return FitResult(
-        metrics,
-        out_dir,
-        out_dir / "model",
-        out_dir / "report.html",
-        out_dir / "confusion_matrix.png" if not metrics.get("multi_label") else None,
-        skipped,
-    )

@@ -2,33 +2,23 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
-from transferlab.cli._common import (
-    BackboneOpt,
-    DeviceOpt,
-    SeedOpt,
-    ValFractionOpt,
-    WeightsOpt,
-    app,
-    handle_errors,
-    out,
-)
+from transferlab.cli import _options as opt
+from transferlab.cli._common import command, out
 
 
-@app.command("lr-find")
-@handle_errors
+@command("lr-find")
 def lr_find_cmd(
     data: Path = typer.Argument(..., help="The training data (same forms as `fit`)."),
     out_dir: Path = typer.Option(
         Path("runs/lr-find"), "--out", "-o", help="Where lr_find.png and lr_find.json go."
     ),
-    backbone: str = BackboneOpt,
-    weights: str = WeightsOpt,
-    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    backbone: opt.Backbone = "efficientnet_lite0",
+    weights: opt.Weights = "default",
+    batch_size: opt.TrainBatchSize = 16,
     start_lr: float = typer.Option(1e-7, "--start-lr"),
     end_lr: float = typer.Option(1.0, "--end-lr"),
     num_it: int = typer.Option(60, "--num-it", min=5, help="Steps in the sweep."),
@@ -36,15 +26,16 @@ def lr_find_cmd(
         False, "--unfrozen", help="Sweep with the whole network trainable (default: head only)."
     ),
     image_size: int | None = typer.Option(None, "--image-size", min=32),
-    val_fraction: float = ValFractionOpt,
-    seed: int = SeedOpt,
-    device: str = DeviceOpt,
+    val_fraction: opt.ValFraction = 0.2,
+    seed: opt.Seed = 0,
+    device: opt.Device = "auto",
 ) -> None:
     """Find a learning rate: train briefly with an exponentially growing LR and plot the loss.
 
     Example:
       transferlab lr-find ../shared/datasets/hymenoptera --out runs/lr
     """
+    from transferlab._internal.json import write_json
     from transferlab.data import load_dataset
     from transferlab.finetune import FinetuneConfig, FineTuner
 
@@ -63,7 +54,7 @@ def lr_find_cmd(
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     png = res.plot(out_dir / "lr_find.png")
-    (out_dir / "lr_find.json").write_text(json.dumps(res.to_dict(), indent=2))
+    write_json(out_dir / "lr_find.json", res.to_dict())
     out.print(
         f"suggested lr: [bold]{res.suggestion:.2g}[/] ({res.rule}); steepest descent at {res.steepest:.2g}"
     )

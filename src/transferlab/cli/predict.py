@@ -6,11 +6,11 @@ from pathlib import Path
 
 import typer
 
-from transferlab.cli._common import DeviceOpt, app, handle_errors, out, print_json
+from transferlab.cli import _options as opt
+from transferlab.cli._common import command, out, print_json
 
 
-@app.command("predict")
-@handle_errors
+@command("predict")
 def predict_cmd(
     model_dir: Path = typer.Argument(
         ..., help="Model directory written by `transferlab fit` (OUT/model)."
@@ -25,7 +25,7 @@ def predict_cmd(
         help="Below this (calibrated) probability, say 'uncertain' instead of guessing.",
     ),
     as_json: bool = typer.Option(False, "--json", help="JSON output, one object per image."),
-    device: str = DeviceOpt,
+    device: opt.Device = "auto",
 ) -> None:
     """Predict labels with probabilities. Broken images are reported, not fatal (exit 1 if any).
 

@@ -3,27 +3,35 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from transferlab.cli._common import app, handle_errors, out, print_json
+from transferlab.cli import _options as opt
+from transferlab.cli._common import app, command, out, print_json
 
 if TYPE_CHECKING:
     from transferlab.serve.settings import Settings
     from transferlab.serve.store import Store
 
-DbOpt = typer.Option(
-    None,
-    "--db",
-    help="Database URL (default: $TRANSFERLAB_DB_URL, else SQLite in the data dir); "
-    "e.g. postgresql+psycopg://user@host/transferlab.",
-)
-DataDirOpt = typer.Option(
-    None,
-    "--data-dir",
-    help="Images, models and the SQLite file (default: $TRANSFERLAB_DATA_DIR or the user data dir).",
-)
+Db = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="Database URL (default: $TRANSFERLAB_DB_URL, else SQLite in the data dir); "
+        "e.g. postgresql+psycopg://user@host/transferlab.",
+    ),
+]
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Images, models and the SQLite file (default: $TRANSFERLAB_DATA_DIR or the user "
+        "data dir).",
+    ),
+]
+KeyName = Annotated[str, typer.Argument(help="Who or what the key is for.")]
+KeyId = Annotated[int, typer.Argument(help="Key id (see `keys list`).")]
 
 
 def _settings(db: str | None, data_dir: Path | None) -> Settings:
@@ -46,13 +54,12 @@ def _settings(db: str | None, data_dir: Path | None) -> Settings:
         raise InvalidParameterError(f"invalid service settings: {problems}") from None
 
 
-@app.command("serve")
-@handle_errors
+@command("serve")
 def serve_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
-    db: str | None = DbOpt,
-    data_dir: Path | None = DataDirOpt,
+    db: Db = None,
+    data_dir: DataDir = None,
 ) -> None:
     """Run the HTTP service: Image Features API, Custom Collections API, docs at /docs.
 
@@ -95,13 +102,8 @@ def _store(db: str | None, data_dir: Path | None) -> Store:
     return Store(settings.data_dir, settings.db_url)
 
 
-@keys_app.command("create")
-@handle_errors
-def keys_create(
-    name: str = typer.Argument(..., help="Who or what the key is for."),
-    db: str | None = DbOpt,
-    data_dir: Path | None = DataDirOpt,
-) -> None:
+@command("create", group=keys_app)
+def keys_create(name: KeyName, db: Db = None, data_dir: DataDir = None) -> None:
     """Create a key and print it once (only its hash is stored: keep it safe)."""
     store = _store(db, data_dir)
     row, raw = store.create_key(name)
@@ -109,13 +111,8 @@ def keys_create(
     print(raw)
 
 
-@keys_app.command("list")
-@handle_errors
-def keys_list(
-    db: str | None = DbOpt,
-    data_dir: Path | None = DataDirOpt,
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
+@command("list", group=keys_app)
+def keys_list(db: Db = None, data_dir: DataDir = None, as_json: opt.Json = False) -> None:
     """Keys with id, name, prefix, creation time and whether revoked (never the key)."""
     rows = [
         {
@@ -137,13 +134,8 @@ def keys_list(
         out.print(f"{r['id']:>4}  {r['prefix']:<14} {r['name']:<24} {r['created']}  {state}")
 
 
-@keys_app.command("revoke")
-@handle_errors
-def keys_revoke(
-    key_id: int = typer.Argument(..., help="Key id (see `keys list`)."),
-    db: str | None = DbOpt,
-    data_dir: Path | None = DataDirOpt,
-) -> None:
+@command("revoke", group=keys_app)
+def keys_revoke(key_id: KeyId, db: Db = None, data_dir: DataDir = None) -> None:
     """Revoke a key: requests with it get 401 at once. Its collections stay in the database."""
     row = _store(db, data_dir).revoke_key(key_id)
     out.print(f"revoked key {row.id} ({row.name})")

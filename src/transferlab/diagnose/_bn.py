@@ -71,15 +71,14 @@ def image_batches(
 ) -> Iterator[torch.Tensor]:
     """Preprocessed batches of `paths` (the backbone's eval transform by default); broken
     images are skipped, as in feature extraction."""
-    from transferlab.features import (
-        ImageFileDataset,
-        _default_workers,
-        collate_skipping_failures,
-    )
+    from transferlab.data import ImageFileDataset, collate_skipping_failures
+    from transferlab.features import default_num_workers
 
     paths = [os.fspath(p) for p in paths]
     ds = ImageFileDataset(paths, transform or backbone.transform(), max_pixels)
-    workers = num_workers if num_workers is not None else _default_workers(len(paths), batch_size)
+    workers = (
+        num_workers if num_workers is not None else default_num_workers(len(paths), batch_size)
+    )
     loader = torch.utils.data.DataLoader(
         ds, batch_size=batch_size, num_workers=workers, collate_fn=collate_skipping_failures
     )

@@ -26,6 +26,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
+from transferlab._internal.numeric import softmax as _softmax
 from transferlab.exceptions import InvalidParameterError
 
 __all__ = [
@@ -386,9 +387,7 @@ def softmax(logits: Any) -> np.ndarray:
         raise InvalidParameterError(f"logits must have at least one class, got shape {z.shape}")
     if not np.isfinite(z).all():
         raise InvalidParameterError("logits contain NaN or infinite values")
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    return _softmax(z)
 
 
 def kendall_tau(

@@ -42,14 +42,27 @@ from torch import nn
 
 from transferlab.exceptions import DistributedError, InvalidParameterError
 
-__all__ = [
+__all__ = [  # what the layers above call (finetune's loop, the runs, the CLI)
     "ShardSampler",
+    "all_reduce_sums",
+    "barrier",
+    "destroy_distributed",
     "distributed_session",
+    "gather_batches",
+    "gather_shards",
     "get_rank",
     "get_world_size",
+    "init_distributed",
     "is_distributed",
     "is_main_process",
     "launched_by_torchrun",
+    "on_main",
+    "rank_device",
+    "run_info",
+    "seed_offset",
+    "shard_loader",
+    "to_device",
+    "wrap_model",
 ]
 
 logger = logging.getLogger(__name__)

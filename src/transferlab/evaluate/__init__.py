@@ -5,8 +5,11 @@ Public names are re-exported here; the implementation lives in the private modul
 
 from __future__ import annotations
 
+from transferlab.evaluate._calibration import Calibration as Calibration
+from transferlab.evaluate._calibration import CalibrationScores as CalibrationScores
 from transferlab.evaluate._calibration import TemperatureScaler as TemperatureScaler
 from transferlab.evaluate._calibration import accuracy_coverage as accuracy_coverage
+from transferlab.evaluate._calibration import calibrate as calibrate
 from transferlab.evaluate._calibration import (
     expected_calibration_error as expected_calibration_error,
 )
@@ -26,6 +29,8 @@ from transferlab.evaluate._metrics import top_k_accuracy as top_k_accuracy
 from transferlab.evaluate._metrics import tune_thresholds as tune_thresholds
 
 __all__ = [
+    "Calibration",
+    "CalibrationScores",
     "EmbeddingDisplay",
     "EvalReport",
     "Interpretation",
@@ -33,6 +38,7 @@ __all__ = [
     "MultiLabelReport",
     "TemperatureScaler",
     "accuracy_coverage",
+    "calibrate",
     "embed_2d",
     "evaluate_multilabel",
     "evaluate_predictions",

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from transferlab._internal.numeric import softmax
 from transferlab.exceptions import InvalidParameterError
 
 __all__ = [
+    "Calibration",
+    "CalibrationScores",
     "TemperatureScaler",
     "accuracy_coverage",
+    "calibrate",
     "expected_calibration_error",
     "reliability_bins",
 ]
@@ -85,12 +90,6 @@ def _log_proba(proba: np.ndarray) -> np.ndarray:
     return np.log(np.clip(p, np.finfo(np.float64).tiny, None))
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 @dataclass
 class TemperatureScaler:
     """Temperature scaling (Guo et al. 2017): one scalar T dividing the log-probabilities,
@@ -104,7 +103,7 @@ class TemperatureScaler:
         >>> rng = np.random.default_rng(0)
         >>> y = rng.integers(0, 2, 200)
         >>> logits = np.c_[np.zeros(200), np.where(y == 1, 1.0, -1.0) * 8 + rng.normal(0, 6, 200)]
-        >>> ts = TemperatureScaler().fit(_softmax(logits), y)
+        >>> ts = TemperatureScaler().fit(softmax(logits), y)
         >>> ts.temperature_ > 1
         True
     """
@@ -127,7 +126,7 @@ class TemperatureScaler:
             return self
 
         def nll(log_t: float) -> float:
-            p = _softmax(logp / np.exp(log_t))
+            p = softmax(logp / np.exp(log_t))
             return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))))
 
         res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
@@ -138,7 +137,92 @@ class TemperatureScaler:
         """Rescaled probabilities (rows still sum to 1, argmax unchanged)."""
         if self.temperature_ == 1.0:
             return proba
-        return _softmax(_log_proba(proba) / self.temperature_)
+        return softmax(_log_proba(proba) / self.temperature_)
 
     def to_dict(self) -> dict[str, Any]:
         return {"temperature": self.temperature_}
+
+
+def _log_loss(proba: np.ndarray, y_idx: np.ndarray) -> float:
+    from sklearn.metrics import log_loss
+
+    return float(log_loss(y_idx, np.clip(proba, 1e-15, 1), labels=range(proba.shape[1])))
+
+
+@dataclass(frozen=True)
+class CalibrationScores:
+    """ECE and log loss of one split's probabilities before and after temperature scaling."""
+
+    ece_before: float
+    ece_after: float
+    log_loss_before: float
+    log_loss_after: float
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A fitted temperature and how it changed ECE / log loss on each scored split.
+
+    Attributes:
+        temperature: the fitted T (1.0 when every held-out prediction was right).
+        fitted_on: what T was fitted on ("validation", "out-of-fold"), as metrics.json says it.
+        n: how many predictions T was fitted on.
+        scores: split name -> `CalibrationScores`; the fitted split first (optimistic: T was
+            chosen on it), then any further ones passed as `also` (honest).
+    """
+
+    temperature: float
+    fitted_on: str
+    n: int
+    scores: dict[str, CalibrationScores] = field(default_factory=dict)
+
+    @property
+    def scaler(self) -> TemperatureScaler:
+        return TemperatureScaler(self.temperature)
+
+    def transform(self, proba: np.ndarray) -> np.ndarray:
+        """The probabilities rescaled by the fitted temperature."""
+        return self.scaler.transform(proba)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `metrics.json` "calibration" block: temperature, fitted_on and one entry of
+        scores per split (keys as written before this type existed; `n` is not included)."""
+        out: dict[str, Any] = {"temperature": self.temperature, "fitted_on": self.fitted_on}
+        out.update({name: asdict(s) for name, s in self.scores.items()})
+        return out
+
+
+def calibrate(
+    proba: np.ndarray,
+    y_idx: np.ndarray,
+    *,
+    fitted_on: str = "validation",
+    name: str = "val",
+    also: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> Calibration:
+    """Fit temperature scaling on held-out `proba` (true class indices `y_idx`) and score it.
+
+    The one temperature fit every run and the service use, so the same predictions give the
+    same T everywhere. ECE and log loss before/after are scored on the fitted split (under
+    `name`) and on each split of `also` (name -> (proba, y_idx)), e.g. a test set.
+
+    Example:
+        >>> p = np.array([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.3, 0.7]])
+        >>> cal = calibrate(p, np.array([0, 1, 1, 1]))
+        >>> cal.temperature > 1, cal.scores["val"].ece_after < cal.scores["val"].ece_before
+        (True, True)
+    """
+    proba = np.asarray(proba)
+    y = np.asarray(y_idx)
+    ts = TemperatureScaler().fit(proba, y)
+    scores = {}
+    for split, (p, yy) in {name: (proba, y), **(also or {})}.items():
+        p, yy = np.asarray(p), np.asarray(yy)
+        after = ts.transform(p)
+        scores[split] = CalibrationScores(
+            ece_before=expected_calibration_error(p, yy),
+            ece_after=expected_calibration_error(after, yy),
+            log_loss_before=_log_loss(p, yy),
+            log_loss_after=_log_loss(after, yy),
+        )
+    return Calibration(ts.temperature_, fitted_on, len(y), scores)

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from transferlab._internal.progress import progress as _progress
+from transferlab.data import stratified_subsample
 from transferlab.exceptions import InvalidParameterError
 
 __all__ = ["LearningCurve", "learning_curve", "parse_shots"]
@@ -115,15 +117,8 @@ class LearningCurve:
 
 
 def _draw(y: np.ndarray, k: int | str, rng: np.random.Generator) -> np.ndarray:
-    """Indices of k random examples per class (all of a class with fewer)."""
-    idx = []
-    for c in np.unique(y):
-        members = np.flatnonzero(y == c)
-        if k == "all" or len(members) <= int(k):
-            idx.append(members)
-        else:
-            idx.append(rng.choice(members, size=int(k), replace=False))
-    return np.sort(np.concatenate(idx))
+    """Indices (ascending) of k random examples per class (all of a class with fewer)."""
+    return np.sort(stratified_subsample(y, per_class=None if k == "all" else int(k), seed=rng))
 
 
 def _train_small_cnn(x: np.ndarray, y: np.ndarray, n_classes: int, seed: int, epochs: int) -> Any:
@@ -132,22 +127,13 @@ def _train_small_cnn(x: np.ndarray, y: np.ndarray, n_classes: int, seed: int, ep
     from torch import nn
 
     torch.manual_seed(seed)
+    widths = [(3, 32), (32, 64), (64, 128), (128, 128)]
+    blocks: list[nn.Module] = []
+    for i, (c_in, c_out) in enumerate(widths):  # conv-BN-ReLU, halving the size but at the end
+        blocks += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
+        blocks += [nn.MaxPool2d(2)] if i < len(widths) - 1 else []
     net = nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1),
-        nn.BatchNorm2d(64),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(64, 128, 3, padding=1),
-        nn.BatchNorm2d(128),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(128, 128, 3, padding=1),
-        nn.BatchNorm2d(128),
-        nn.ReLU(),
+        *blocks,
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Dropout(0.3),
@@ -242,42 +228,34 @@ def learning_curve(
         img_tr, img_va = (img_tr - mean) / std, (img_va - mean) / std
     scores: dict[str, list[list[float]]] = {m: [] for m in methods}
     n_per_class: list[float] = []
-    from tqdm.auto import tqdm
+    with _progress(len(shots) * repeats, "learning curve", progress, unit="draw") as bar:
+        for k in shots:
+            reps = 1 if k == "all" else repeats
+            per_rep: dict[str, list[float]] = {m: [] for m in methods}
+            sizes = []
+            for r in range(reps):
+                rng = np.random.default_rng([seed, r, 0 if k == "all" else int(k)])
+                idx = _draw(ytr_i, k, rng)
+                sizes.append(len(idx) / len(classes))
+                if "transfer" in methods:
+                    probe = LinearProbe().fit(X_train[idx], ytr[idx])
+                    per_rep["transfer"].append(float(np.mean(probe.predict(X_val) == yva)))
+                if "pixels" in methods:
+                    lr = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+                    lr.fit(pix_tr[idx], ytr_i[idx])  # type: ignore[index]
+                    per_rep["pixels"].append(float(np.mean(lr.predict(pix_va) == yva_i)))
+                if "scratch_cnn" in methods:
+                    import torch
 
-    bar = tqdm(
-        total=len(shots) * repeats,
-        desc="learning curve",
-        unit="draw",
-        disable=None if progress else True,
-        leave=False,
-    )
-    for k in shots:
-        reps = 1 if k == "all" else repeats
-        per_rep: dict[str, list[float]] = {m: [] for m in methods}
-        sizes = []
-        for r in range(reps):
-            rng = np.random.default_rng([seed, r, 0 if k == "all" else int(k)])
-            idx = _draw(ytr_i, k, rng)
-            sizes.append(len(idx) / len(classes))
-            if "transfer" in methods:
-                probe = LinearProbe().fit(X_train[idx], ytr[idx])
-                per_rep["transfer"].append(float(np.mean(probe.predict(X_val) == yva)))
-            if "pixels" in methods:
-                lr = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
-                lr.fit(pix_tr[idx], ytr_i[idx])  # type: ignore[index]
-                per_rep["pixels"].append(float(np.mean(lr.predict(pix_va) == yva_i)))
-            if "scratch_cnn" in methods:
-                import torch
-
-                net = _train_small_cnn(img_tr[idx], ytr_i[idx], len(classes), seed + r, cnn_epochs)  # type: ignore[index]
-                with torch.inference_mode():
-                    pred = net(torch.as_tensor(img_va)).argmax(1).numpy()
-                per_rep["scratch_cnn"].append(float(np.mean(pred == yva_i)))
-            bar.update(repeats if k == "all" else 1)
-        for m in methods:
-            scores[m].append(per_rep[m])
-        n_per_class.append(float(np.mean(sizes)))
-    bar.close()
+                    x_cnn = img_tr[idx]  # type: ignore[index]
+                    net = _train_small_cnn(x_cnn, ytr_i[idx], len(classes), seed + r, cnn_epochs)
+                    with torch.inference_mode():
+                        pred = net(torch.as_tensor(img_va)).argmax(1).numpy()
+                    per_rep["scratch_cnn"].append(float(np.mean(pred == yva_i)))
+                bar.update(repeats if k == "all" else 1)
+            for m in methods:
+                scores[m].append(per_rep[m])
+            n_per_class.append(float(np.mean(sizes)))
     curve = LearningCurve(
         shots=list(shots),
         n_per_class=n_per_class,

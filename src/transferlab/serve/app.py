@@ -6,6 +6,7 @@ and the job runner are created in the lifespan and shared through ``app.state.se
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -66,8 +67,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from transferlab.features import FeatureExtractor
+        from transferlab.serve.batcher import FeatureBatcher
         from transferlab.serve.deps import Services
-        from transferlab.serve.jobs import FeatureBatcher, JobRunner
+        from transferlab.serve.jobs import JobRunner
         from transferlab.serve.store import Store
 
         t0 = time.perf_counter()
@@ -123,12 +125,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(GuardMiddleware, settings=settings)
 
-    from transferlab.serve.routers import collections, features, health, jobs
+    from transferlab.serve.routers import (
+        collections,
+        examples,
+        features,
+        health,
+        jobs,
+        predictions,
+        training,
+    )
 
-    app.include_router(health.router)
-    app.include_router(features.router)
-    app.include_router(collections.router)
-    app.include_router(jobs.router)
+    # in this order: the OpenAPI document lists the operations as they are included
+    for module in (health, features, collections, examples, training, predictions, jobs):
+        app.include_router(module.router)
 
     @app.get("/", include_in_schema=False, response_model=None)
     def index() -> Response:
@@ -162,26 +171,34 @@ def _offline_docs(app: FastAPI, static: Path) -> None:
 
     app.mount("/docs-static", StaticFiles(directory=static), name="docs-static")
 
+    def page(request: Request, render: Any, title: str, **files: str) -> HTMLResponse:
+        """`render` (Swagger UI or ReDoc) with the schema and `files` under the app's root."""
+        root = request.scope.get("root_path", "").rstrip("/")
+        return render(  # type: ignore[no-any-return]
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - {title}",
+            **{arg: f"{root}/docs-static/{name}" for arg, name in files.items()},
+        )
+
     @app.get("/docs", include_in_schema=False)
     def docs(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "").rstrip("/")
-        return get_swagger_ui_html(
-            openapi_url=f"{root}{app.openapi_url}",
-            title=f"{app.title} - API",
-            swagger_js_url=f"{root}/docs-static/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}/docs-static/swagger-ui.css",
-            swagger_favicon_url=f"{root}/docs-static/favicon.png",
+        return page(
+            request,
+            get_swagger_ui_html,
+            "API",
+            swagger_js_url="swagger-ui-bundle.js",
+            swagger_css_url="swagger-ui.css",
+            swagger_favicon_url="favicon.png",
         )
 
     @app.get("/redoc", include_in_schema=False)
     def redoc(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "").rstrip("/")
-        return get_redoc_html(
-            openapi_url=f"{root}{app.openapi_url}",
-            title=f"{app.title} - API reference",
-            redoc_js_url=f"{root}/docs-static/redoc.standalone.js",
-            redoc_favicon_url=f"{root}/docs-static/favicon.png",
-            with_google_fonts=False,
+        return page(
+            request,
+            functools.partial(get_redoc_html, with_google_fonts=False),
+            "API reference",
+            redoc_js_url="redoc.standalone.js",
+            redoc_favicon_url="favicon.png",
         )
 
 

@@ -1,7 +1,7 @@
 """Request dependencies: the app's services, the caller's API key, an owned collection.
 
-Ownership is checked in one place (`owned_collection`): another key's collection answers 404
-exactly like a missing one, so ids cannot be probed.
+Ownership is checked in one place (`get_collection`, behind the `OwnedCollection` dependency):
+another key's collection answers 404 exactly like a missing one, so ids cannot be probed.
 """
 
 from __future__ import annotations
@@ -15,12 +15,20 @@ from fastapi import Depends, Request
 from sqlalchemy import select
 
 from transferlab.features import FeatureExtractor
+from transferlab.serve.batcher import FeatureBatcher
 from transferlab.serve.errors import ApiError
-from transferlab.serve.jobs import FeatureBatcher, JobRunner
+from transferlab.serve.jobs import JobRunner
 from transferlab.serve.settings import Settings
 from transferlab.serve.store import ApiKey, Collection, Store
 
-__all__ = ["CurrentKey", "Services", "ServicesDep", "get_collection"]
+__all__ = [
+    "CurrentKey",
+    "OwnedCollection",
+    "Services",
+    "ServicesDep",
+    "get_collection",
+    "owned_collection",
+]
 
 
 @dataclass
@@ -89,3 +97,12 @@ def get_collection(services: Services, key: ApiKey, collection_id: str) -> Colle
     if coll is None:
         raise ApiError(404, f"collection {collection_id!r} not found")
     return coll
+
+
+def owned_collection(collection_id: str, services: ServicesDep, key: CurrentKey) -> Collection:
+    """The path's ``{collection_id}``, loaded for its owner (`get_collection`)."""
+    return get_collection(services, key, collection_id)
+
+
+#: A route parameter ``coll: OwnedCollection`` is the path's collection, owned by the caller's key.
+OwnedCollection = Annotated[Collection, Depends(owned_collection)]

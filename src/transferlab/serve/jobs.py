@@ -1,10 +1,8 @@
-"""Background work with bounded queues: feature batching and training jobs.
+"""Training jobs with a bounded queue: a linear probe on stored features, or a fine-tune.
 
-* `FeatureBatcher` owns the `FeatureExtractor`: one thread runs every forward pass (the backbone's
-  layer hooks are not thread-safe), and requests that arrive within ``batch_wait_ms`` of each other
-  share a batch. Its queue is bounded: a full queue is a 503, never unbounded memory.
-* `JobRunner` runs training jobs one at a time in a worker thread, from a bounded queue (full:
-  429). Job state lives in the database, so a restart sees it; see `Store.recover_jobs`.
+`JobRunner` runs training jobs one at a time in a worker thread, from a bounded queue (full: 429).
+Job state lives in the database, so a restart sees it; see `Store.recover_jobs`. Feature
+extraction for requests is `transferlab.serve.batcher`.
 """
 
 from __future__ import annotations
@@ -15,15 +13,14 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from transferlab.exceptions import DatasetError, ImageLoadError, InvalidParameterError
-from transferlab.features import ExtractionResult, FeatureExtractor
 from transferlab.finetune import Callback
+from transferlab.serve.batcher import BatchedExtractor, FeatureBatcher
 from transferlab.serve.errors import ApiError
 from transferlab.serve.store import (
     INTERRUPTED,
@@ -36,10 +33,12 @@ from transferlab.serve.store import (
 )
 
 __all__ = [
-    "BatchedExtractor",
-    "FeatureBatcher",
+    "Interrupted",
     "JobRunner",
+    "check_trainable",
+    "collection_metrics",
     "finetune_collection",
+    "jsonable",
     "probe_collection",
     "split_examples",
     "train_collection",
@@ -50,120 +49,6 @@ logger = logging.getLogger(__name__)
 _STOP = object()
 #: fine-tuning epochs when the request names none: a service job should end in minutes on a CPU
 FINETUNE_EPOCHS = 3
-
-
-class FeatureBatcher:
-    """Serialises and batches feature extraction for concurrent requests.
-
-    Args:
-        extractor: a fitted `FeatureExtractor` (used from the batcher thread only).
-        max_batch: images per forward pass at most.
-        wait_s: how long the first request of a batch waits for company.
-        queue_size: requests that may wait; more get `ApiError` 503.
-    """
-
-    def __init__(
-        self, extractor: FeatureExtractor, max_batch: int, wait_s: float, queue_size: int
-    ) -> None:
-        self.extractor = extractor
-        self.max_batch = max_batch
-        self.wait_s = wait_s
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
-        self._thread = threading.Thread(target=self._loop, name="feature-batcher", daemon=True)
-        self._thread.start()
-
-    def submit(self, paths: Sequence[str], layers: Sequence[str]) -> Future[ExtractionResult]:
-        fut: Future[ExtractionResult] = Future()
-        try:
-            self._queue.put_nowait((list(paths), list(layers), fut))
-        except queue.Full:
-            raise ApiError(
-                503,
-                "feature extraction queue is full; retry shortly",
-                "overloaded",
-                headers={"Retry-After": "1"},
-            ) from None
-        return fut
-
-    def extract(
-        self, paths: Sequence[str], layers: Sequence[str], timeout: float = 120.0
-    ) -> ExtractionResult:
-        return self.submit(paths, layers).result(timeout=timeout)
-
-    def stop(self) -> None:
-        self._queue.put(_STOP)
-        self._thread.join(timeout=10)
-
-    def _loop(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            batch = [item]
-            n = len(item[0])
-            deadline = time.monotonic() + self.wait_s
-            stop = False
-            while n < self.max_batch:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    nxt = self._queue.get(timeout=remaining)
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                batch.append(nxt)
-                n += len(nxt[0])
-            self._run(batch)
-            if stop:
-                return
-
-    def _run(self, batch: list[tuple[list[str], list[str], Future[ExtractionResult]]]) -> None:
-        all_paths = [p for paths, _, _ in batch for p in paths]
-        layers = sorted({la for _, lays, _ in batch for la in lays})
-        try:
-            res = self.extractor.extract(all_paths, layers=layers, on_error="skip")
-        except Exception as exc:  # hand the failure to every waiting request
-            for _, _, fut in batch:
-                fut.set_exception(exc)
-            return
-        failed = {e.path: e for e in res.failures}
-        start = 0
-        for paths, lays, fut in batch:
-            stop = start + len(paths)
-            rows = np.flatnonzero((res.index >= start) & (res.index < stop))
-            fut.set_result(
-                ExtractionResult(
-                    features={la: res.features[la][rows] for la in lays},
-                    paths=[all_paths[int(res.index[r])] for r in rows],
-                    index=res.index[rows] - start,
-                    failures=[failed[p] for p in dict.fromkeys(paths) if p in failed],
-                    seconds=res.seconds,
-                )
-            )
-            start = stop
-
-
-class BatchedExtractor:
-    """What `TransferModel` needs of an extractor (``layer``, ``extract``, ``_backbone``), routed
-    through the batcher so predictions share its thread and batches."""
-
-    def __init__(self, batcher: FeatureBatcher, layer: str, timeout: float = 120.0) -> None:
-        self.batcher = batcher
-        self.layer = layer
-        self.pool = batcher.extractor.pool
-        self.timeout = timeout
-
-    def extract(self, paths: Sequence[str], *, on_error: str = "skip") -> ExtractionResult:
-        res = self.batcher.extract([str(p) for p in paths], [self.layer], self.timeout)
-        if on_error == "raise" and res.failures:
-            raise res.failures[0]
-        return res
-
-    def _backbone(self) -> Any:
-        return self.batcher.extractor._backbone()
 
 
 class JobRunner:
@@ -353,7 +238,7 @@ def probe_collection(
     store: Store, batcher: FeatureBatcher, coll: Collection, examples: list[Example], job_id: str
 ) -> None:
     """Fit the collection's probe from its stored features and save it as a `TransferModel`."""
-    from transferlab.evaluate import TemperatureScaler
+    from transferlab.evaluate import calibrate
     from transferlab.models import TransferModel
     from transferlab.probe import LinearProbe, MultiLabelProbe
 
@@ -368,7 +253,7 @@ def probe_collection(
     else:
         probe = LinearProbe().fit(X, y)
         idx = np.searchsorted(np.asarray(classes), y)
-        temperature = TemperatureScaler().fit(proba, idx).temperature_
+        temperature = calibrate(proba, idx, fitted_on="out-of-fold").temperature
     metrics["calibration"] = {"temperature": temperature, "fitted_on": "out-of-fold"}
     metrics["train_seconds"] = time.perf_counter() - t0
     _set(store, job_id, progress=0.8, message="saving the model")
@@ -398,7 +283,7 @@ def _record_model(
                 job_id=job_id,
                 path=str(path),
                 classes=classes,
-                metrics=_jsonable(metrics),
+                metrics=jsonable(metrics),
             )
         )
 
@@ -453,28 +338,35 @@ class _Progress(Callback):
 def split_examples(
     examples: Sequence[Example], multi_label: bool, val_fraction: float = 0.2, seed: int = 0
 ) -> tuple[list[Example], list[Example], str]:
-    """Train/validation split for fine-tuning: per label (single-label), at least one image of
-    each label with two or more held out; how it was made, in words."""
-    rng = np.random.default_rng(seed)
-    order = [examples[i] for i in rng.permutation(len(examples))]
+    """Train/validation split for fine-tuning, drawn by `transferlab.data.stratified_split_indices`
+    (per label when single-label: at least one image of each label with two or more held out);
+    how it was made, in words. Multi-label: nothing is held out from fewer than 4 images, and a
+    held-out image with a label no training image has goes back to training."""
+    from transferlab.data import stratified_split_indices
+
+    if multi_label and len(examples) < 4:
+        train_idx: list[int] = list(range(len(examples)))
+        val_idx: list[int] = []
+    else:  # multi-label: split at random, only the number of items counts
+        keys = [";".join(e.labels) for e in examples]
+        train_idx, val_idx = stratified_split_indices(
+            keys, val_fraction, seed, multi_label=multi_label
+        )
+    train = [examples[i] for i in train_idx]
+    val = [examples[i] for i in val_idx]
     if multi_label:
-        n_val = max(1, round(val_fraction * len(order))) if len(order) >= 4 else 0
-        train, val = order[n_val:], order[:n_val]
         # every label must keep a training image (else the job fails: "no training image"):
         # a held-out example carrying a label the training part lacks goes back to training
         for e in list(val):
             if not set(e.labels) <= {lab for t in train for lab in t.labels}:
                 val.remove(e)
                 train.append(e)
-    else:
-        train, val = [], []
-        for lab in sorted({e.labels[0] for e in order}):
-            group = [e for e in order if e.labels[0] == lab]
-            n_val = max(1, round(val_fraction * len(group))) if len(group) >= 2 else 0
-            val += group[:n_val]
-            train += group[n_val:]
     if not val:  # too few images to hold any out: validate on the training images, and say so
-        return list(order), list(order), "validated on the training images (too few to hold out)"
+        return (
+            list(examples),
+            list(examples),
+            ("validated on the training images (too few to hold out)"),
+        )
     return train, val, f"{len(train)} train / {len(val)} validation images (held out at random)"
 
 
@@ -487,16 +379,11 @@ def finetune_collection(
     runner: Any = None,
 ) -> None:
     """Fine-tune the collection's backbone on its stored images (`transferlab.finetune`), then
-    calibrate on the held-out images and save a `FinetunedModel` that predict and export use."""
+    calibrate on the held-out images (`transferlab.pipeline.finish_finetune`, as `transferlab
+    finetune` does) and save a `FinetunedModel` that predict and export use."""
     from transferlab.data import Sample
-    from transferlab.evaluate import (
-        TemperatureScaler,
-        evaluate_multilabel,
-        evaluate_predictions,
-        tune_thresholds,
-    )
     from transferlab.finetune import FinetuneConfig, FineTuner
-    from transferlab.models import FinetunedModel
+    from transferlab.pipeline import finish_finetune
 
     check_trainable(examples, coll.multi_label)
     multi_label = coll.multi_label
@@ -528,28 +415,20 @@ def finetune_collection(
     tuner = FineTuner(cfg, callbacks=[_Progress(store, job_id, steps, runner)], progress=False)
     result = tuner.fit(tr, va, classes, multi_label=multi_label)
     _set(store, job_id, progress=0.9, message="calibrating on the held-out images")
-    model = FinetunedModel.from_tuner(tuner, progress=False)
-    proba, index, _ = model.predict_proba_paths([s.path for s in va], calibrated=False)
-    kept = [val[i] for i in index]
+    done = finish_finetune(tuner, va, multi_label=multi_label, progress=False)
+    model = done.model
     if multi_label:
-        y_val = np.array([[int(c in e.labels) for c in tuner.classes_] for e in kept])
-        model.thresholds = tune_thresholds(y_val, proba)
-        report: dict[str, Any] = evaluate_multilabel(
-            y_val, proba, tuner.classes_, model.thresholds
-        ).__dict__
+        report: dict[str, Any] = done.val.__dict__
         calibration: dict[str, Any] = {"thresholds": model.thresholds.tolist()}
     else:
-        labels = [e.labels[0] for e in kept]
-        report = evaluate_predictions(labels, proba, tuner.classes_).to_dict()
-        idx = np.searchsorted(np.asarray(tuner.classes_), labels)
-        model.temperature = float(TemperatureScaler().fit(proba, idx).temperature_)
+        report = done.val.to_dict()
         calibration = {"temperature": model.temperature}
     metrics = {
         **report,
         "method": "finetune",
         "validation": split_note,
         "n_examples": len(examples),
-        "calibration": {**calibration, "fitted_on": "validation", "n": len(kept)},
+        "calibration": {**calibration, "fitted_on": "validation", "n": len(done.val_index)},
         "epochs": cfg.epochs,
         "image_size": tuner.size_,
         "best_epoch": result.best_epoch,
@@ -558,20 +437,20 @@ def finetune_collection(
         "skipped": [{"image": Path(e.path).name, "reason": e.reason} for e in tuner.failures_],
         "train_seconds": result.seconds,
     }
-    model.metrics = _jsonable(metrics)
+    model.metrics = jsonable(metrics)
     _set(store, job_id, progress=0.95, message="saving the model")
     path = model.save(store.model_dir(coll.id, job_id), overwrite=True)
     _record_model(store, coll.id, job_id, path, list(tuner.classes_), metrics)
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """Plain JSON types (NaN -> None) for the database's JSON column."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, (np.floating, float)):
         f = float(obj)
         return None if f != f or f in (float("inf"), float("-inf")) else f

@@ -1,0 +1,405 @@
+"""`run_finetune`: fine-tune a backbone, then `finish_finetune` (predict the held-out images,
+calibrate or tune thresholds, evaluate) and save model, metrics and report.
+
+`finish_finetune` is also the service's finishing sequence (one home for it).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from transferlab._internal.deprecation import warn_once
+from transferlab._internal.rundir import prepare_out
+from transferlab.data import Dataset, Sample, label_matrix
+from transferlab.evaluate import EvalReport, evaluate_predictions
+from transferlab.pipeline._results import FLATTEN, OMIT_NONE, Metrics, RunResult
+from transferlab.pipeline._shared import (
+    ClassifierMetrics,
+    DataSource,
+    MultiLabelScores,
+    calibrate,
+    eval_block,
+    resolve_dataset,
+    skipped_rows,
+)
+
+__all__ = [
+    "FinetuneMetrics",
+    "FinetuneRunConfig",
+    "FinishedFinetune",
+    "MultiLabelFinetuneMetrics",
+    "advice_probe_vs_finetune",
+    "finetune",
+    "finish_finetune",
+    "run_finetune",
+]
+
+
+@dataclass(frozen=True)
+class FinetuneRunConfig:
+    """Everything `run_finetune` needs.
+
+    Attributes:
+        data: dataset folder or CSV (see `load_dataset`), or a `Dataset` already loaded.
+        out: run directory (metrics.json, report.html, plots, checkpoints/, model/).
+        finetune: the training settings (`transferlab.finetune.FinetuneConfig`; None: defaults).
+        val_fraction: the split, when the data does not carry one (seeded by ``finetune.seed``).
+        strict: stop at the first broken image instead of skipping it.
+        resume: continue from ``out/checkpoints`` (the folder is then not checked for emptiness).
+        overwrite: allow writing into a non-empty `out`.
+        multi_label: CSV labels hold several ';'-separated labels.
+    """
+
+    data: DataSource
+    out: str | os.PathLike[str]
+    finetune: Any = None
+    val_fraction: float = 0.2
+    strict: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    multi_label: bool = False
+
+    def training(self) -> Any:
+        """The `FinetuneConfig` (defaults when none was given)."""
+        from transferlab.finetune import FinetuneConfig
+
+        return self.finetune if self.finetune is not None else FinetuneConfig()
+
+    def dataset(self) -> Dataset:
+        """`data` as a `Dataset`: loaded (split seeded by the training seed) unless given."""
+        return resolve_dataset(
+            self.data,
+            val_fraction=self.val_fraction,
+            seed=self.training().seed,
+            multi_label=self.multi_label,
+        )
+
+
+@dataclass(kw_only=True)
+class FinetuneMetrics(ClassifierMetrics):
+    """metrics.json of a single-label `finetune` (``probe_val_accuracy``: old name of
+    ``probe_val_score``, written too)."""
+
+    ALIASES: ClassVar[dict[str, tuple[str, ...]]] = {"probe_val_score": ("probe_val_accuracy",)}
+
+    method: str = "finetune"
+    epochs: int
+    epochs_run: int
+    best_epoch: int | None
+    stopped_early: bool
+    probe_val_score: float | None
+    wise_alpha: float | None
+    wise_scores: dict[str, float] | None
+    advice: str
+    history: list[dict[str, Any]]
+    config: dict[str, Any]
+    dataset: dict[str, Any]
+    train_images_per_second: float | None
+    distributed: dict[str, Any] | None = field(default=None, metadata=OMIT_NONE)
+    seconds: float = 0.0
+    test: dict[str, Any] | None = field(default=None, metadata=OMIT_NONE)
+    calibration: dict[str, Any]
+
+
+@dataclass(kw_only=True)
+class MultiLabelFinetuneMetrics(Metrics):
+    """metrics.json of a multi-label `finetune` (``probe_val_map``: old name of
+    ``probe_val_score``, written too)."""
+
+    ALIASES: ClassVar[dict[str, tuple[str, ...]]] = {"probe_val_score": ("probe_val_map",)}
+
+    multi_label: bool = True
+    method: str = "finetune"
+    scores: MultiLabelScores = field(metadata=FLATTEN)
+    n_train: int
+    n_val: int
+    n_skipped: int
+    skipped: list[dict[str, str]]
+    classes: list[str]
+    backbone: str
+    layer: str = "finetuned"
+    epochs: int
+    epochs_run: int
+    best_epoch: int | None
+    probe_val_score: float | None
+    history: list[dict[str, Any]]
+    config: dict[str, Any]
+    distributed: dict[str, Any] | None = field(default=None, metadata=OMIT_NONE)
+    seconds: float = 0.0
+
+
+@dataclass
+class FinishedFinetune:
+    """A fine-tuned model ready to save: calibrated (single-label: temperature fitted on the
+    validation images) or thresholded (multi-label: per-label thresholds tuned on them).
+
+    Attributes:
+        model: the `FinetunedModel`, temperature or thresholds set.
+        val: the validation report (`EvalReport`, or the multi-label report).
+        test: the test report, when test images were given (single-label).
+        calibration: `calibrate`'s summary (single-label) or None.
+        val_index: positions in the validation samples of the images that decoded.
+        skipped: (path, reason) of test images that did not decode.
+    """
+
+    model: Any
+    val: Any
+    test: EvalReport | None = None
+    calibration: dict[str, Any] | None = None
+    val_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def finish_finetune(
+    tuner: Any,
+    val: Sequence[Sample],
+    test: Sequence[Sample] = (),
+    *,
+    multi_label: bool = False,
+    progress: bool = True,
+) -> FinishedFinetune:
+    """The end of every fine-tune: `FinetunedModel.from_tuner`, predict the validation (and
+    test) images, fit the temperature (or tune per-label thresholds) on validation, evaluate."""
+    from transferlab.evaluate import evaluate_multilabel, tune_thresholds
+    from transferlab.models import FinetunedModel
+
+    model = FinetunedModel.from_tuner(tuner, progress=progress)
+    classes = list(tuner.classes_)
+    proba, index, _ = model.predict_proba_paths([s.path for s in val], calibrated=False)
+    kept = [val[i] for i in index]
+    if multi_label:
+        y_val = label_matrix(kept, classes)
+        model.thresholds = tune_thresholds(y_val, proba)
+        report = evaluate_multilabel(y_val, proba, classes, model.thresholds)
+        return FinishedFinetune(model, report, val_index=index)
+    labels = np.asarray([s.label for s in kept], dtype=object)
+    probas = {"val": (proba, labels)}
+    reports = {"val": evaluate_predictions(list(labels), proba, classes)}
+    skipped: list[tuple[str, str]] = []
+    if test:
+        t_proba, t_index, errors = model.predict_proba_paths(
+            [s.path for s in test], calibrated=False
+        )
+        skipped = list(errors.items())
+        t_labels = [test[i].label for i in t_index]
+        probas["test"] = (t_proba, np.asarray(t_labels, dtype=object))
+        reports["test"] = evaluate_predictions(t_labels, t_proba, classes)
+    calibration = calibrate(probas, classes)
+    model.temperature = calibration["temperature"]
+    return FinishedFinetune(model, reports["val"], reports.get("test"), calibration, index, skipped)
+
+
+def advice_probe_vs_finetune(probe_acc: float | None, finetuned_acc: float, n_val: int) -> str:
+    """Plain-language verdict: is fine-tuning worth it over the linear probe on this data?
+
+    A difference below one validation image (or 0.5 points) counts as a tie, and a tie goes to
+    the probe: it trains in seconds and cannot overfit the backbone.
+    """
+    if probe_acc is None:
+        return "No linear-probe baseline was measured (head_init='random')."
+    margin = max(0.005, 1.0 / max(n_val, 1))
+    diff = finetuned_acc - probe_acc
+    if diff > margin:
+        return (
+            f"Fine-tuning beats the linear probe by {100 * diff:.1f} points "
+            f"({finetuned_acc:.3f} vs {probe_acc:.3f}): keep the fine-tuned model."
+        )
+    if diff < -margin:
+        return (
+            f"The linear probe is better here ({probe_acc:.3f} vs {finetuned_acc:.3f}): use "
+            "`transferlab fit`. Fine-tuning overfits when data is small and gains little when it is "
+            "close to ImageNet; if neither holds, `transferlab diagnose` shows where the features "
+            "are off (for a mid-level optimum, `fit --layer stageN`)."
+        )
+    return (
+        f"Fine-tuning and the linear probe tie ({finetuned_acc:.3f} vs {probe_acc:.3f}): prefer the "
+        "probe (`transferlab fit`), which trains in seconds."
+    )
+
+
+def run_finetune(config: FinetuneRunConfig) -> RunResult:
+    """Fine-tune a backbone on `config.data`, evaluate the best epoch, save model, metrics, report.
+
+    `out` gets metrics.json (the keys of `fit`, plus ``epochs``, ``history``,
+    ``probe_val_score`` and ``advice``), report.html, training_curves.png,
+    confusion_matrix.png, checkpoints/ (for ``resume``) and model/.
+    """
+    return _run_finetune(config, prepare=True)
+
+
+def _run_finetune(config: FinetuneRunConfig, *, prepare: bool) -> RunResult:
+    """`run_finetune`; ``prepare=False`` when a launcher loaded the data and made `out` already."""
+    from transferlab.distributed import ddp as _ddp
+    from transferlab.finetune import FineTuner
+
+    cfg = config.training()
+    t0 = time.perf_counter()
+    ds = config.dataset()
+    out = Path(config.out)
+
+    def make_out() -> None:
+        if config.resume:
+            out.mkdir(parents=True, exist_ok=True)
+        else:
+            prepare_out(out, config.overwrite)
+
+    if prepare:
+        _ddp.on_main(make_out)  # DDP (torchrun): rank 0 checks and creates it, for all ranks
+    tuner = FineTuner(cfg, progress=config.progress)
+    result = tuner.fit(
+        ds.train,
+        ds.val,
+        ds.classes,
+        checkpoint_dir=out / "checkpoints",
+        resume=config.resume,
+        on_error="raise" if config.strict else "skip",
+        multi_label=ds.multi_label,
+    )
+    if not _ddp.is_main_process():  # DDP: rank 0 evaluates and writes the files
+        return RunResult(metrics={}, out=out)
+    train_paths = {s.path for s in ds.train}
+    n_train = len(ds.train) - sum(1 for e in tuner.failures_ if e.path in train_paths)
+    skipped = [(e.path, e.reason) for e in tuner.failures_]
+    done = finish_finetune(
+        tuner,
+        ds.val,
+        () if ds.multi_label else ds.test,
+        multi_label=ds.multi_label,
+        progress=config.progress,
+    )
+    common = {
+        "backbone": tuner.backbone_.name,
+        "epochs": cfg.freeze_epochs + cfg.epochs,
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "probe_val_score": result.probe_val_accuracy,
+        "history": result.history,
+        "config": asdict(cfg),
+        "distributed": _ddp.run_info(cfg.batch_size).get("distributed"),
+    }
+    if ds.multi_label:
+        return _save_multilabel(done, ds, out, {**common, "n_train": n_train}, skipped, t0)
+    from transferlab.report import (
+        plot_confusion_matrix,
+        plot_training_curves,
+        write_finetune_report,
+    )
+
+    skipped += done.skipped
+    val = done.val
+    metrics = FinetuneMetrics(
+        **FinetuneMetrics.scores(val, n_train=n_train, test=done.test, skipped=skipped),
+        **common,
+        classes=list(tuner.classes_),
+        weights_sha256=tuner.backbone_.weights_sha256,
+        layer="finetuned",
+        stopped_early=result.stopped_early,
+        wise_alpha=result.wise_alpha,
+        wise_scores=result.wise_scores,
+        advice=advice_probe_vs_finetune(result.probe_val_accuracy, val.accuracy, val.n),
+        dataset={"path": ds.root, "source": ds.source, "split": ds.split_note},
+        train_images_per_second=result.train_images_per_second,
+        seconds=round(time.perf_counter() - t0, 3),
+        test=eval_block(done.test) if done.test is not None else None,
+        calibration=done.calibration,  # type: ignore[arg-type]
+    )
+    done.model.metrics = metrics.to_dict()
+    model_dir = done.model.save(out / "model", overwrite=True)
+    curves = plot_training_curves(
+        result.history, out / "training_curves.png", baseline=result.probe_val_accuracy
+    )
+    cm_png = plot_confusion_matrix(
+        val.confusion,
+        val.classes,
+        out / "confusion_matrix.png",
+        title=f"validation: accuracy {val.accuracy:.3f} (n={val.n})",
+    )
+    metrics.seconds = round(time.perf_counter() - t0, 3)
+    metrics_file = metrics.write(out)
+    report = write_finetune_report(out, ds, metrics, curves, cm_png)
+    return RunResult(
+        metrics=metrics,
+        out=out,
+        model_dir=model_dir,
+        report=report,
+        confusion_png=cm_png,
+        skipped=skipped,
+        metrics_file=metrics_file,
+    )
+
+
+def _save_multilabel(
+    done: FinishedFinetune,
+    ds: Dataset,
+    out: Path,
+    common: dict[str, Any],
+    skipped: list[tuple[str, str]],
+    t0: float,
+) -> RunResult:
+    """Multi-label end of `run_finetune`: mAP/F1 metrics, model, curves of validation mAP."""
+    from transferlab.report import plot_training_curves, write_finetune_multilabel_report
+
+    metrics = MultiLabelFinetuneMetrics(
+        scores=MultiLabelScores.of(done.val, ds.classes, done.model.thresholds),
+        n_val=done.val.n,
+        n_skipped=len(skipped),
+        skipped=skipped_rows(skipped),
+        classes=list(ds.classes),
+        **common,
+    )
+    done.model.metrics = metrics.to_dict()
+    model_dir = done.model.save(out / "model", overwrite=True)
+    hist = [{**h, "val_accuracy": h["val_map"]} for h in metrics.history]
+    curves = plot_training_curves(
+        hist, out / "training_curves.png", baseline=metrics.probe_val_score
+    )
+    metrics.seconds = round(time.perf_counter() - t0, 3)
+    metrics_file = metrics.write(out)
+    report = write_finetune_multilabel_report(out, ds, metrics, curves)
+    return RunResult(
+        metrics=metrics,
+        out=out,
+        model_dir=model_dir,
+        report=report,
+        skipped=skipped,
+        metrics_file=metrics_file,
+    )
+
+
+def finetune(
+    data: DataSource,
+    out: str | os.PathLike[str],
+    config: Any = None,
+    *,
+    val_fraction: float = 0.2,
+    strict: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    dataset: Dataset | None = None,
+    multi_label: bool = False,
+) -> RunResult:
+    """Deprecated: `run_finetune(FinetuneRunConfig(...))` (this name shadowed the module
+    `transferlab.finetune`)."""
+    warn_once("transferlab.pipeline.finetune", "transferlab.pipeline.run_finetune")
+    return run_finetune(
+        FinetuneRunConfig(
+            data=dataset if dataset is not None else data,
+            out=out,
+            finetune=config,
+            val_fraction=val_fraction,
+            strict=strict,
+            resume=resume,
+            overwrite=overwrite,
+            progress=progress,
+            multi_label=multi_label,
+        )
+    )

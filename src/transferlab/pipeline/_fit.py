@@ -1,0 +1,389 @@
+"""`run_fit`: dataset -> features -> linear probe -> held-out metrics -> saved model + report.
+
+The CLI's `fit` and `demo` and the service call it; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferlab._internal.deprecation import warn_once
+from transferlab._internal.rundir import prepare_out
+from transferlab.backbones import POOLS
+from transferlab.data import DEFAULT_MAX_PIXELS, Dataset
+from transferlab.evaluate import EvalReport, evaluate_predictions
+from transferlab.exceptions import DatasetError, InvalidParameterError
+from transferlab.features import FeatureExtractor
+from transferlab.models import MAX_TRAIN_INDEX, TransferModel
+from transferlab.pipeline._results import FLATTEN, OMIT_NONE, Metrics, RunResult
+from transferlab.pipeline._shared import (
+    ClassifierMetrics,
+    DataSource,
+    MultiLabelScores,
+    calibrate,
+    check_choice,
+    check_min,
+    eval_block,
+    feature_cache,
+    resolve_dataset,
+    skipped_rows,
+)
+
+__all__ = ["FitConfig", "FitMetrics", "MultiLabelFitMetrics", "fit", "run_fit"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything `run_fit` needs; CLI flags map one-to-one onto these fields.
+
+    Attributes:
+        data: dataset folder or CSV (see `load_dataset`), or a `Dataset` already loaded.
+        out: run directory for metrics.json, report.html, the confusion matrix and ``model/``.
+        backbone, layer, pool, weights: the feature extractor (see `FeatureExtractor`).
+        classifier, C, class_weight: the probe (see `LinearProbe`).
+        val_fraction, seed: the split, when the data does not carry one.
+        strict: stop at the first broken image instead of skipping it.
+        batch_size, num_workers, device: extraction settings.
+        cache_dir: feature cache folder (None: the default); ``no_cache`` turns caching off.
+        max_pixels: decompression-bomb limit per image.
+        overwrite: allow writing into a non-empty `out`.
+    """
+
+    data: DataSource
+    out: str
+    backbone: str = "efficientnet_lite0"
+    layer: str = "pre_logits"
+    pool: str = "avg"
+    weights: str = "default"
+    classifier: str = "logreg"
+    C: float | str = 1.0
+    class_weight: str | None = None
+    val_fraction: float = 0.2
+    seed: int = 0
+    strict: bool = False
+    batch_size: int = 32
+    num_workers: int | None = None
+    device: str = "auto"
+    cache_dir: str | None = None
+    no_cache: bool = False
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    overwrite: bool = False
+    progress: bool = True
+    multi_label: bool = False
+    adapt_bn: bool = False
+
+    def __post_init__(self) -> None:
+        from transferlab.probe import CLASSIFIERS
+
+        check_choice("pool", self.pool, POOLS)
+        check_choice("classifier", self.classifier, CLASSIFIERS)
+        if not 0.0 < self.val_fraction < 1.0:
+            raise InvalidParameterError(
+                f"val_fraction must be between 0 and 1, got {self.val_fraction}"
+            )
+        check_choice(
+            "class_weight", self.class_weight, (None, "balanced"), wording="None or 'balanced'"
+        )
+        check_min("batch_size", self.batch_size, 1)
+
+    def dataset(self) -> Dataset:
+        """`data` as a `Dataset`: loaded unless one was given."""
+        return resolve_dataset(
+            self.data,
+            val_fraction=self.val_fraction,
+            seed=self.seed,
+            multi_label=self.multi_label,
+        )
+
+
+@dataclass(kw_only=True)
+class FitMetrics(ClassifierMetrics):
+    """metrics.json of a single-label `fit`."""
+
+    pool: str
+    classifier: str
+    C: float
+    dataset: dict[str, Any]
+    n_cached: int
+    adapt_bn: dict[str, int] | None
+    seconds: float
+    stage_seconds: dict[str, float]
+    extract_images_per_second: float
+    test: dict[str, Any] | None = field(default=None, metadata=OMIT_NONE)
+    calibration: dict[str, Any]
+
+
+@dataclass(kw_only=True)
+class MultiLabelFitMetrics(Metrics):
+    """metrics.json of a multi-label `fit`."""
+
+    multi_label: bool = True
+    scores: MultiLabelScores = field(metadata=FLATTEN)
+    n_train: int
+    n_val: int
+    n_test: int
+    n_skipped: int
+    skipped: list[dict[str, str]]
+    classes: list[str]
+    backbone: str
+    weights_sha256: str | None
+    layer: str
+    pool: str
+    classifier: str = "logreg-ovr"
+    C: float
+    dataset: dict[str, Any]
+    n_cached: int
+    stage_seconds: dict[str, float]
+    seconds: float = 0.0
+    test: dict[str, Any] | None = field(default=None, metadata=OMIT_NONE)
+
+
+def run_fit(config: FitConfig) -> RunResult:
+    """Extract features, fit a linear probe, evaluate on the held-out split, save everything.
+
+    Broken images are skipped and listed (``metrics["skipped"]``) unless ``config.strict``, which
+    raises `ImageLoadError` on the first one.
+
+    Raises:
+        DatasetError: the data cannot be used (see `load_dataset`), or skipping broken images left a
+            class with no training image.
+        ImageLoadError: with ``strict=True``, the first broken image.
+    """
+    t0 = time.perf_counter()
+    ds = config.dataset()
+    out = Path(config.out)
+    prepare_out(out, config.overwrite)
+    fx = FeatureExtractor(
+        config.backbone,
+        layer=config.layer,
+        pool=config.pool,
+        weights=config.weights,
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        device=config.device,
+        cache=feature_cache(config.no_cache, config.cache_dir),
+        progress=config.progress,
+        max_pixels=config.max_pixels,
+    ).fit()
+    adabn_images = _adapt_bn(fx, ds, config) if config.adapt_bn else 0
+    t_load = time.perf_counter()
+
+    names = ("train", "val", "test")
+    splits = {"train": ds.train, "val": ds.val, "test": ds.test}
+    all_samples = [s for name in names for s in splits[name]]
+    owner = [name for name in names for _ in splits[name]]
+    res = fx.extract([s.path for s in all_samples], on_error="raise" if config.strict else "skip")
+    t_extract = time.perf_counter()
+    X_all = res.features[config.layer]
+    rows_of = res.rows_of(owner, names)
+    of_row = res.select(all_samples)
+    kept = {name: [of_row[r] for r in rows] for name, rows in rows_of.items()}
+    X = {name: X_all[rows] for name, rows in rows_of.items()}
+    skipped = [(e.path, e.reason) for e in res.failures]
+    times = (t0, t_load, t_extract)
+    if ds.multi_label:
+        Y = {name: ds.label_matrix(samples) for name, samples in kept.items()}
+        return _fit_multilabel(config, ds, fx, X, Y, skipped, res.n_cached, out, times)
+
+    y = {name: np.asarray([s.label for s in kept[name]], dtype=object) for name in names}
+    missing = sorted(set(ds.classes) - set(y["train"]))
+    if missing:
+        raise DatasetError(
+            f"after skipping {len(skipped)} broken images, class(es) {', '.join(missing)} have no "
+            "training image left; fix or add images"
+        )
+    if len(y["val"]) == 0:
+        raise DatasetError(
+            f"after skipping {len(skipped)} broken images, no validation image is left"
+        )
+    from transferlab.probe import LinearProbe
+
+    probe = LinearProbe(
+        classifier=config.classifier, C=config.C, class_weight=config.class_weight
+    ).fit(X["train"], y["train"])
+    t_probe = time.perf_counter()
+
+    reports: dict[str, EvalReport] = {}
+    probas: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name in ("val", "test"):
+        if len(y[name]):
+            probas[name] = (probe.predict_proba(X[name]), y[name])
+            reports[name] = evaluate_predictions(y[name], probas[name][0], probe.classes_)
+    calibration = calibrate(probas, [str(c) for c in probe.classes_])
+    t_eval = time.perf_counter()
+    val, test = reports["val"], reports.get("test")
+    metrics = FitMetrics(
+        **FitMetrics.scores(val, n_train=len(y["train"]), test=test, skipped=skipped),
+        classes=[str(c) for c in probe.classes_],
+        backbone=fx.backbone_.name,
+        weights_sha256=fx.backbone_.weights_sha256,
+        layer=config.layer,
+        pool=config.pool,
+        classifier=config.classifier,
+        C=probe.C_,
+        dataset={
+            "path": ds.root,
+            "source": ds.source,
+            "split": ds.split_note,
+            "n_ignored": len(ds.ignored),
+        },
+        n_cached=res.n_cached,
+        adapt_bn={"images": adabn_images} if config.adapt_bn else None,
+        seconds=round(time.perf_counter() - t0, 3),
+        stage_seconds={
+            "load_backbone": round(t_load - t0, 3),
+            "extract": round(t_extract - t_load, 3),
+            "probe": round(t_probe - t_extract, 3),
+            "evaluate": round(t_eval - t_probe, 3),
+        },
+        extract_images_per_second=round(
+            (len(all_samples) - res.n_cached) / max(t_extract - t_load, 1e-9), 2
+        ),
+        test=eval_block(test) if test is not None else None,
+        calibration=calibration,
+    )
+    model = TransferModel(fx, probe, metrics.to_dict())
+    model.temperature = calibration["temperature"]
+    if len(y["train"]) <= MAX_TRAIN_INDEX:
+        model.train_index = {
+            "X": X["train"],
+            "labels": [str(v) for v in y["train"]],
+            "paths": [s.path for s in kept["train"]],
+        }
+    model_dir = model.save(out / "model", overwrite=config.overwrite)
+    from transferlab.report import plot_confusion_matrix, write_fit_report
+
+    cm_png = plot_confusion_matrix(
+        val.confusion,
+        val.classes,
+        out / "confusion_matrix.png",
+        title=f"validation: accuracy {val.accuracy:.3f} (n={val.n})",
+    )
+    metrics.seconds = round(time.perf_counter() - t0, 3)
+    metrics_file = metrics.write(out)
+    report = write_fit_report(out, ds, metrics, cm_png)
+    logger.info("fit done: accuracy %.4f on %d validation images", val.accuracy, val.n)
+    return RunResult(
+        metrics=metrics,
+        out=out,
+        model_dir=model_dir,
+        report=report,
+        confusion_png=cm_png,
+        skipped=skipped,
+        metrics_file=metrics_file,
+    )
+
+
+def _adapt_bn(fx: FeatureExtractor, ds: Dataset, config: FitConfig) -> int:
+    """AdaBN on the training images; the model keeps the adapted backbone. Images used."""
+    from transferlab.diagnose import adapt_bn, image_batches
+
+    counter = [0]
+    fx.backbone_ = adapt_bn(
+        fx.backbone_,
+        image_batches(
+            fx.backbone_,
+            [s.path for s in ds.train],
+            batch_size=config.batch_size,
+            max_pixels=config.max_pixels,
+        ),
+        progress=lambda k: counter.__setitem__(0, counter[0] + k),
+    )
+    fx.backbone = fx.backbone_
+    return counter[0]
+
+
+def _fit_multilabel(
+    config: FitConfig,
+    ds: Dataset,
+    fx: FeatureExtractor,
+    X: dict[str, np.ndarray],
+    Y: dict[str, np.ndarray],
+    skipped: list[tuple[str, str]],
+    n_cached: int,
+    out: Path,
+    times: tuple[float, float, float],
+) -> RunResult:
+    """Multi-label branch of `run_fit`: one-vs-rest probe, per-label thresholds tuned on val."""
+    from transferlab.evaluate import evaluate_multilabel, tune_thresholds
+    from transferlab.probe import MultiLabelProbe
+    from transferlab.report import write_fit_multilabel_report
+
+    t0, t_load, t_extract = times
+    if len(Y["val"]) == 0:
+        raise DatasetError(
+            f"after skipping {len(skipped)} broken images, no validation image is left"
+        )
+    missing = [c for c, n in zip(ds.classes, Y["train"].sum(0), strict=True) if n == 0]
+    if missing:
+        raise DatasetError(f"label(s) {', '.join(missing)} have no training image left")
+    probe = MultiLabelProbe(
+        C=float(config.C) if config.C != "auto" else 1.0, class_weight=config.class_weight
+    ).fit(X["train"], Y["train"])
+    t_probe = time.perf_counter()
+    val_proba = probe.predict_proba(X["val"])
+    probe.thresholds_ = tune_thresholds(Y["val"], val_proba)
+    val = evaluate_multilabel(Y["val"], val_proba, ds.classes, probe.thresholds_)
+    test = None
+    if len(Y["test"]):
+        t = evaluate_multilabel(
+            Y["test"], probe.predict_proba(X["test"]), ds.classes, probe.thresholds_
+        )
+        test = {
+            "subset_accuracy": t.subset_accuracy,
+            "mAP": t.mAP,
+            "f1_micro": t.f1_micro,
+            "f1_macro": t.f1_macro,
+            "per_label": t.per_label,
+            "n": t.n,
+        }
+    metrics = MultiLabelFitMetrics(
+        scores=MultiLabelScores.of(val, ds.classes, probe.thresholds_),
+        n_train=len(Y["train"]),
+        n_val=val.n,
+        n_test=len(Y["test"]),
+        n_skipped=len(skipped),
+        skipped=skipped_rows(skipped),
+        classes=list(ds.classes),
+        backbone=fx.backbone_.name,
+        weights_sha256=fx.backbone_.weights_sha256,
+        layer=config.layer,
+        pool=config.pool,
+        C=float(probe.C),
+        dataset={"path": ds.root, "source": ds.source, "split": ds.split_note},
+        n_cached=n_cached,
+        stage_seconds={
+            "load_backbone": round(t_load - t0, 3),
+            "extract": round(t_extract - t_load, 3),
+            "probe": round(t_probe - t_extract, 3),
+        },
+        test=test,
+    )
+    model_dir = TransferModel(fx, probe, metrics.to_dict(), classes=ds.classes).save(
+        out / "model", overwrite=config.overwrite
+    )
+    metrics.seconds = round(time.perf_counter() - t0, 3)
+    metrics_file = metrics.write(out)
+    report = write_fit_multilabel_report(out, ds, metrics)
+    return RunResult(
+        metrics=metrics,
+        out=out,
+        model_dir=model_dir,
+        report=report,
+        skipped=skipped,
+        metrics_file=metrics_file,
+    )
+
+
+def fit(config: FitConfig, dataset: Dataset | None = None) -> RunResult:
+    """Deprecated name of `run_fit` (a loaded `dataset` goes in ``FitConfig.data`` now)."""
+    warn_once("transferlab.pipeline.fit", "transferlab.pipeline.run_fit")
+    return run_fit(replace(config, data=dataset) if dataset is not None else config)

@@ -1,0 +1,208 @@
+"""What several runs share: config checks, the metrics every classifier run reports, the
+temperature-scaling summary, and how a run reads its data and output folder."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from transferlab.data import Dataset, Sample, load_dataset
+from transferlab.evaluate import EvalReport
+from transferlab.exceptions import InvalidParameterError
+from transferlab.pipeline._results import Metrics, json_key
+
+__all__ = [
+    "ClassifierMetrics",
+    "MultiLabelScores",
+    "calibrate",
+    "check_choice",
+    "check_min",
+    "default_layers",
+    "eval_block",
+    "feature_cache",
+    "features_of",
+    "labelled_sample",
+    "resolve_dataset",
+    "skipped_rows",
+    "subsample",
+]
+
+DataSource = str | os.PathLike[str] | Dataset
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any], *, wording: str = "") -> None:
+    """Refuse a setting outside `choices` (one message shape for every config)."""
+    choices = tuple(choices)
+    if value not in choices:
+        allowed = wording or f"one of {', '.join(str(c) for c in choices)}"
+        raise InvalidParameterError(f"{name} must be {allowed}, got {value!r}")
+
+
+def check_min(name: str, value: float | None, low: float) -> None:
+    """Refuse a number below `low` (None passes: 'no limit')."""
+    if value is not None and value < low:
+        raise InvalidParameterError(f"{name} must be >= {low}, got {value}")
+
+
+def feature_cache(no_cache: bool, cache_dir: str | None) -> Any:
+    """The extractor's ``cache`` argument from a run's two cache settings."""
+    return False if no_cache else (cache_dir or True)
+
+
+def resolve_dataset(
+    data: DataSource, *, val_fraction: float, seed: int, multi_label: bool = False
+) -> Dataset:
+    """`data` as a `Dataset`: loaded from a folder or CSV, or used as given."""
+    if isinstance(data, Dataset):
+        return data
+    return load_dataset(data, val_fraction=val_fraction, seed=seed, multi_label=multi_label)
+
+
+def skipped_rows(skipped: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+    return [{"path": p, "reason": r} for p, r in skipped]
+
+
+def eval_block(report: EvalReport) -> dict[str, Any]:
+    """The ``test`` block of metrics.json."""
+    return {
+        "accuracy": report.accuracy,
+        "balanced_accuracy": report.balanced_accuracy,
+        "log_loss": report.log_loss,
+        "n": report.n,
+        "per_class": report.per_class,
+        "confusion": report.confusion,
+    }
+
+
+@dataclass(kw_only=True)
+class ClassifierMetrics(Metrics):
+    """The keys `fit` and `finetune` (single-label) both start metrics.json with."""
+
+    accuracy: float
+    balanced_accuracy: float
+    log_loss: float
+    n_train: int
+    n_val: int
+    n_test: int
+    n_skipped: int
+    skipped: list[dict[str, str]]
+    classes: list[str]
+    per_class: dict[str, dict[str, float]]
+    macro: dict[str, float]
+    confusion: list[list[int]]
+    backbone: str
+    weights_sha256: str | None
+    layer: str
+
+    @staticmethod
+    def scores(
+        val: EvalReport,
+        *,
+        n_train: int,
+        test: EvalReport | None,
+        skipped: Sequence[tuple[str, str]],
+    ) -> dict[str, Any]:
+        """The validation-derived fields, for ``Subclass(**scores(...), ...)``."""
+        return {
+            "accuracy": val.accuracy,
+            "balanced_accuracy": val.balanced_accuracy,
+            "log_loss": val.log_loss,
+            "n_train": n_train,
+            "n_val": val.n,
+            "n_test": test.n if test is not None else 0,
+            "n_skipped": len(skipped),
+            "skipped": skipped_rows(skipped),
+            "per_class": val.per_class,
+            "macro": val.macro,
+            "confusion": val.confusion,
+        }
+
+
+@dataclass(kw_only=True)
+class MultiLabelScores(Metrics):
+    """The keys every multi-label training run reports (fit and finetune alike)."""
+
+    accuracy: float
+    mAP: float
+    f1_micro: float
+    f1_macro: float
+    at_half: dict[str, float] = field(metadata=json_key("at_threshold_0.5"))
+    thresholds: dict[str, float]
+    thresholds_note: str = (
+        "tuned on the validation split (F1 per label); at_threshold_0.5 is untuned"
+    )
+    per_label: dict[str, dict[str, float]]
+
+    @classmethod
+    def of(cls, val: Any, classes: Sequence[str], thresholds: np.ndarray) -> MultiLabelScores:
+        return cls(
+            accuracy=val.subset_accuracy,
+            mAP=val.mAP,
+            f1_micro=val.f1_micro,
+            f1_macro=val.f1_macro,
+            at_half=val.at_half,
+            thresholds=dict(zip(classes, np.asarray(thresholds).tolist(), strict=True)),
+            per_label=val.per_label,
+        )
+
+
+def calibrate(
+    probas: dict[str, tuple[np.ndarray, np.ndarray]], classes: list[str]
+) -> dict[str, Any]:
+    """Temperature scaling fitted on ``probas["val"]`` (`transferlab.evaluate.calibrate`, the one
+    fit), with ECE and log loss before/after on validation (optimistic: T was fitted there) and
+    on each other split given, e.g. test (honest); as the metrics.json ``calibration`` block."""
+    from transferlab.evaluate import calibrate as fit_temperature
+
+    index = {c: i for i, c in enumerate(classes)}
+
+    def idx(labels: np.ndarray) -> np.ndarray:
+        return np.array([index[str(v)] for v in labels])
+
+    proba, labels = probas["val"]
+    also = {name: (p, idx(lab)) for name, (p, lab) in probas.items() if name != "val"}
+    return fit_temperature(proba, idx(labels), also=also).to_dict()
+
+
+def subsample(samples: Sequence[Sample], n: int | None, seed: int) -> list[Sample]:
+    """At most `n` samples, stratified by label (every class keeps its share, at least 2)."""
+    samples = sorted(samples, key=lambda s: s.path)
+    if n is None or len(samples) <= n:
+        return list(samples)
+    rng = np.random.default_rng(seed)
+    by: dict[str | None, list[Sample]] = {}
+    for s in samples:
+        by.setdefault(s.label, []).append(s)
+    out: list[Sample] = []
+    for items in by.values():
+        k = max(2, round(n * len(items) / len(samples)))
+        idx = rng.choice(len(items), min(k, len(items)), replace=False)
+        out += [items[i] for i in sorted(idx)]
+    return out
+
+
+def labelled_sample(
+    data: str | os.PathLike[str], val_fraction: float, seed: int, max_images: int | None
+) -> tuple[Dataset, list[Sample]]:
+    """The single-label dataset and a stratified draw of its train + val images (diagnose, rank)."""
+    ds = load_dataset(data, val_fraction=val_fraction, seed=seed)
+    if ds.multi_label:
+        raise InvalidParameterError("diagnosis and ranking need single-label data")
+    return ds, subsample([*ds.train, *ds.val], max_images, seed)
+
+
+def default_layers(bb: Any) -> list[str]:
+    """Every tap but the logits."""
+    return [la for la in bb.layers if la != "logits"]
+
+
+def features_of(
+    fx: Any, paths: Sequence[str], layers: Sequence[str]
+) -> tuple[dict[str, np.ndarray], np.ndarray, list[Any]]:
+    """Features of `paths` at `layers` (broken images skipped): features, row index, failures."""
+    res = fx.extract(paths, layers=list(layers), on_error="skip")
+    return res.features, res.index, res.failures

@@ -1,0 +1,144 @@
+"""The `diagnose` run's plots and page: findings first, then per-layer figures and image stats."""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from transferlab._internal.json import dumps
+from transferlab._internal.plotting import pyplot as _pyplot
+from transferlab.report._html import html_table, write_html_report
+
+__all__ = ["diagnosis_plots", "findings_html", "write_diagnosis_report"]
+
+
+def diagnosis_plots(
+    out: Path, probe: Any, gap: Any, shift_t: Any, shift_r: Any, scores: dict[str, dict[str, float]]
+) -> list[tuple[str, Path]]:
+    from transferlab.diagnose import LayerProfileDisplay
+
+    plt = _pyplot()
+    pngs = []
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    disp = LayerProfileDisplay.from_layer_probe(probe)
+    disp.series["kNN (k=5)"] = [scores[la]["knn_accuracy"] for la in probe.layers]
+    disp.plot(ax)
+    fig.savefig(out / "layer_probe.png", dpi=100)
+    plt.close(fig)
+    pngs.append(("Probe accuracy by layer (cross-validated)", out / "layer_probe.png"))
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    LayerProfileDisplay(
+        gap.layers,
+        {"target vs reference": gap.classifier_accuracy},
+        ylabel="domain classifier balanced accuracy",
+        title="Can a linear classifier tell the domains apart?",
+        hline=(0.5, "indistinguishable"),
+    ).plot(a1)
+    LayerProfileDisplay(
+        gap.layers,
+        {"MMD²": gap.mmd},
+        ylabel="MMD² (Gaussian kernel)",
+        title="Distribution distance",
+    ).plot(a2)
+    fig.savefig(out / "domain_gap.png", dpi=100)
+    plt.close(fig)
+    pngs.append(("Domain gap to the reference, by layer", out / "domain_gap.png"))
+
+    t, r = shift_t.by_tap(), shift_r.by_tap()
+    taps = [k for k in t if k in r]
+    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+    LayerProfileDisplay(
+        taps,
+        {"target images": [t[k] for k in taps], "reference photos": [r[k] for k in taps]},
+        ylabel="BN shift (W2, in running std units)",
+        title="BatchNorm statistics vs ImageNet's, by depth",
+    ).plot(ax)
+    fig.savefig(out / "bn_shift.png", dpi=100)
+    plt.close(fig)
+    pngs.append(("Shift of BatchNorm statistics from the pretrained ones", out / "bn_shift.png"))
+    return pngs
+
+
+_BADGE = {"problem": "#c62828", "warning": "#ef6c00", "info": "#1565c0", "ok": "#2e7d32"}
+
+
+def findings_html(findings: Sequence[dict[str, Any]]) -> str:
+    parts = []
+    for f in findings:
+        colour = _BADGE.get(f["severity"], "#555")
+        cmds = "".join(f"<div><code>{html.escape(c)}</code></div>" for c in f.get("commands", []))
+        ev = html.escape(dumps(f["evidence"], indent=None)[:600])
+        parts.append(
+            f"<div style='border-left:5px solid {colour};padding:.4em .9em;margin:.7em 0;background:#fafafa'>"
+            f"<b style='color:{colour}'>{html.escape(f['severity'].upper())}</b> "
+            f"<b>{html.escape(f['title'])}</b><p>{html.escape(f['recommendation'])}</p>{cmds}"
+            f"<details><summary class='muted'>evidence</summary><code>{ev}</code></details></div>"
+        )
+    return "".join(parts)
+
+
+def write_diagnosis_report(
+    out: Path, d: Mapping[str, Any], pngs: Sequence[tuple[str, Path]]
+) -> Path:
+    """report.html of `diagnose` from its diagnosis.json content."""
+    lp = d["layer_probe"]["layers"]
+    gap = d["domain_gap"]["layers"]
+    rows = [
+        [
+            la,
+            v["dim"],
+            v["accuracy"],
+            d["scores"][la]["knn_accuracy"],
+            d["scores"][la]["logme"],
+            gap.get(la, {}).get("classifier_accuracy", float("nan")),
+            gap.get(la, {}).get("mmd", float("nan")),
+        ]
+        for la, v in lp.items()
+    ]
+    table = html_table(
+        ["layer", "dim", "probe acc", "kNN acc", "LogME", "domain clf acc", "MMD²"], rows
+    )
+    ts, rs = d["image_stats"]["target"], d["image_stats"]["reference"]
+    stats = html_table(
+        ["", "target", "reference"],
+        [
+            [k, json.dumps(ts[k]), json.dumps(rs[k])]
+            for k in (
+                "n",
+                "greyscale_fraction",
+                "channel_mean",
+                "channel_std",
+                "median_width",
+                "median_height",
+                "median_aspect",
+                "modes",
+            )
+        ],
+    )
+    problems = [f for f in d["findings"] if f["severity"] in ("problem", "warning")]
+    return write_html_report(
+        out / "report.html",
+        title=f"transferlab diagnose — {Path(d['dataset']).name}",
+        summary={
+            "verdict": problems[0]["title"]
+            if problems
+            else "No problem found: transfer should work as is",
+            "backbone": d["backbone"],
+            "cut point (shallowest layer within noise of the peak)": (
+                f"{d['layer_probe']['best_layer']} (peak: {d['layer_probe']['peak_layer']} "
+                f"{d['layer_probe']['layers'][d['layer_probe']['peak_layer']]['accuracy']:.3f})"
+            ),
+            "images": f"{d['n_images']} ({len(d['class_counts'])} classes)",
+            "reference": d["reference"]["source"],
+        },
+        sections=[
+            ("Findings and advice", findings_html(d["findings"])),
+            ("Per layer", table),
+            ("Image statistics", stats),
+        ],
+        images=pngs,
+    )

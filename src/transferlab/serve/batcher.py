@@ -1,0 +1,138 @@
+"""Feature extraction for concurrent requests: one thread, shared batches, a bounded queue.
+
+`FeatureBatcher` owns the `FeatureExtractor`: one thread runs every forward pass (the backbone's
+layer hooks are not thread-safe), and requests that arrive within ``batch_wait_ms`` of each other
+share a batch. Its queue is bounded: a full queue is a 503, never unbounded memory.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+
+from transferlab.features import ExtractionResult, FeatureExtractor
+from transferlab.serve.errors import ApiError
+
+__all__ = ["BatchedExtractor", "FeatureBatcher"]
+
+_STOP = object()
+
+
+class FeatureBatcher:
+    """Serialises and batches feature extraction for concurrent requests.
+
+    Args:
+        extractor: a fitted `FeatureExtractor` (used from the batcher thread only).
+        max_batch: images per forward pass at most.
+        wait_s: how long the first request of a batch waits for company.
+        queue_size: requests that may wait; more get `ApiError` 503.
+    """
+
+    def __init__(
+        self, extractor: FeatureExtractor, max_batch: int, wait_s: float, queue_size: int
+    ) -> None:
+        self.extractor = extractor
+        self.max_batch = max_batch
+        self.wait_s = wait_s
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._thread = threading.Thread(target=self._loop, name="feature-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, paths: Sequence[str], layers: Sequence[str]) -> Future[ExtractionResult]:
+        fut: Future[ExtractionResult] = Future()
+        try:
+            self._queue.put_nowait((list(paths), list(layers), fut))
+        except queue.Full:
+            raise ApiError(
+                503,
+                "feature extraction queue is full; retry shortly",
+                "overloaded",
+                headers={"Retry-After": "1"},
+            ) from None
+        return fut
+
+    def extract(
+        self, paths: Sequence[str], layers: Sequence[str], timeout: float = 120.0
+    ) -> ExtractionResult:
+        return self.submit(paths, layers).result(timeout=timeout)
+
+    def stop(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            batch = [item]
+            n = len(item[0])
+            deadline = time.monotonic() + self.wait_s
+            stop = False
+            while n < self.max_batch:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    nxt = self._queue.get(timeout=remaining)
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                batch.append(nxt)
+                n += len(nxt[0])
+            self._run(batch)
+            if stop:
+                return
+
+    def _run(self, batch: list[tuple[list[str], list[str], Future[ExtractionResult]]]) -> None:
+        all_paths = [p for paths, _, _ in batch for p in paths]
+        layers = sorted({la for _, lays, _ in batch for la in lays})
+        try:
+            res = self.extractor.extract(all_paths, layers=layers, on_error="skip")
+        except Exception as exc:  # hand the failure to every waiting request
+            for _, _, fut in batch:
+                fut.set_exception(exc)
+            return
+        failed = {e.path: e for e in res.failures}
+        start = 0
+        for paths, lays, fut in batch:
+            stop = start + len(paths)
+            rows = np.flatnonzero((res.index >= start) & (res.index < stop))
+            fut.set_result(
+                ExtractionResult(
+                    features={la: res.features[la][rows] for la in lays},
+                    paths=[all_paths[int(res.index[r])] for r in rows],
+                    index=res.index[rows] - start,
+                    failures=[failed[p] for p in dict.fromkeys(paths) if p in failed],
+                    seconds=res.seconds,
+                )
+            )
+            start = stop
+
+
+class BatchedExtractor:
+    """What `TransferModel` needs of an extractor (``layer``, ``extract``, ``_backbone``), routed
+    through the batcher so predictions share its thread and batches."""
+
+    def __init__(self, batcher: FeatureBatcher, layer: str, timeout: float = 120.0) -> None:
+        self.batcher = batcher
+        self.layer = layer
+        self.pool = batcher.extractor.pool
+        self.timeout = timeout
+
+    def extract(self, paths: Sequence[str], *, on_error: str = "skip") -> ExtractionResult:
+        res = self.batcher.extract([str(p) for p in paths], [self.layer], self.timeout)
+        if on_error == "raise" and res.failures:
+            raise res.failures[0]
+        return res
+
+    def _backbone(self) -> Any:
+        return self.batcher.extractor._backbone()

@@ -1,0 +1,122 @@
+"""A collection's trained model: predictions for an uploaded image, and the model as a zip."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import FileResponse
+from starlette.background import BackgroundTask
+
+from transferlab.serve.batcher import BatchedExtractor
+from transferlab.serve.deps import OwnedCollection, Services, ServicesDep
+from transferlab.serve.errors import ApiError
+from transferlab.serve.images import read_limited, temp_image
+from transferlab.serve.routers._common import check_backbone, latest_model
+from transferlab.serve.schemas import PredictResponse
+from transferlab.serve.store import StoredModel
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/collections", tags=["collections"])
+
+MAX_LOADED_MODELS = 16
+
+
+def _load_model(services: Services, row: StoredModel, layer: str) -> Any:
+    """A `TransferModel` for a stored model, using the shared batched extractor (LRU-cached)."""
+    import joblib
+
+    from transferlab.exceptions import TransferlabError
+    from transferlab.models import TransferModel, load_model
+
+    with services.models_lock:
+        if row.id in services.models:
+            services.models.move_to_end(row.id)
+            return services.models[row.id]
+    root = Path(row.path)
+    try:
+        meta = json.loads((root / "model.json").read_text())
+        if meta.get("kind") == "finetuned":
+            # a whole network of its own: it runs in the request's thread, not the batcher
+            model = load_model(root, device=services.settings.device, progress=False)
+        else:
+            probe = joblib.load(root / meta["probe"]["file"])
+            model = TransferModel(
+                BatchedExtractor(services.batcher, layer, services.settings.request_timeout_s),  # type: ignore[arg-type]
+                probe,
+                row.metrics,
+                classes=meta["classes"],
+            )
+            model.temperature = float(meta.get("calibration", {}).get("temperature", 1.0))
+    except (OSError, ValueError, KeyError, TransferlabError) as exc:
+        raise ApiError(
+            409, f"the trained model's files are missing or damaged ({exc}); train again"
+        ) from None
+    model.collection_id = row.collection_id  # type: ignore[attr-defined]
+    with services.models_lock:
+        services.models[row.id] = model
+        while len(services.models) > MAX_LOADED_MODELS:
+            services.models.popitem(last=False)
+    return model
+
+
+@router.post("/{collection_id}/predict", response_model=PredictResponse)
+def predict(
+    coll: OwnedCollection,
+    services: ServicesDep,
+    file: Annotated[UploadFile, File(description="the image")],
+    top_k: Annotated[int, Form(ge=1, le=100)] = 3,
+    threshold: Annotated[float | None, Form(ge=0, le=1)] = None,
+) -> PredictResponse:
+    """Top-k labels with calibrated probabilities; ``uncertain`` when the best is under
+    `threshold`."""
+    with services.store.session() as s:
+        row = latest_model(s, coll.id)
+    if row is None:
+        raise ApiError(
+            409,
+            "this collection has no trained model yet; POST /v1/collections/{id}/train first",
+            "not_trained",
+        )
+    check_backbone(services, coll)
+    model = _load_model(services, row, coll.layer)
+    settings = services.settings
+    name = file.filename or "file"
+    data = read_limited(file.file, settings.max_upload_bytes, name)
+    path = temp_image(services.store, data, name, settings.max_pixels)
+    try:
+        (pred,) = model.predict_paths([str(path)], top_k=top_k, threshold=threshold)
+    finally:
+        path.unlink(missing_ok=True)
+    if pred.error:
+        raise ApiError(400, f"{name}: image cannot be decoded: {pred.error}", "bad_image")
+    return PredictResponse(
+        label=pred.label,
+        probability=pred.probability,
+        uncertain=pred.uncertain,
+        labels=pred.labels,
+        top=[{"label": c, "probability": p} for c, p in pred.top],  # type: ignore[misc]
+        model_id=row.id,
+    )
+
+
+@router.get("/{collection_id}/model", response_class=FileResponse)
+def export_model(coll: OwnedCollection, services: ServicesDep) -> FileResponse:
+    """The latest trained model directory as a zip (loadable with `transferlab predict`)."""
+    with services.store.session() as s:
+        row = latest_model(s, coll.id)
+    if row is None or not Path(row.path).is_dir():
+        raise ApiError(409, "this collection has no trained model yet", "not_trained")
+    base = services.store.data_dir / "tmp" / uuid.uuid4().hex
+    archive = Path(shutil.make_archive(str(base), "zip", root_dir=row.path))
+    return FileResponse(
+        archive,
+        media_type="application/zip",
+        filename=f"model-{coll.id}-{row.id}.zip",
+        background=BackgroundTask(archive.unlink, missing_ok=True),
+    )

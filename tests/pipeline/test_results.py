@@ -1,0 +1,142 @@
+"""Typed results: every run returns a `RunResult` whose metrics object writes its JSON file;
+the old names still work and warn once."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.pipeline._data import make_data
+from transferlab._internal import deprecation
+from transferlab.exceptions import InvalidParameterError
+from transferlab.pipeline import (
+    FinetuneMetrics,
+    FinetuneRunConfig,
+    FitConfig,
+    FitMetrics,
+    Metrics,
+    RunResult,
+    run_fit,
+)
+from transferlab.pipeline._results import FLATTEN, OMIT_NONE, json_key
+
+
+@dataclass(kw_only=True)
+class _Inner(Metrics):
+    a: int
+    b: int
+
+
+@dataclass(kw_only=True)
+class _Example(Metrics):
+    ALIASES = {"score": ("old_score",)}  # noqa: RUF012
+
+    first: str
+    inner: _Inner = field(metadata=FLATTEN)
+    score: float
+    half: float = field(metadata=json_key("at_0.5"))
+    test: dict | None = field(default=None, metadata=OMIT_NONE)
+    last: int = 0
+
+
+def test_metrics_to_dict_keys_aliases_omitted_and_flattened(tmp_path):
+    m = _Example(first="x", inner=_Inner(a=1, b=2), score=0.5, half=0.25)
+    assert m.to_dict() == {"first": "x", "a": 1, "b": 2, "score": 0.5, "old_score": 0.5,
+                           "at_0.5": 0.25, "last": 0}  # fmt: skip
+    assert list(m) == ["first", "a", "b", "score", "old_score", "at_0.5", "last"]
+    assert m["score"] == 0.5 and "test" not in m and m.get("test") is None
+    m.test = {"n": 3}
+    assert list(m)[-2:] == ["test", "last"]  # in field order once set
+    path = m.write(tmp_path)
+    assert path == tmp_path / "metrics.json"
+    assert json.loads(path.read_text()) == m.to_dict()
+
+
+def test_finetune_metrics_write_probe_val_score_and_its_old_name():
+    assert FinetuneMetrics.ALIASES == {"probe_val_score": ("probe_val_accuracy",)}
+    from transferlab.pipeline import MultiLabelFinetuneMetrics
+
+    assert MultiLabelFinetuneMetrics.ALIASES == {"probe_val_score": ("probe_val_map",)}
+
+
+def test_run_fit_returns_typed_metrics_equal_to_metrics_json(tmp_path):
+    data = make_data(tmp_path / "data")
+    res = run_fit(FitConfig(data=str(data), out=str(tmp_path / "run"), progress=False))
+    assert isinstance(res, RunResult) and isinstance(res.metrics, FitMetrics)
+    assert res.metrics_file == tmp_path / "run" / "metrics.json"
+    assert res.model_dir == tmp_path / "run" / "model" and res.report.name == "report.html"
+    assert res.confusion_png == tmp_path / "run" / "confusion_matrix.png"
+    written = json.loads(res.metrics_file.read_text())
+    assert written == json.loads(json.dumps(res.metrics.to_dict()))
+    m = res.metrics
+    assert (m.n_train, m.n_val, m.n_test) == (16, 8, 0)
+    assert m.classes == ["hstripes", "vstripes"] and m.accuracy == written["accuracy"]
+    assert m.test is None and "test" not in written  # no test split: no test block
+    assert m.calibration["fitted_on"] == "validation"
+    assert res.to_dict()["metrics"] == m.to_dict()
+
+    # the deprecated name gives the same run; a loaded Dataset now goes in FitConfig.data
+    from transferlab.data import load_dataset
+    from transferlab.pipeline import fit
+
+    deprecation._warned.discard("transferlab.pipeline.fit")
+    ds = load_dataset(data)
+    with pytest.warns(DeprecationWarning, match="run_fit"):
+        old = fit(FitConfig(data="unused", out=str(tmp_path / "old"), progress=False), ds)
+    assert old.metrics.to_dict()["accuracy"] == m.accuracy
+    assert old.metrics["dataset"]["path"] == ds.root
+
+
+def _count_deprecations(call, n=2):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(n):
+            call()
+    return [w for w in caught if issubclass(w.category, DeprecationWarning)]
+
+
+def test_old_run_names_warn_once_and_forward(monkeypatch, tmp_path):
+    from transferlab import pipeline
+    from transferlab.pipeline import _evaluate, _finetune
+
+    seen = []
+    monkeypatch.setattr(_evaluate, "run_evaluate", lambda cfg: seen.append(cfg) or "ev")
+    monkeypatch.setattr(_finetune, "run_finetune", lambda cfg: seen.append(cfg) or "ft")
+    for old in ("evaluate_run", "finetune", "FitResult"):
+        deprecation._warned.discard(f"transferlab.pipeline.{old}")
+
+    got = _count_deprecations(
+        lambda: pipeline.evaluate_run("m", "d", tmp_path, split="val", threshold=0.7)
+    )
+    assert len(got) == 1 and "run_evaluate" in str(got[0].message)
+    assert seen[-1].split == "val" and seen[-1].threshold == 0.7 and seen[-1].model_dir == "m"
+
+    got = _count_deprecations(lambda: pipeline.finetune("d", tmp_path, None, resume=True))
+    assert len(got) == 1 and "run_finetune" in str(got[0].message)
+    cfg = seen[-1]
+    assert isinstance(cfg, FinetuneRunConfig) and cfg.resume and cfg.data == "d"
+    assert cfg.training().epochs >= 1  # defaults when no FinetuneConfig was given
+
+    got = _count_deprecations(lambda: pipeline.FitResult)
+    assert len(got) == 1 and pipeline.FitResult is RunResult
+    # the positional shape the --nproc path builds still works
+    r = RunResult({"accuracy": 1.0}, tmp_path, tmp_path / "model", None, None, [("a", "b")])
+    assert r.metrics["accuracy"] == 1.0 and r.skipped == [("a", "b")]
+
+
+def test_configs_refuse_bad_settings(tmp_path):
+    from transferlab.pipeline import DiagnoseConfig, EmbedConfig, EvaluateConfig
+
+    with pytest.raises(InvalidParameterError, match="--split must be auto, train"):
+        EvaluateConfig(model_dir="m", data="d", out="o", split="most")
+    with pytest.raises(InvalidParameterError, match="--threshold must be between 0 and 1"):
+        EvaluateConfig(model_dir="m", data="d", out="o", threshold=1.5)
+    with pytest.raises(InvalidParameterError, match="--colour must be 'class', 'split'"):
+        EmbedConfig(data="d", out="o", colour="hue")
+    with pytest.raises(InvalidParameterError, match="pool must be one of"):
+        FitConfig(data="d", out="o", pool="median")
+    with pytest.raises(InvalidParameterError, match="cv must be >= 2"):
+        DiagnoseConfig(data="d", out="o", cv=1)

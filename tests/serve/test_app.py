@@ -1,0 +1,221 @@
+"""The app as a whole: health, the offline API docs, the in-flight bound, the web page."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("sqlalchemy")
+
+from fastapi.testclient import TestClient
+
+from tests.serve._client import make_keys, pattern, settings_for
+from transferlab.serve import Settings, create_app
+
+
+def test_health_and_docs(server: tuple[TestClient, list[str]]) -> None:
+    client, _ = server
+    r = client.get("/health")
+    assert r.status_code == 200
+    assert r.json()["backbone"] == "efficientnet_lite0"
+    assert "pre_logits" in r.json()["layers"]
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    # Swagger UI from this server's own files (works offline), not from a CDN
+    assert "/docs-static/swagger-ui-bundle.js" in docs.text and "cdn." not in docs.text
+    js = client.get("/docs-static/swagger-ui-bundle.js")
+    assert js.status_code == 200 and len(js.content) > 100_000
+    redoc = client.get("/redoc")
+    assert redoc.status_code == 200 and "/docs-static/redoc.standalone.js" in redoc.text
+    assert "fonts.googleapis" not in redoc.text and "cdn." not in redoc.text
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/features", "/v1/collections", "/v1/jobs/{job_id}"} <= set(paths)
+    assert r.headers["X-Request-ID"]
+
+
+def test_inflight_bound_answers_503_at_once() -> None:
+    """More simultaneous /v1 requests than max_inflight: the extra ones get 503 + Retry-After
+    immediately (nothing queues in memory); /health is not counted; the bound frees up again."""
+    import asyncio
+
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from transferlab.serve.app import GuardMiddleware
+
+    async def main() -> None:
+        gate = asyncio.Event()
+
+        async def slow(_request: Any) -> PlainTextResponse:
+            await gate.wait()
+            return PlainTextResponse("done")
+
+        inner = Starlette(routes=[Route("/v1/slow", slow), Route("/health", slow)])
+        app = GuardMiddleware(inner, Settings(data_dir=Path("."), max_inflight=2))
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            held = [asyncio.create_task(c.get("/v1/slow")) for _ in range(2)]
+            await asyncio.sleep(0.05)
+            refused = await asyncio.wait_for(c.get("/v1/slow"), 5)
+            assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+            assert refused.json()["error"] == "overloaded"
+            health = asyncio.create_task(c.get("/health"))  # not counted: it is admitted
+            await asyncio.sleep(0.05)
+            gate.set()
+            assert [r.status_code for r in await asyncio.gather(*held, health)] == [200] * 3
+            assert (await c.get("/v1/slow")).status_code == 200
+            assert app.inflight == 0
+
+    asyncio.run(main())
+
+
+def test_web_page_end_to_end(tmp_path: Path) -> None:
+    """The page at / in headless Chromium: create, add examples per label, train, predict."""
+    import shutil
+    import socket
+    import threading
+
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    import uvicorn
+
+    (a,) = make_keys(tmp_path / "data", "alice")
+    for kind in ("hstripes", "vstripes"):
+        for i in range(3):
+            (tmp_path / f"{kind}{i}.png").write_bytes(pattern(kind, 300 + i))
+    (tmp_path / "query.png").write_bytes(pattern("vstripes", 999))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings_for(tmp_path / "data")),
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=chromium, args=["--no-sandbox", "--disable-gpu"]
+            )
+            try:
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.1:{port}/")
+                page.fill("#key", a)
+                page.click("#save-key")
+                page.fill("#new-name", "stripes")
+                page.click("#create")
+                for kind in ("hstripes", "vstripes"):
+                    page.fill("#new-label", kind)
+                    page.click("#add-label")
+                    zone = page.locator(f'.drop[data-label="{kind}"]')
+                    zone.locator("input[type=file]").set_input_files(
+                        [str(tmp_path / f"{kind}{i}.png") for i in range(3)]
+                    )
+                    page.wait_for_function(
+                        f"document.querySelector('.drop[data-label=\"{kind}\"] .count')"
+                        ".textContent.startsWith('3 ')",
+                        timeout=30_000,
+                    )
+                page.click("#train")
+                page.wait_for_function(
+                    "document.getElementById('job-status').textContent.startsWith('succeeded')",
+                    timeout=60_000,
+                )
+                page.wait_for_selector("#confusion td", timeout=30_000)
+                page.set_input_files("#predict-file", str(tmp_path / "query.png"))
+                page.wait_for_selector("#prediction b", timeout=30_000)
+                assert page.text_content("#prediction b") == "prediction: vstripes"
+                assert page.locator("#prediction .bar").count() == 2
+                assert page.text_content("#error") == ""
+                # /docs renders Swagger UI from the server's own files: no CDN reachable here
+                docs = browser.new_page()
+                docs.goto(f"http://127.0.0.1:{port}/docs")
+                docs.wait_for_selector("#swagger-ui .info .title", timeout=30_000)
+                assert "transferlab" in docs.text_content("#swagger-ui .info .title")
+                assert docs.locator("#swagger-ui .opblock").count() >= 5  # the operations
+            finally:
+                browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def test_openapi_operations_are_stable(tmp_path: Path) -> None:
+    """The routers may be split and moved; the URLs, methods and operation ids clients generate
+    code from stay exactly these (the operations of the service before the split)."""
+    expected = {
+        ("GET", "/health", "health_health_get"),
+        ("GET", "/v1/collections", "list_collections_v1_collections_get"),
+        ("POST", "/v1/collections", "create_collection_v1_collections_post"),
+        (
+            "DELETE",
+            "/v1/collections/{collection_id}",
+            "delete_collection_v1_collections__collection_id__delete",
+        ),
+        ("GET", "/v1/collections/{collection_id}", "get_one_v1_collections__collection_id__get"),
+        (
+            "GET",
+            "/v1/collections/{collection_id}/examples",
+            "list_examples_v1_collections__collection_id__examples_get",
+        ),
+        (
+            "POST",
+            "/v1/collections/{collection_id}/examples",
+            "add_example_v1_collections__collection_id__examples_post",
+        ),
+        (
+            "DELETE",
+            "/v1/collections/{collection_id}/examples/{example_id}",
+            "delete_example_v1_collections__collection_id__examples__example_id__delete",
+        ),
+        (
+            "GET",
+            "/v1/collections/{collection_id}/metrics",
+            "metrics_v1_collections__collection_id__metrics_get",
+        ),
+        (
+            "GET",
+            "/v1/collections/{collection_id}/model",
+            "export_model_v1_collections__collection_id__model_get",
+        ),
+        (
+            "POST",
+            "/v1/collections/{collection_id}/predict",
+            "predict_v1_collections__collection_id__predict_post",
+        ),
+        (
+            "POST",
+            "/v1/collections/{collection_id}/train",
+            "train_v1_collections__collection_id__train_post",
+        ),
+        ("POST", "/v1/features", "features_v1_features_post"),
+        ("GET", "/v1/jobs/{job_id}", "get_job_v1_jobs__job_id__get"),
+    }
+    schema = create_app(Settings(data_dir=tmp_path)).openapi()  # no lifespan: nothing loaded
+    got = {
+        (method.upper(), path, op["operationId"])
+        for path, ops in schema["paths"].items()
+        for method, op in ops.items()
+    }
+    assert got == expected
+    for path, ops in schema["paths"].items():  # every path parameter is declared, as a string
+        for op in ops.values():
+            declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+            assert declared == set(re.findall(r"{(\w+)}", path)), (path, op["operationId"])
