@@ -84,6 +84,12 @@ def _downsize(img: Image.Image, short_side: int) -> Image.Image:
     return img
 
 
+def _drafted(path: str, img: Image.Image) -> bool:
+    """Whether `img` is smaller than the file's own size (JPEG draft mode; EXIF turns allowed)."""
+    with Image.open(path) as f:
+        return sorted(f.size) != sorted(img.size)
+
+
 def decode_all(
     samples: Sequence[Sample],
     *,
@@ -95,7 +101,7 @@ def decode_all(
     """Decode each image once. With `short_side`, a training view reduced to it (JPEG draft mode
     + resize); with `geometry` (the eval resize + centre crop), an eval view, so in-training
     validation sees exactly what `predict` will. With both, the eval view is taken from the same
-    decode, before the downsizing."""
+    decode, before the downsizing, unless JPEG draft mode reduced that decode."""
     from tqdm.auto import tqdm
 
     out = Decoded()
@@ -108,7 +114,13 @@ def decode_all(
             out.failures.append(exc)
             continue
         if geometry is not None:
-            out.eval.append(geometry(img))
+            if short_side is not None and _drafted(s.path, img):
+                # JPEG draft mode decoded at a reduced scale: the eval view must see the image
+                # `predict` will, so only these images are decoded a second time, in full
+                full = load_image(s.path, max_pixels=max_pixels)
+                out.eval.append(geometry(full))
+            else:
+                out.eval.append(geometry(img))
         if short_side is not None:
             out.train.append(_downsize(img, short_side))
         out.kept.append(i)
