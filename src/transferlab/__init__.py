@@ -1,60 +1,71 @@
 """transferlab: transfer learning on images, with an honest account of why it works or fails.
 
-The public API is re-exported here; heavy modules (torch, timm) load only when first used.
+The public API is re-exported here from one list of names (`_LAZY`); heavy modules (torch, timm)
+load only when a name is first used (PEP 562), so `import transferlab` and the CLI's `--help`
+stay quick.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from transferlab._version import __version__
 
-# name -> module that defines it. Importing `transferlab` stays cheap (no torch) so that the CLI's
-# `--help` and error paths are quick; the names resolve on first attribute access (PEP 562).
+# name -> the module that defines it: the one list of public names.
 _LAZY = {
+    # errors
     "TransferlabError": "transferlab.exceptions",
+    # data
     "load_image": "transferlab.data",
     "load_dataset": "transferlab.data",
     "Dataset": "transferlab.data",
     "Sample": "transferlab.data",
+    # backbones
     "BackboneSpec": "transferlab.backbones",
     "list_backbones": "transferlab.backbones",
     "get_backbone_spec": "transferlab.backbones",
     "load_backbone": "transferlab.backbones",
     "register_backbone": "transferlab.backbones",
+    # features, probes, evaluation
     "FeatureExtractor": "transferlab.features",
     "FeatureCache": "transferlab.features",
     "LinearProbe": "transferlab.probe",
+    "MultiLabelProbe": "transferlab.probe",
     "evaluate_predictions": "transferlab.evaluate",
-    "fit": "transferlab.pipeline",
-    "FitConfig": "transferlab.pipeline",
-    "FitResult": "transferlab.pipeline",
+    "EvalReport": "transferlab.evaluate",
+    # fine-tuning
+    "FineTuner": "transferlab.finetune",
+    "FinetuneConfig": "transferlab.finetune",
+    "Callback": "transferlab.finetune",
+    # saved models
     "TransferModel": "transferlab.models",
+    "FinetunedModel": "transferlab.models",
     "load_model": "transferlab.models",
+    "export_onnx": "transferlab.models",
+    # runs: run_<verb>(config) -> RunResult
+    "RunResult": "transferlab.pipeline",
+    "run_fit": "transferlab.pipeline",
+    "FitConfig": "transferlab.pipeline",
+    "run_finetune": "transferlab.pipeline",
+    "FinetuneRunConfig": "transferlab.pipeline",
+    "run_evaluate": "transferlab.pipeline",
+    "EvaluateConfig": "transferlab.pipeline",
+    "run_curve": "transferlab.pipeline",
+    "CurveConfig": "transferlab.pipeline",
+    "run_embed": "transferlab.pipeline",
+    "EmbedConfig": "transferlab.pipeline",
+    "run_diagnose": "transferlab.pipeline",
+    "DiagnoseConfig": "transferlab.pipeline",
+    "run_rank": "transferlab.pipeline",
+    "RankConfig": "transferlab.pipeline",
+    "run_adapt_bn": "transferlab.pipeline",
+    "AdaptBNConfig": "transferlab.pipeline",
+    # deprecated names of runs (they warn once and call the run above)
+    "fit": "transferlab.pipeline",
+    "FitResult": "transferlab.pipeline",
 }
 
 __all__ = ["__version__", *_LAZY]
-
-if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from transferlab.backbones import BackboneSpec as BackboneSpec
-    from transferlab.backbones import get_backbone_spec as get_backbone_spec
-    from transferlab.backbones import list_backbones as list_backbones
-    from transferlab.backbones import load_backbone as load_backbone
-    from transferlab.backbones import register_backbone as register_backbone
-    from transferlab.data import Dataset as Dataset
-    from transferlab.data import Sample as Sample
-    from transferlab.data import load_dataset as load_dataset
-    from transferlab.data import load_image as load_image
-    from transferlab.evaluate import evaluate_predictions as evaluate_predictions
-    from transferlab.exceptions import TransferlabError as TransferlabError
-    from transferlab.features import FeatureCache as FeatureCache
-    from transferlab.features import FeatureExtractor as FeatureExtractor
-    from transferlab.models import TransferModel as TransferModel
-    from transferlab.models import load_model as load_model
-    from transferlab.pipeline import FitConfig as FitConfig
-    from transferlab.pipeline import FitResult as FitResult
-    from transferlab.pipeline import fit as fit
-    from transferlab.probe import LinearProbe as LinearProbe
 
 
 def __getattr__(name: str) -> Any:
@@ -64,3 +75,7 @@ def __getattr__(name: str) -> Any:
     import importlib
 
     return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
