@@ -23,7 +23,7 @@ from transferlab.evaluate._plots import (
     ImageGridDisplay,
     ReliabilityDisplay,
 )
-from transferlab.pipeline import FitConfig, fit
+from transferlab.pipeline import FitConfig, run_fit
 
 runner = CliRunner()
 
@@ -119,7 +119,7 @@ def fitted(tmp_path):
     build_image_folder(root / "train", n_per_class=8, seed=1)
     build_image_folder(root / "val", n_per_class=4, seed=2)
     build_image_folder(root / "test", n_per_class=5, seed=3)
-    res = fit(FitConfig(data=str(root), out=str(tmp_path / "run"), progress=False))
+    res = run_fit(FitConfig(data=str(root), out=str(tmp_path / "run"), progress=False))
     return root, res
 
 

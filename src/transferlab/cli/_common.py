@@ -6,11 +6,12 @@ traceback. Ctrl-C exits with 130. Anything else is a bug and shows its traceback
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C")
 
 app = typer.Typer(
     name="transferlab",
@@ -98,6 +100,17 @@ def default_run_dir(data: Path, command: str) -> Path:
     return Path("runs") / f"{command}-{data.resolve().name or 'data'}-{stamp}"
 
 
+def config_from(cls: type[C], params: Mapping[str, Any], **changes: Any) -> C:
+    """The run config `cls` from a command's parameters (``locals()`` on its first line).
+
+    A command names its parameters as the config names its fields (the flags are declared apart
+    from the names), so every parameter that is a field goes over as it is; `changes` gives the
+    fields whose value the command converts or renames (``out``, ``num_workers``, ...).
+    """
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{**{k: v for k, v in params.items() if k in names}, **changes})
+
+
 def print_fit_summary(result: Any) -> None:
     """The short summary `fit`, `finetune` and `demo` end with (skipped files on stderr)."""
     m = result.metrics
@@ -125,10 +138,8 @@ def print_fit_summary(result: Any) -> None:
             f"  [bold green]val accuracy {m['accuracy']:.4f}[/]  balanced {m['balanced_accuracy']:.4f}  "
             f"log loss {m['log_loss']:.4f}"
         )
-        if m.get("probe_val_accuracy") is not None:
-            out.print(
-                f"  linear probe on the same validation images: {m['probe_val_accuracy']:.4f}"
-            )
+        if m.get("probe_val_score") is not None:
+            out.print(f"  linear probe on the same validation images: {m['probe_val_score']:.4f}")
         if "test" in m:
             out.print(f"  test accuracy {m['test']['accuracy']:.4f}")
         if "stage_seconds" in m:

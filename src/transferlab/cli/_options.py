@@ -3,12 +3,13 @@
 Each alias is `Annotated[type, typer.Option(...)]`; a command gives the default, as typer wants:
 `backbone: opt.Backbone = "efficientnet_lite0"`. Options only one command has stay inline there.
 Commands import this module as `opt` (one import line, not a list of names per command).
+`run_out` is a default rather than an alias: its help names the command's default run folder.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -77,7 +78,15 @@ MaxImages = Annotated[
     typer.Option("--max-images", min=8, help="Labelled images used at most (stratified draw)."),
 ]
 
+
 # Outputs
+def run_out(command: str, what: str = "Run directory") -> Any:
+    """``--out/-o`` of a run that goes to `default_run_dir` without it (the help names that)."""
+    return typer.Option(
+        None, "--out", "-o", help=f"{what} (default: runs/{command}-<data>-<time>)."
+    )
+
+
 Overwrite = Annotated[bool, typer.Option("--overwrite")]
 OverwriteRun = Annotated[
     bool, typer.Option("--overwrite", help="Replace the files of an earlier run in --out.")

@@ -7,15 +7,13 @@ from pathlib import Path
 import typer
 
 from transferlab.cli import _options as opt
-from transferlab.cli._common import command, default_run_dir, out
+from transferlab.cli._common import command, config_from, default_run_dir, out
 
 
 @command("curve")
 def curve_cmd(
     data: opt.LabelledData,
-    out_dir: Path | None = typer.Option(
-        None, "--out", "-o", help="Report directory (default: runs/curve-<data>-<time>)."
-    ),
+    out_dir: Path | None = opt.run_out("curve", "Report directory"),
     shots: str = typer.Option(
         "1,2,5,10,20,all", "--shots", help="Images per class to train on; 'all' for all."
     ),
@@ -41,25 +39,21 @@ def curve_cmd(
     Example:
       transferlab curve ../shared/datasets/hymenoptera --shots 1,2,5,10,20,all --repeats 5
     """
+    params = dict(locals())  # the parameters, before anything else is bound
     from transferlab.evaluate import parse_shots
-    from transferlab.pipeline import curve_run
+    from transferlab.pipeline import CurveConfig, run_curve
 
     methods = ["transfer"] + [
         b.strip() for b in baselines.split(",") if b.strip() and b.strip() != "none"
     ]
-    res = curve_run(
-        data,
-        out_dir or default_run_dir(data, "curve"),
-        shots=parse_shots(shots),
-        repeats=repeats,
-        methods=methods,
-        cnn_epochs=cnn_epochs,
-        backbone=backbone,
-        layer=layer,
-        weights=weights,
-        seed=seed,
-        val_fraction=val_fraction,
-        overwrite=overwrite,
+    res = run_curve(
+        config_from(
+            CurveConfig,
+            params,
+            out=out_dir or default_run_dir(data, "curve"),
+            shots=parse_shots(shots),
+            methods=methods,
+        )
     )
     m = res.metrics
     for i, s in enumerate(m["shots"]):

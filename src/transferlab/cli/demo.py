@@ -26,8 +26,8 @@ def demo_cmd(
     Example:
       transferlab demo --out runs/demo
     """
-    from transferlab.pipeline import FitConfig, fit
-    from transferlab.samples import make_texture_dataset
+    from transferlab.data import make_texture_dataset
+    from transferlab.pipeline import FitConfig, run_fit
 
     data = out_dir / "data"
     if not (data / "train").is_dir():
@@ -35,7 +35,7 @@ def demo_cmd(
     out.print(
         f"sample data: {data} (3 texture classes, greyscale crops; train from the top half of each photo, val from the bottom)"
     )
-    result = fit(
+    result = run_fit(
         FitConfig(data=str(data), out=str(out_dir / "run"), backbone=backbone, overwrite=overwrite)
     )
     print_fit_summary(result)

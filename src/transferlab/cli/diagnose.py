@@ -4,11 +4,19 @@ layer, and why not when it does not."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import typer
 
 from transferlab.cli import _options as opt
-from transferlab.cli._common import command, default_run_dir, out, print_json, print_step
+from transferlab.cli._common import (
+    command,
+    config_from,
+    default_run_dir,
+    out,
+    print_json,
+    print_step,
+)
 
 _COLOURS = {"problem": "red", "warning": "yellow", "info": "cyan", "ok": "green"}
 
@@ -22,9 +30,7 @@ def _split(value: str | None) -> tuple[str, ...] | None:
 @command("diagnose")
 def diagnose_cmd(
     data: opt.LabelledData,
-    out_dir: Path | None = typer.Option(
-        None, "--out", "-o", help="Report directory (default: runs/diagnose-<data>-<time>)."
-    ),
+    out_dir: Path | None = opt.run_out("diagnose", "Report directory"),
     reference: Path | None = typer.Option(
         None,
         "--reference",
@@ -64,28 +70,21 @@ def diagnose_cmd(
     Example:
       transferlab diagnose ../shared/datasets/pneumoniamnist --out runs/diag-pneumonia
     """
-    from transferlab.pipeline import DiagnoseConfig, diagnose_run
+    params = dict(locals())  # the parameters, before anything else is bound
+    from transferlab.pipeline import DiagnoseConfig, run_diagnose
 
-    cfg = DiagnoseConfig(
+    cfg = config_from(
+        DiagnoseConfig,
+        params,
         data=str(data),
         out=str(out_dir or default_run_dir(data, "diagnose")),
-        backbone=backbone,
-        weights=weights,
         reference=str(reference) if reference else None,
         layers=_split(layers),
-        max_images=max_images,
-        bn_images=bn_images,
-        adabn=adabn,
         compare=_split(compare) or (),
-        seed=seed,
-        val_fraction=val_fraction,
-        batch_size=batch_size,
-        device=device,
         cache_dir=str(cache_dir) if cache_dir else None,
-        no_cache=no_cache,
-        overwrite=overwrite,
+        on_step=print_step,
     )
-    res = diagnose_run(cfg, on_step=print_step)
+    res = run_diagnose(cfg)
     if as_json:
         print_json(res.metrics)
         return
@@ -133,26 +132,22 @@ def rank_cmd(
     Example:
       transferlab rank ../shared/datasets/hymenoptera --verify --out runs/rank-hym
     """
+    params = dict(locals())  # the parameters, before anything else is bound
     from rich.table import Table
 
-    from transferlab.pipeline import rank_run
-    from transferlab.pipeline._diagnose import SCORE_COLUMNS, rank_table
+    from transferlab.pipeline import RankConfig, RankResult, run_rank
+    from transferlab.report import SCORE_COLUMNS, rank_table
 
-    res = rank_run(
-        data,
-        out_dir,
+    cfg = config_from(
+        RankConfig,
+        params,
+        out=out_dir,
         backbones=_split(backbones) or (),
         layers=_split(layers),
-        verify=verify,
-        max_images=max_images,
-        seed=seed,
-        val_fraction=val_fraction,
         cache_dir=str(cache_dir) if cache_dir else None,
-        batch_size=batch_size,
-        device=device,
-        overwrite=overwrite,
         on_step=print_step,
     )
+    res = cast(RankResult, run_rank(cfg).metrics)  # rank's metrics are the ranked table
     if as_json:
         print_json(res.to_dict())
         return
@@ -208,19 +203,10 @@ def adapt_bn_cmd(
       transferlab adapt-bn ../shared/datasets/pneumoniamnist/train --out adapted/
       transferlab fit ../shared/datasets/pneumoniamnist --weights adapted/weights.safetensors
     """
-    from transferlab.pipeline import adapt_bn_run
+    params = dict(locals())  # the parameters, before anything else is bound
+    from transferlab.pipeline import AdaptBNConfig, run_adapt_bn
 
-    res = adapt_bn_run(
-        data,
-        out_dir,
-        backbone=backbone,
-        weights=weights,
-        max_images=max_images,
-        batch_size=batch_size,
-        device=device,
-        seed=seed,
-        overwrite=overwrite,
-    )
+    res = run_adapt_bn(config_from(AdaptBNConfig, params, out=out_dir))
     m = res.metrics
     out.print(f"re-estimated BatchNorm statistics on {m['n_images']} images", markup=False)
     out.print("BN shift (W2) before -> after, by depth:", markup=False)

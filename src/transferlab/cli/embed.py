@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from transferlab.cli import _options as opt
-from transferlab.cli._common import command, default_run_dir, out
+from transferlab.cli._common import command, config_from, default_run_dir, out
 
 
 @command("embed")
@@ -15,9 +15,7 @@ def embed_cmd(
     data: Path = typer.Argument(
         ..., help="Images: a dataset folder/CSV or a folder of unlabelled images."
     ),
-    out_dir: Path | None = typer.Option(
-        None, "--out", "-o", help="Output directory (default: runs/embed-<data>-<time>)."
-    ),
+    out_dir: Path | None = opt.run_out("embed", "Output directory"),
     method: str = typer.Option("tsne", "--method", help="tsne, umap or pca."),
     colour: str = typer.Option(
         "class", "--colour", "--color", help="Colour points by 'class', 'split' or 'domain'."
@@ -47,22 +45,10 @@ def embed_cmd(
       transferlab embed photos/ --layer stage4 --thumbnails
       transferlab embed cartoons/ --domain photos/ --colour domain --layer stage2
     """
-    from transferlab.pipeline import embed_run
+    params = dict(locals())  # the parameters, before anything else is bound
+    from transferlab.pipeline import EmbedConfig, run_embed
 
-    res = embed_run(
-        data,
-        out_dir or default_run_dir(data, "embed"),
-        method=method,
-        colour=colour,
-        domains=domains,
-        thumbnails=thumbnails,
-        max_points=max_points,
-        backbone=backbone,
-        layer=layer,
-        weights=weights,
-        seed=seed,
-        overwrite=overwrite,
-    )
+    res = run_embed(config_from(EmbedConfig, params, out=out_dir or default_run_dir(data, "embed")))
     out.print(
         f"{res.metrics['method']} map of {res.metrics['n']} images: {res.out / 'embedding.png'}",
         markup=False,

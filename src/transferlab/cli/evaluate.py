@@ -7,16 +7,14 @@ from pathlib import Path
 import typer
 
 from transferlab.cli import _options as opt
-from transferlab.cli._common import command, default_run_dir, out, print_json
+from transferlab.cli._common import command, config_from, default_run_dir, out, print_json
 
 
 @command("evaluate")
 def evaluate_cmd(
     model_dir: opt.ModelDir,
     data: Path = typer.Argument(..., help="Labelled images: a dataset folder or CSV."),
-    out_dir: Path | None = typer.Option(
-        None, "--out", "-o", help="Report directory (default: runs/evaluate-<data>-<time>)."
-    ),
+    out_dir: Path | None = opt.run_out("evaluate", "Report directory"),
     split: str = typer.Option(
         "auto", "--split", help="auto (test, else val, else all), train, val, test or all."
     ),
@@ -38,17 +36,11 @@ def evaluate_cmd(
       transferlab evaluate runs/hym/model ../shared/datasets/hymenoptera --out runs/hym-eval
       transferlab evaluate runs/pneu/model ../shared/datasets/pneumoniamnist --split test --threshold 0.9
     """
-    from transferlab.pipeline import evaluate_run
+    params = dict(locals())  # the parameters, before anything else is bound
+    from transferlab.pipeline import EvaluateConfig, run_evaluate
 
-    res = evaluate_run(
-        model_dir,
-        data,
-        out_dir or default_run_dir(data, "evaluate"),
-        split=split,
-        threshold=threshold,
-        grid_size=grid_size,
-        overwrite=overwrite,
-    )
+    out_path = out_dir or default_run_dir(data, "evaluate")
+    res = run_evaluate(config_from(EvaluateConfig, params, out=out_path))
     m = res.metrics
     if as_json:
         print_json(m)

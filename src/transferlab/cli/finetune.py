@@ -7,15 +7,20 @@ from pathlib import Path
 import typer
 
 from transferlab.cli import _options as opt
-from transferlab.cli._common import command, default_run_dir, out, print_fit_summary, print_json
+from transferlab.cli._common import (
+    command,
+    config_from,
+    default_run_dir,
+    out,
+    print_fit_summary,
+    print_json,
+)
 
 
 @command("finetune")
 def finetune_cmd(
     data: opt.TrainData,
-    out_dir: Path | None = typer.Option(
-        None, "--out", "-o", help="Run directory (default: runs/finetune-<data>-<time>)."
-    ),
+    out_dir: Path | None = opt.run_out("finetune"),
     backbone: opt.Backbone = "efficientnet_lite0",
     weights: opt.Weights = "default",
     epochs: int = typer.Option(
@@ -130,9 +135,10 @@ def finetune_cmd(
       transferlab finetune data/ --out runs/ft --nproc 4         # 4 GPUs, DDP
       torchrun --nproc_per_node 4 -m transferlab finetune data/ --out runs/ft
     """
+    params = dict(locals())  # the parameters, before anything else is bound
     from transferlab.distributed import ddp as _ddp
     from transferlab.finetune import FinetuneConfig
-    from transferlab.pipeline import finetune
+    from transferlab.pipeline import FinetuneRunConfig, run_finetune, run_finetune_nproc
 
     if resume and out_dir is None:
         from transferlab.exceptions import InvalidParameterError
@@ -140,56 +146,26 @@ def finetune_cmd(
         raise InvalidParameterError(
             "--resume needs --out: the run directory holding checkpoints/last.pt"
         )
-    config = FinetuneConfig(
-        backbone=backbone,
-        weights=weights,
-        epochs=epochs,
-        freeze_epochs=freeze_epochs,
-        lr=lr,
-        lr_mult=lr_mult,
-        weight_decay=weight_decay,
-        label_smoothing=label_smoothing,
-        mixup=mixup,
-        ema=ema,
-        batch_size=batch_size,
-        bn_policy=bn_policy,
-        head_init=head_init,
-        augment=augment,
-        tta=tta,
-        crop_scale=crop_scale,
-        jitter=jitter,
+    config = config_from(
+        FinetuneConfig,
+        params,
         wise=wise if wise in ("auto", "off") else _alpha(wise),
         class_balance=balance,
-        early_stopping=early_stopping,
-        image_size=image_size,
-        adapt_bn=adapt_bn,
-        freeze_to=freeze_to,
-        precision=precision,
-        seed=seed,
         num_workers=workers,
-        device=device,
-        max_pixels=max_pixels,
     )
-    kwargs = {
-        "val_fraction": val_fraction,
-        "strict": strict,
-        "resume": resume,
-        "overwrite": overwrite,
-        "multi_label": multi_label,
-    }
+
+    def run_config(run_dir: Path) -> FinetuneRunConfig:
+        return config_from(FinetuneRunConfig, params, out=run_dir, finetune=config)
+
     if nproc is not None and nproc > 1:
         # checks what it can here (one clear error, not one per process), loads the data and
         # prepares --out once, then starts torchrun's agent with N workers
-        from transferlab.pipeline import FinetuneRunConfig, run_finetune_nproc
-
-        run_dir = out_dir or default_run_dir(data, "finetune")
-        run = FinetuneRunConfig(data=data, out=run_dir, finetune=config, **kwargs)
-        result = run_finetune_nproc(run, nproc)
+        result = run_finetune_nproc(run_config(out_dir or default_run_dir(data, "finetune")), nproc)
     else:
         # under torchrun (`torchrun ... -m transferlab finetune`): one process of the group; else plain
         with _ddp.distributed_session(device):
             run_dir = _ddp.on_main(lambda: out_dir or default_run_dir(data, "finetune"))
-            result = finetune(data, run_dir, config, **kwargs)
+            result = run_finetune(run_config(run_dir))
             if not _ddp.is_main_process():
                 return
     if as_json:

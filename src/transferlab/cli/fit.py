@@ -7,7 +7,13 @@ from pathlib import Path
 import typer
 
 from transferlab.cli import _options as opt
-from transferlab.cli._common import command, default_run_dir, print_fit_summary, print_json
+from transferlab.cli._common import (
+    command,
+    config_from,
+    default_run_dir,
+    print_fit_summary,
+    print_json,
+)
 
 __all__ = ["default_run_dir", "fit_cmd", "print_fit_summary"]
 
@@ -15,9 +21,7 @@ __all__ = ["default_run_dir", "fit_cmd", "print_fit_summary"]
 @command("fit")
 def fit_cmd(
     data: opt.TrainData,
-    out_dir: Path | None = typer.Option(
-        None, "--out", "-o", help="Run directory (default: runs/fit-<data>-<time>)."
-    ),
+    out_dir: Path | None = opt.run_out("fit"),
     backbone: opt.Backbone = "efficientnet_lite0",
     layer: opt.Layer = "pre_logits",
     pool: opt.Pool = "avg",
@@ -60,37 +64,25 @@ def fit_cmd(
       transferlab fit ../shared/datasets/hymenoptera --out runs/hymenoptera
       transferlab fit labels.csv --backbone efficientnet_lite2 --layer stage6 --C auto
     """
+    params = dict(locals())  # the parameters, before anything else is bound
     from transferlab.exceptions import InvalidParameterError
-    from transferlab.pipeline import FitConfig, fit
+    from transferlab.pipeline import FitConfig, run_fit
 
     try:
         c_value: float | str = "auto" if c == "auto" else float(c)
     except ValueError:
         raise InvalidParameterError(f"--C must be a positive number or 'auto', got {c!r}") from None
-    config = FitConfig(
+    config = config_from(
+        FitConfig,
+        params,
         data=str(data),
         out=str(out_dir or default_run_dir(data, "fit")),
-        backbone=backbone,
-        layer=layer,
-        pool=pool,
-        weights=weights,
-        classifier=classifier,
         C=c_value,
         class_weight="balanced" if balanced else None,
-        val_fraction=val_fraction,
-        seed=seed,
-        strict=strict,
-        batch_size=batch_size,
         num_workers=workers,
-        device=device,
         cache_dir=str(cache_dir) if cache_dir else None,
-        no_cache=no_cache,
-        max_pixels=max_pixels,
-        overwrite=overwrite,
-        multi_label=multi_label,
-        adapt_bn=adapt_bn,
     )
-    result = fit(config)
+    result = run_fit(config)
     if as_json:
         print_json(result.metrics)
         return

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from transferlab.cli import _options as opt
-from transferlab.cli._common import command, out
+from transferlab.cli._common import command, config_from, out
 
 
 @command("lr-find")
@@ -35,20 +35,13 @@ def lr_find_cmd(
     Example:
       transferlab lr-find ../shared/datasets/hymenoptera --out runs/lr
     """
+    params = dict(locals())  # the parameters, before anything else is bound
     from transferlab._internal.json import write_json
     from transferlab.data import load_dataset
     from transferlab.finetune import FinetuneConfig, FineTuner
 
     ds = load_dataset(data, val_fraction=val_fraction, seed=seed)
-    cfg = FinetuneConfig(
-        backbone=backbone,
-        weights=weights,
-        batch_size=batch_size,
-        image_size=image_size,
-        seed=seed,
-        device=device,
-        head_init="random",
-    )
+    cfg = config_from(FinetuneConfig, params, head_init="random")
     res = FineTuner(cfg).lr_find(
         ds.train, ds.classes, start_lr=start_lr, end_lr=end_lr, num_it=num_it, frozen=not unfrozen
     )
