@@ -13,6 +13,7 @@ import html
 import json
 import math
 import statistics
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from typer.testing import CliRunner
 from tests._helpers import shared_dataset
 from transferlab.backbones import _weights_digest, load_backbone
 from transferlab.cli import app
+from transferlab.data import make_texture_dataset
 from transferlab.diagnose import (
     adapt_bn,
     bn_layers,
@@ -43,16 +45,27 @@ from transferlab.diagnose import (
 from transferlab.diagnose._advice import LOW_TAPS, SHIFT_FLOOR, SHIFT_RATIO, advise
 from transferlab.exceptions import DatasetNotFoundError, InvalidParameterError
 from transferlab.features import FeatureExtractor
-from transferlab.pipeline import DiagnoseConfig, diagnose_run, rank_run
+from transferlab.pipeline import (
+    DiagnoseConfig,
+    RankConfig,
+    diagnose_run,
+    rank_run,
+    run_diagnose,
+    run_rank,
+)
 from transferlab.pipeline._diagnose import SCORE_COLUMNS
 from transferlab.probe import LinearProbe
-from transferlab.samples import make_texture_dataset
 
 runner = CliRunner()
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 ARTIFACT_KEYS = {"findings", "layer_probe", "scores", "domain_gap", "bn_shift", "image_stats"}
+
+# the old names `diagnose_run` / `rank_run` still work and warn (once per process) that they are
+# deprecated; the tests calling them cover those aliases and expect that warning
+OLD_NAMES = r"transferlab\.pipeline\.(diagnose|rank)_run is deprecated"
+old_names = pytest.mark.filterwarnings(f"ignore:{OLD_NAMES}:DeprecationWarning")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,13 +296,15 @@ def test_check_input_tensors_on_bright_images_says_it_may_be_the_images(backbone
 def photo_diagnosis(backbone, photo_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("diagnose") / "photos"
     steps: list[str] = []
-    res = diagnose_run(
-        DiagnoseConfig(
-            data=str(photo_data), out=str(out), max_images=16, bn_images=16, progress=False
-        ),
-        transform=_transform(backbone, "BGR"),
-        on_step=steps.append,
-    )
+    with warnings.catch_warnings():  # the old name, on purpose (see OLD_NAMES)
+        warnings.filterwarnings("ignore", OLD_NAMES, DeprecationWarning)
+        res = diagnose_run(
+            DiagnoseConfig(
+                data=str(photo_data), out=str(out), max_images=16, bn_images=16, progress=False
+            ),
+            transform=_transform(backbone, "BGR"),
+            on_step=steps.append,
+        )
     return res, steps
 
 
@@ -358,6 +373,7 @@ def test_diagnose_writes_json_plots_and_report(photo_diagnosis, backbone):
     assert len(steps) >= 5 and steps[0].startswith("features of 16 images")
 
 
+@old_names
 def test_missing_reference_folder_is_a_clear_error(xray_like, tmp_path):
     missing = tmp_path / "no-such-reference"
     cfg = DiagnoseConfig(
@@ -371,6 +387,8 @@ def test_missing_reference_folder_is_a_clear_error(xray_like, tmp_path):
     )
     with pytest.raises(DatasetNotFoundError, match="no-such-reference"):
         diagnose_run(cfg)
+    with pytest.raises(DatasetNotFoundError, match="no-such-reference"):
+        run_diagnose(cfg)
 
 
 def test_diagnose_config_refuses_bad_settings(tmp_path):
@@ -619,6 +637,7 @@ def test_cli_diagnose_finds_a_low_level_shift_in_small_greyscale_images(xray_lik
 # ---------------------------------------------------------------------------------------------
 
 
+@old_names
 def test_rank_run_scores_ranks_gaps_and_tau(xray_like, backbone, tmp_path):
     layers = ("stem", "stage4", "pre_logits")
     res = rank_run(
@@ -746,9 +765,12 @@ def test_rank_next_steps_follow_the_pick(layer, verified, expected):
         _assert_cli_accepts(command)
 
 
+@old_names
 def test_rank_run_refuses_no_backbones(xray_like):
     with pytest.raises(InvalidParameterError, match="at least one backbone"):
         rank_run(xray_like, backbones=())
+    with pytest.raises(InvalidParameterError, match="at least one backbone"):
+        run_rank(RankConfig(data=xray_like, backbones=()))
 
 
 def test_cli_rank_json(xray_like):
@@ -996,6 +1018,7 @@ def test_domain_classifier_accuracy_and_mmd_separate_shifted_from_same():
 
 
 @pytest.mark.slow
+@old_names
 def test_real_data_pneumonia_is_shifted_hymenoptera_is_not(tmp_path):
     pneumonia = diagnose_run(
         DiagnoseConfig(
@@ -1027,6 +1050,7 @@ def test_real_data_pneumonia_is_shifted_hymenoptera_is_not(tmp_path):
 
 
 @pytest.mark.slow
+@old_names
 def test_real_data_rank_two_backbones(tmp_path):
     res = rank_run(
         shared_dataset("hymenoptera"),

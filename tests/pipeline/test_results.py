@@ -140,3 +140,63 @@ def test_configs_refuse_bad_settings(tmp_path):
         FitConfig(data="d", out="o", pool="median")
     with pytest.raises(InvalidParameterError, match="cv must be >= 2"):
         DiagnoseConfig(data="d", out="o", cv=1)
+
+
+def test_config_aliases_warn_once_and_forward_their_keywords(tmp_path):
+    from transferlab import pipeline
+    from transferlab.exceptions import DatasetNotFoundError
+
+    for old in ("curve_run", "embed_run", "adapt_bn_run"):
+        deprecation._warned.discard(f"transferlab.pipeline.{old}")
+
+    def bad_colour():
+        with pytest.raises(InvalidParameterError, match="--colour must be"):
+            pipeline.embed_run("d", tmp_path / "o", colour="hue")  # reaches EmbedConfig
+
+    got = _count_deprecations(bad_colour)
+    assert len(got) == 1 and "transferlab.pipeline.run_embed" in str(got[0].message)
+    for old, new in (("curve_run", "run_curve"), ("adapt_bn_run", "run_adapt_bn")):
+
+        def missing_data(old=old):
+            with pytest.raises(DatasetNotFoundError, match="missing"):
+                getattr(pipeline, old)(tmp_path / "missing", tmp_path / "o")  # reaches the run
+
+        got = _count_deprecations(missing_data)
+        assert len(got) == 1 and f"transferlab.pipeline.{new}" in str(got[0].message)
+    assert pipeline.curve_run.__name__ == "curve_run"
+    assert pipeline.curve_run.__doc__ == (
+        "Deprecated: `run_curve(CurveConfig(...))` (same keyword arguments)."
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_configs_build_their_extractor_from_their_own_settings(tmp_path):
+    from transferlab.data import DEFAULT_MAX_PIXELS
+    from transferlab.pipeline import CurveConfig, DiagnoseConfig, RankConfig
+
+    fx = FitConfig(
+        data="d", out="o", backbone="efficientnet_lite1", layer="stage3", pool="max",
+        weights="random", batch_size=4, num_workers=0, device="cpu", cache_dir=str(tmp_path),
+        max_pixels=1000, progress=False,
+    ).extractor()  # fmt: skip
+    params = fx.get_params()
+    assert {k: params[k] for k in ("engine", "precision")} == {
+        "engine": "auto",
+        "precision": "auto",
+    }
+    assert {k: v for k, v in params.items() if k not in ("engine", "precision")} == {
+        "backbone": "efficientnet_lite1", "layer": "stage3", "pool": "max", "weights": "random",
+        "batch_size": 4, "num_workers": 0, "device": "cpu", "cache": str(tmp_path),
+        "progress": False, "max_pixels": 1000,
+    }  # fmt: skip
+    assert FitConfig(data="d", out="o", no_cache=True, cache_dir="x").extractor().cache is False
+    assert FitConfig(data="d", out="o").extractor().cache is True
+    # a config without some settings leaves them at the extractor's defaults
+    curve = CurveConfig(data="d", out="o", layer="stage2").extractor()
+    assert (curve.layer, curve.cache, curve.batch_size, curve.pool) == ("stage2", True, None, "avg")
+    other = DiagnoseConfig(data="d", out="o", weights="w.pt", batch_size=8).extractor(
+        "efficientnet_lite2", weights="default"
+    )
+    assert (other.backbone, other.weights, other.batch_size) == ("efficientnet_lite2", "default", 8)
+    rank = RankConfig(data="d", cache_dir=str(tmp_path)).extractor("efficientnet_lite0")
+    assert rank.cache == str(tmp_path) and rank.max_pixels == DEFAULT_MAX_PIXELS

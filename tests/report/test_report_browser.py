@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from tests._helpers import build_image_folder
-from transferlab.pipeline import FitConfig, evaluate_run, fit
+from transferlab.pipeline import EvaluateConfig, FitConfig, run_evaluate, run_fit
 
 CHROMIUM = (
     shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -48,8 +48,10 @@ def test_fit_and_evaluate_reports_load_every_image(tmp_path):
     root = tmp_path / "data"
     build_image_folder(root / "train", n_per_class=6, seed=1)
     build_image_folder(root / "val", n_per_class=4, seed=2)
-    res = fit(FitConfig(data=str(root), out=str(tmp_path / "fit"), progress=False))
-    ev = evaluate_run(res.model_dir, root, tmp_path / "eval", progress=False)
+    res = run_fit(FitConfig(data=str(root), out=str(tmp_path / "fit"), progress=False))
+    ev = run_evaluate(
+        EvaluateConfig(model_dir=res.model_dir, data=root, out=tmp_path / "eval", progress=False)
+    )
     for report, expected in ((res.report, 1), (ev.report, 5)):
         images = open_report(report, tmp_path / "shot.png")
         assert len(images) >= expected, report

@@ -7,8 +7,10 @@ advice built from them. Public names are re-exported here; the code lives in pri
 
 from __future__ import annotations
 
+from transferlab.diagnose._advice import SEVERITIES as SEVERITIES
 from transferlab.diagnose._advice import Finding as Finding
 from transferlab.diagnose._advice import advise as advise
+from transferlab.diagnose._advice import stage_after as stage_after
 from transferlab.diagnose._bn import BNShift as BNShift
 from transferlab.diagnose._bn import adapt_bn as adapt_bn
 from transferlab.diagnose._bn import bn_layers as bn_layers
@@ -41,6 +43,7 @@ from transferlab.diagnose._scores import softmax as softmax
 
 __all__ = [
     "SCORES",
+    "SEVERITIES",
     "BNShift",
     "DomainGap",
     "Finding",
@@ -71,4 +74,5 @@ __all__ = [
     "pseudo_source_probs",
     "save_backbone_weights",
     "softmax",
+    "stage_after",
 ]

@@ -7,17 +7,15 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from transferlab._internal.deprecation import warn_once
 from transferlab._internal.progress import progress as _progress
 from transferlab._internal.rundir import prepare_out
 from transferlab.backbones import load_backbone
 from transferlab.data import list_images
 from transferlab.exceptions import DatasetError, DatasetNotFoundError
-from transferlab.pipeline._results import Metrics, RunResult
+from transferlab.pipeline._results import Metrics, RunResult, config_alias
 
 __all__ = ["AdaptBNConfig", "AdaptBNMetrics", "adapt_bn_run", "run_adapt_bn"]
 
@@ -99,13 +97,7 @@ def run_adapt_bn(config: AdaptBNConfig) -> RunResult:
         use=f"transferlab fit DATA --backbone {bb.name} --weights {wfile}",
         seconds=round(time.perf_counter() - t0, 1),
     )
-    metrics_file = metrics.write(outp)
-    return RunResult(metrics=metrics, out=outp, metrics_file=metrics_file)
+    return RunResult.written(metrics, outp)
 
 
-def adapt_bn_run(
-    data: str | os.PathLike[str], out: str | os.PathLike[str], **kwargs: Any
-) -> RunResult:
-    """Deprecated: `run_adapt_bn(AdaptBNConfig(...))` (same keyword arguments)."""
-    warn_once("transferlab.pipeline.adapt_bn_run", "transferlab.pipeline.run_adapt_bn")
-    return run_adapt_bn(AdaptBNConfig(data=data, out=out, **kwargs))
+adapt_bn_run = config_alias("adapt_bn_run", run_adapt_bn, AdaptBNConfig)

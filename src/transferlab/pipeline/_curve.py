@@ -9,17 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from transferlab._internal.deprecation import warn_once
 from transferlab._internal.rundir import prepare_out
 from transferlab.data import load_dataset
-from transferlab.features import FeatureExtractor
-from transferlab.pipeline._results import FLATTEN, Metrics, RunResult
+from transferlab.pipeline._results import FLATTEN, Metrics, RunResult, config_alias
+from transferlab.pipeline._shared import ExtractorSettings, extract_splits
 
 __all__ = ["CurveConfig", "CurveMetrics", "curve_run", "run_curve"]
 
 
 @dataclass(frozen=True)
-class CurveConfig:
+class CurveConfig(ExtractorSettings):
     """Everything `run_curve` needs: images per class to try (`shots`), draws per point
     (`repeats`), the methods compared, and the feature extractor of the transfer method."""
 
@@ -60,21 +59,15 @@ def run_curve(config: CurveConfig) -> RunResult:
     ds = load_dataset(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
     out = Path(cfg.out)
     prepare_out(out, cfg.overwrite)
-    fx = FeatureExtractor(cfg.backbone, layer=cfg.layer, weights=cfg.weights, progress=cfg.progress)
-    samples = [*ds.train, *ds.val]
-    res = fx.extract([s.path for s in samples], on_error="skip")
-    X = res.features[cfg.layer]
-    rows = res.rows_of(["train"] * len(ds.train) + ["val"] * len(ds.val), ("train", "val"))
-    of_row = res.select(samples)
-    tr_s = [of_row[r] for r in rows["train"]]
-    va_s = [of_row[r] for r in rows["val"]]
+    fx = cfg.extractor()
+    res, X, kept = extract_splits(fx, {"train": ds.train, "val": ds.val}, on_error="skip")
     curve = learning_curve(
-        X[rows["train"]],
-        [s.label for s in tr_s],
-        X[rows["val"]],
-        [s.label for s in va_s],
-        train_paths=[s.path for s in tr_s],
-        val_paths=[s.path for s in va_s],
+        X["train"],
+        [s.label for s in kept["train"]],
+        X["val"],
+        [s.label for s in kept["val"]],
+        train_paths=[s.path for s in kept["train"]],
+        val_paths=[s.path for s in kept["val"]],
         shots=cfg.shots,
         repeats=cfg.repeats,
         methods=cfg.methods,
@@ -93,13 +86,7 @@ def run_curve(config: CurveConfig) -> RunResult:
         n_skipped=len(res.failures),
         seconds=round(time.perf_counter() - t0, 2),
     )
-    metrics_file = metrics.write(out)
-    return RunResult(metrics=metrics, out=out, report=report, metrics_file=metrics_file)
+    return RunResult.written(metrics, out, report=report)
 
 
-def curve_run(
-    data: str | os.PathLike[str], out: str | os.PathLike[str], **kwargs: Any
-) -> RunResult:
-    """Deprecated: `run_curve(CurveConfig(...))` (same keyword arguments)."""
-    warn_once("transferlab.pipeline.curve_run", "transferlab.pipeline.run_curve")
-    return run_curve(CurveConfig(data=data, out=out, **kwargs))
+curve_run = config_alias("curve_run", run_curve, CurveConfig)

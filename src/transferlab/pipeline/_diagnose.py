@@ -16,16 +16,14 @@ import numpy as np
 
 from transferlab._internal.deprecation import warn_once
 from transferlab._internal.rundir import prepare_out
-from transferlab.backbones import load_backbone
 from transferlab.data import DEFAULT_MAX_PIXELS, list_images
 from transferlab.exceptions import DatasetError, DatasetNotFoundError
-from transferlab.features import FeatureExtractor
 from transferlab.pipeline._results import Metrics, RunResult
 from transferlab.pipeline._shared import (
+    ExtractorSettings,
     check_choice,
     check_min,
     default_layers,
-    feature_cache,
     features_of,
     labelled_sample,
 )
@@ -53,7 +51,7 @@ def _reference_paths(reference: str | os.PathLike[str] | None) -> tuple[list[str
 
 
 @dataclass(frozen=True)
-class DiagnoseConfig:
+class DiagnoseConfig(ExtractorSettings):
     """Settings of `diagnose_run`; CLI flags map one-to-one onto these fields.
 
     Attributes:
@@ -165,14 +163,11 @@ def run_diagnose(config: DiagnoseConfig) -> RunResult:
     ds, samples = labelled_sample(cfg.data, cfg.val_fraction, cfg.seed, cfg.max_images)
     ref_paths, ref_name = _reference_paths(cfg.reference)  # a bad --reference fails before work
     prepare_out(out, cfg.overwrite)
-    cache = feature_cache(cfg.no_cache, cfg.cache_dir)
-    bb = load_backbone(cfg.backbone, weights=cfg.weights, device=cfg.device)
+    fx = cfg.extractor().fit()
+    bb = fx.backbone_
     layers = list(cfg.layers) if cfg.layers else default_layers(bb)
     for la in layers:
         bb.check_layer(la)
-    fx = FeatureExtractor(
-        bb, batch_size=cfg.batch_size, cache=cache, progress=cfg.progress, max_pixels=cfg.max_pixels
-    )
     timings: dict[str, float] = {}
 
     step(f"features of {len(samples)} images from {len(layers)} layers")
@@ -258,13 +253,7 @@ def run_diagnose(config: DiagnoseConfig) -> RunResult:
                 bb, [s.path for s in sub], batch_size=cfg.batch_size, max_pixels=cfg.max_pixels
             ),
         )
-        fx_a = FeatureExtractor(
-            adapted,
-            batch_size=cfg.batch_size,
-            cache=cache,
-            progress=cfg.progress,
-            max_pixels=cfg.max_pixels,
-        )
+        fx_a = cfg.extractor(adapted)
         last = "pre_logits" if "pre_logits" in layers else layers[-1]
         fa, ia, _ = features_of(fx_a, [s.path for s in sub], [last])
         ya = [sub[i].label for i in ia]
@@ -286,18 +275,8 @@ def run_diagnose(config: DiagnoseConfig) -> RunResult:
             if name == bb.name and "pre_logits" in scores:
                 X, yc = feats["pre_logits"], y
             else:
-                fx_c = (
-                    fx
-                    if name == bb.name
-                    else FeatureExtractor(
-                        name,
-                        batch_size=cfg.batch_size,
-                        device=cfg.device,
-                        cache=cache,
-                        progress=cfg.progress,
-                        max_pixels=cfg.max_pixels,
-                    )
-                )
+                # the compared backbones with their own pretrained weights
+                fx_c = fx if name == bb.name else cfg.extractor(name, weights="default")
                 fc, ic, _ = features_of(fx_c, paths, ["pre_logits"])
                 X, yc = fc["pre_logits"], y[ic]
             backbones[name] = {
@@ -305,7 +284,7 @@ def run_diagnose(config: DiagnoseConfig) -> RunResult:
                 "knn_accuracy": knn_accuracy(X, yc, cv=cfg.cv, seed=cfg.seed),
             }
         timings["compare"] = time.perf_counter() - t
-    from transferlab.diagnose._advice import SEVERITIES
+    from transferlab.diagnose import SEVERITIES
     from transferlab.report import diagnosis_plots, write_diagnosis_report
 
     findings.append(_backbone_finding(bb.name, backbones, str(cfg.data)))
@@ -335,9 +314,7 @@ def run_diagnose(config: DiagnoseConfig) -> RunResult:
             "total": round(time.perf_counter() - t0, 1),
         },
     )
-    metrics_file = diagnosis.write(out)
-    report = write_diagnosis_report(out, diagnosis, pngs)
-    return RunResult(metrics=diagnosis, out=out, report=report, metrics_file=metrics_file)
+    return RunResult.written(diagnosis, out, report=write_diagnosis_report(out, diagnosis, pngs))
 
 
 def _backbone_finding(current: str, scores: dict[str, dict[str, float]] | None, data: str) -> Any:

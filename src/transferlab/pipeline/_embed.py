@@ -8,23 +8,20 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from transferlab._internal.deprecation import warn_once
 from transferlab._internal.rundir import prepare_out
 from transferlab.data import Sample, collect_images, list_images
 from transferlab.exceptions import DatasetError, DatasetNotFoundError
-from transferlab.features import FeatureExtractor
-from transferlab.pipeline._results import Metrics, RunResult
-from transferlab.pipeline._shared import check_choice
+from transferlab.pipeline._results import Metrics, RunResult, config_alias
+from transferlab.pipeline._shared import ExtractorSettings, check_choice
 
 __all__ = ["EmbedConfig", "EmbedMetrics", "embed_run", "run_embed"]
 
 
 @dataclass(frozen=True)
-class EmbedConfig:
+class EmbedConfig(ExtractorSettings):
     """Everything `run_embed` needs.
 
     Attributes:
@@ -103,7 +100,7 @@ def run_embed(config: EmbedConfig) -> RunResult:
         sources = [sources[i] for i in keep]
     out = Path(cfg.out)
     prepare_out(out, cfg.overwrite)
-    fx = FeatureExtractor(cfg.backbone, layer=cfg.layer, weights=cfg.weights, progress=cfg.progress)
+    fx = cfg.extractor()
     res = fx.extract([s.path for s in samples], on_error="skip")
     kept = res.select(samples)
     kept_splits = [sp or "-" for sp in res.select(splits)]
@@ -136,13 +133,7 @@ def run_embed(config: EmbedConfig) -> RunResult:
         n_skipped=len(res.failures),
         classes=sorted(set(labels)),
     )
-    metrics_file = metrics.write(out)
-    return RunResult(metrics=metrics, out=out, report=report, metrics_file=metrics_file)
+    return RunResult.written(metrics, out, report=report)
 
 
-def embed_run(
-    data: str | os.PathLike[str], out: str | os.PathLike[str], **kwargs: Any
-) -> RunResult:
-    """Deprecated: `run_embed(EmbedConfig(...))` (same keyword arguments)."""
-    warn_once("transferlab.pipeline.embed_run", "transferlab.pipeline.run_embed")
-    return run_embed(EmbedConfig(data=data, out=out, **kwargs))
+embed_run = config_alias("embed_run", run_embed, EmbedConfig)

@@ -214,10 +214,27 @@ def run_evaluate(config: EvaluateConfig) -> RunResult:
     raw = np.concatenate(pred.rows) if pred.rows else np.zeros((0, len(classes)), np.float32)
     if not len(raw):
         raise DatasetError(f"no image of {cfg.data} ({used_split}) could be read")
-    skipped = [{"path": p, "reason": r} for p, r in pred.errors.items()]
+    scored = {  # the keys both kinds of model report about the images scored
+        "n_skipped": len(pred.errors),
+        "skipped": [{"path": p, "reason": r} for p, r in pred.errors.items()],
+        "classes": classes,
+        "split": used_split,
+        "data": str(cfg.data),
+    }
     if model.multi_label:
-        return _evaluate_multilabel(model, pred.samples, raw, skipped, out, used_split, cfg, t0)
-    return _evaluate_single(model, pred, raw, skipped, out, used_split, cfg, t0)
+        metrics, report, cm_png = _evaluate_multilabel(
+            model, pred.samples, raw, scored, out, cfg, t0
+        )
+    else:
+        metrics, report, cm_png = _evaluate_single(model, pred, raw, scored, out, cfg, t0)
+    return RunResult.written(
+        metrics,
+        out,
+        model_dir=Path(cfg.model_dir),
+        report=report,
+        confusion_png=cm_png,
+        skipped=list(pred.errors.items()),
+    )
 
 
 _MAP_POINTS = 1000
@@ -227,12 +244,13 @@ def _evaluate_single(
     model: Any,
     pred: _Predictions,
     raw: np.ndarray,
-    skipped: list[dict[str, str]],
+    scored: dict[str, Any],
     out: Path,
-    used_split: str,
     cfg: EvaluateConfig,
     t0: float,
-) -> RunResult:
+) -> tuple[EvaluateMetrics, Path, Path]:
+    """Single-label evaluation: metrics, report and the confusion plot (written by the caller:
+    metrics.json)."""
     from transferlab.evaluate import (
         Interpretation,
         TemperatureScaler,
@@ -281,11 +299,7 @@ def _evaluate_single(
             )
         },
         n=rep.n,
-        n_skipped=len(skipped),
-        skipped=skipped,
-        classes=classes,
-        split=used_split,
-        data=str(cfg.data),
+        **scored,
         model=str(cfg.model_dir),
     )
     if cfg.threshold is not None:
@@ -302,18 +316,8 @@ def _evaluate_single(
     images = evaluation_plots(out, interp, proba, raw, y, rep, cfg.threshold, cfg.grid_size)
     images += _feature_views(model, interp, pred.features, out, metrics)
     metrics.seconds = round(time.perf_counter() - t0, 3)
-    metrics_file = metrics.write(out)
     _write_predictions_csv(out / "predictions.csv", interp)
-    report = write_evaluate_report(out, metrics, images)
-    return RunResult(
-        metrics=metrics,
-        out=out,
-        model_dir=Path(cfg.model_dir),
-        report=report,
-        confusion_png=images[0][1],
-        skipped=[(s["path"], s["reason"]) for s in skipped],
-        metrics_file=metrics_file,
-    )
+    return metrics, write_evaluate_report(out, metrics, images), images[0][1]
 
 
 def _feature_views(
@@ -395,12 +399,11 @@ def _evaluate_multilabel(
     model: Any,
     samples: list[Sample],
     proba: np.ndarray,
-    skipped: list[dict[str, str]],
+    scored: dict[str, Any],
     out: Path,
-    split: str,
     cfg: EvaluateConfig,
     t0: float,
-) -> RunResult:
+) -> tuple[MultiLabelEvaluateMetrics, Path, None]:
     """Multi-label evaluation: per-label metrics and confusion counts, per-label top losses."""
     from transferlab.data import label_matrix
     from transferlab.evaluate import evaluate_multilabel
@@ -442,23 +445,10 @@ def _evaluate_multilabel(
         per_label_confusion=per_label_confusion,
         top_losses=top_losses,
         n=rep.n,
-        n_skipped=len(skipped),
-        skipped=skipped,
-        classes=classes,
-        split=split,
-        data=str(cfg.data),
+        **scored,
         seconds=round(time.perf_counter() - t0, 3),
     )
-    metrics_file = metrics.write(out)
-    report = write_evaluate_multilabel_report(out, metrics)
-    return RunResult(
-        metrics=metrics,
-        out=out,
-        model_dir=Path(cfg.model_dir),
-        report=report,
-        skipped=[(s["path"], s["reason"]) for s in skipped],
-        metrics_file=metrics_file,
-    )
+    return metrics, write_evaluate_multilabel_report(out, metrics), None
 
 
 def evaluate_run(

@@ -288,7 +288,7 @@ def _run_finetune(config: FinetuneRunConfig, *, prepare: bool) -> RunResult:
     if ds.multi_label:
         return _save_multilabel(done, ds, out, {**common, "n_train": n_train}, skipped, t0)
     from transferlab.report import (
-        plot_confusion_matrix,
+        plot_report_confusion,
         plot_training_curves,
         write_finetune_report,
     )
@@ -316,23 +316,11 @@ def _run_finetune(config: FinetuneRunConfig, *, prepare: bool) -> RunResult:
     curves = plot_training_curves(
         result.history, out / "training_curves.png", baseline=result.probe_val_accuracy
     )
-    cm_png = plot_confusion_matrix(
-        val.confusion,
-        val.classes,
-        out / "confusion_matrix.png",
-        title=f"validation: accuracy {val.accuracy:.3f} (n={val.n})",
-    )
+    cm_png = plot_report_confusion(val, out, split="validation")
     metrics.seconds = round(time.perf_counter() - t0, 3)
-    metrics_file = metrics.write(out)
     report = write_finetune_report(out, ds, metrics, curves, cm_png)
-    return RunResult(
-        metrics=metrics,
-        out=out,
-        model_dir=model_dir,
-        report=report,
-        confusion_png=cm_png,
-        skipped=skipped,
-        metrics_file=metrics_file,
+    return RunResult.written(
+        metrics, out, model_dir=model_dir, report=report, confusion_png=cm_png, skipped=skipped
     )
 
 
@@ -362,16 +350,8 @@ def _save_multilabel(
         hist, out / "training_curves.png", baseline=metrics.probe_val_score
     )
     metrics.seconds = round(time.perf_counter() - t0, 3)
-    metrics_file = metrics.write(out)
     report = write_finetune_multilabel_report(out, ds, metrics, curves)
-    return RunResult(
-        metrics=metrics,
-        out=out,
-        model_dir=model_dir,
-        report=report,
-        skipped=skipped,
-        metrics_file=metrics_file,
-    )
+    return RunResult.written(metrics, out, model_dir=model_dir, report=report, skipped=skipped)
 
 
 def finetune(

@@ -25,12 +25,13 @@ from transferlab.pipeline._results import FLATTEN, OMIT_NONE, Metrics, RunResult
 from transferlab.pipeline._shared import (
     ClassifierMetrics,
     DataSource,
+    ExtractorSettings,
     MultiLabelScores,
     calibrate,
     check_choice,
     check_min,
     eval_block,
-    feature_cache,
+    extract_splits,
     resolve_dataset,
     skipped_rows,
 )
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class FitConfig:
+class FitConfig(ExtractorSettings):
     """Everything `run_fit` needs; CLI flags map one-to-one onto these fields.
 
     Attributes:
@@ -161,39 +162,20 @@ def run_fit(config: FitConfig) -> RunResult:
     ds = config.dataset()
     out = Path(config.out)
     prepare_out(out, config.overwrite)
-    fx = FeatureExtractor(
-        config.backbone,
-        layer=config.layer,
-        pool=config.pool,
-        weights=config.weights,
-        batch_size=config.batch_size,
-        num_workers=config.num_workers,
-        device=config.device,
-        cache=feature_cache(config.no_cache, config.cache_dir),
-        progress=config.progress,
-        max_pixels=config.max_pixels,
-    ).fit()
+    fx = config.extractor().fit()
     adabn_images = _adapt_bn(fx, ds, config) if config.adapt_bn else 0
     t_load = time.perf_counter()
 
-    names = ("train", "val", "test")
     splits = {"train": ds.train, "val": ds.val, "test": ds.test}
-    all_samples = [s for name in names for s in splits[name]]
-    owner = [name for name in names for _ in splits[name]]
-    res = fx.extract([s.path for s in all_samples], on_error="raise" if config.strict else "skip")
+    res, X, kept = extract_splits(fx, splits, on_error="raise" if config.strict else "skip")
     t_extract = time.perf_counter()
-    X_all = res.features[config.layer]
-    rows_of = res.rows_of(owner, names)
-    of_row = res.select(all_samples)
-    kept = {name: [of_row[r] for r in rows] for name, rows in rows_of.items()}
-    X = {name: X_all[rows] for name, rows in rows_of.items()}
     skipped = [(e.path, e.reason) for e in res.failures]
     times = (t0, t_load, t_extract)
     if ds.multi_label:
         Y = {name: ds.label_matrix(samples) for name, samples in kept.items()}
         return _fit_multilabel(config, ds, fx, X, Y, skipped, res.n_cached, out, times)
 
-    y = {name: np.asarray([s.label for s in kept[name]], dtype=object) for name in names}
+    y = {name: np.asarray([s.label for s in kept[name]], dtype=object) for name in splits}
     missing = sorted(set(ds.classes) - set(y["train"]))
     if missing:
         raise DatasetError(
@@ -245,7 +227,7 @@ def run_fit(config: FitConfig) -> RunResult:
             "evaluate": round(t_eval - t_probe, 3),
         },
         extract_images_per_second=round(
-            (len(all_samples) - res.n_cached) / max(t_extract - t_load, 1e-9), 2
+            (sum(map(len, splits.values())) - res.n_cached) / max(t_extract - t_load, 1e-9), 2
         ),
         test=eval_block(test) if test is not None else None,
         calibration=calibration,
@@ -259,26 +241,14 @@ def run_fit(config: FitConfig) -> RunResult:
             "paths": [s.path for s in kept["train"]],
         }
     model_dir = model.save(out / "model", overwrite=config.overwrite)
-    from transferlab.report import plot_confusion_matrix, write_fit_report
+    from transferlab.report import plot_report_confusion, write_fit_report
 
-    cm_png = plot_confusion_matrix(
-        val.confusion,
-        val.classes,
-        out / "confusion_matrix.png",
-        title=f"validation: accuracy {val.accuracy:.3f} (n={val.n})",
-    )
+    cm_png = plot_report_confusion(val, out, split="validation")
     metrics.seconds = round(time.perf_counter() - t0, 3)
-    metrics_file = metrics.write(out)
     report = write_fit_report(out, ds, metrics, cm_png)
     logger.info("fit done: accuracy %.4f on %d validation images", val.accuracy, val.n)
-    return RunResult(
-        metrics=metrics,
-        out=out,
-        model_dir=model_dir,
-        report=report,
-        confusion_png=cm_png,
-        skipped=skipped,
-        metrics_file=metrics_file,
+    return RunResult.written(
+        metrics, out, model_dir=model_dir, report=report, confusion_png=cm_png, skipped=skipped
     )
 
 
@@ -371,16 +341,8 @@ def _fit_multilabel(
         out / "model", overwrite=config.overwrite
     )
     metrics.seconds = round(time.perf_counter() - t0, 3)
-    metrics_file = metrics.write(out)
     report = write_fit_multilabel_report(out, ds, metrics)
-    return RunResult(
-        metrics=metrics,
-        out=out,
-        model_dir=model_dir,
-        report=report,
-        skipped=skipped,
-        metrics_file=metrics_file,
-    )
+    return RunResult.written(metrics, out, model_dir=model_dir, report=report, skipped=skipped)
 
 
 def fit(config: FitConfig, dataset: Dataset | None = None) -> RunResult:

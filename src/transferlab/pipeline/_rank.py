@@ -16,11 +16,14 @@ import numpy as np
 from transferlab._internal.deprecation import warn_once
 from transferlab._internal.json import write_json
 from transferlab._internal.rundir import prepare_out
-from transferlab.backbones import load_backbone
 from transferlab.exceptions import InvalidParameterError
-from transferlab.features import FeatureExtractor
 from transferlab.pipeline._results import Metrics, RunResult
-from transferlab.pipeline._shared import default_layers, feature_cache, features_of, labelled_sample
+from transferlab.pipeline._shared import (
+    ExtractorSettings,
+    default_layers,
+    features_of,
+    labelled_sample,
+)
 from transferlab.report import SCORE_COLUMNS as SCORE_COLUMNS
 from transferlab.report import rank_table as rank_table
 
@@ -32,7 +35,7 @@ DEFAULT_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_l
 
 
 @dataclass(frozen=True)
-class RankConfig:
+class RankConfig(ExtractorSettings):
     """Everything `run_rank` needs; `out` None scores without writing files."""
 
     data: str | os.PathLike[str]
@@ -97,7 +100,7 @@ class RankResult(Metrics):
         """Commands that act on the pick: a probe on its backbone and layer, and a fine-tune
         that keeps the stages up to that layer frozen and trains the ones after it (the rule
         `diagnose` gives for data far from ImageNet; see benchmarks/RESULTS.md issue 4)."""
-        from transferlab.diagnose._advice import stage_after
+        from transferlab.diagnose import stage_after
 
         row = self.pick()
         name, layer = row["backbone"], row["layer"]
@@ -146,18 +149,17 @@ def run_rank(config: RankConfig) -> RunResult:
     outp = Path(cfg.out) if cfg.out is not None else None
     if outp is not None:
         prepare_out(outp, cfg.overwrite)
-    cache = feature_cache(False, cfg.cache_dir)
     rows: list[dict[str, Any]] = []
     n_used = 0
     n_stages: dict[str, int] = {}
     for name in cfg.backbones:
-        bb = load_backbone(name, device=cfg.device)
+        fx = cfg.extractor(name).fit()
+        bb = fx.backbone_
         n_stages[name] = sum(1 for t in bb.layers if t.startswith("stage"))
         wanted = list(cfg.layers) if cfg.layers else default_layers(bb)
         for la in wanted:
             bb.check_layer(la)
         step(f"{name}: features of {len(samples)} images")
-        fx = FeatureExtractor(bb, batch_size=cfg.batch_size, cache=cache, progress=cfg.progress)
         feats, index, _ = features_of(
             fx, [s.path for s in samples], [*wanted, "logits"] if "logits" not in wanted else wanted
         )
@@ -206,9 +208,8 @@ def run_rank(config: RankConfig) -> RunResult:
     )
     if outp is None:
         return RunResult(metrics=result, out=None)
-    metrics_file = result.write(outp)
     result.report = write_rank_report(outp, ds.root, result)
-    return RunResult(metrics=result, out=outp, report=result.report, metrics_file=metrics_file)
+    return RunResult.written(result, outp, report=result.report)
 
 
 def rank_run(

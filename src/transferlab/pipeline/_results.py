@@ -8,14 +8,15 @@ its JSON file (metrics.json, diagnosis.json, ...) through the one encoder and re
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+from transferlab._internal.deprecation import warn_once
 from transferlab._internal.json import write_json
 
-__all__ = ["FLATTEN", "OMIT_NONE", "Metrics", "RunResult", "json_key"]
+__all__ = ["FLATTEN", "OMIT_NONE", "Metrics", "RunResult", "config_alias", "json_key"]
 
 #: field metadata: the key is written only when the value is not None (``test`` without a test
 #: split), as in ``field(default=None, metadata=OMIT_NONE)``
@@ -92,6 +93,12 @@ class RunResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     metrics_file: Path | None = None
 
+    @classmethod
+    def written(cls, metrics: Metrics, out: Path, **files: Any) -> RunResult:
+        """Write `metrics` to `out` (its FILE) and return the result naming it and `files`: how
+        every run that writes its metrics ends."""
+        return cls(metrics=metrics, out=out, metrics_file=metrics.write(out), **files)
+
     def to_dict(self) -> dict[str, Any]:
         def text(p: Path | None) -> str | None:
             return str(p) if p is not None else None
@@ -105,3 +112,21 @@ class RunResult:
             "skipped": list(self.skipped),
             "metrics_file": text(self.metrics_file),
         }
+
+
+def config_alias(
+    old: str, run: Callable[[Any], RunResult], config: Callable[..., Any]
+) -> Callable[..., RunResult]:
+    """The deprecated ``old(data, out, **kwargs)`` of a run now called as ``run(config(data=...,
+    out=..., **kwargs))``: it forwards the same keyword arguments and warns once."""
+    new = f"{run.__name__}({config.__name__}(...))"
+
+    def alias(
+        data: str | os.PathLike[str], out: str | os.PathLike[str], **kwargs: Any
+    ) -> RunResult:
+        warn_once(f"transferlab.pipeline.{old}", f"transferlab.pipeline.{run.__name__}")
+        return run(config(data=data, out=out, **kwargs))
+
+    alias.__name__ = alias.__qualname__ = old
+    alias.__doc__ = f"Deprecated: `{new}` (same keyword arguments)."
+    return alias

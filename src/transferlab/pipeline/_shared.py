@@ -1,11 +1,12 @@
-"""What several runs share: config checks, the metrics every classifier run reports, the
-temperature-scaling summary, and how a run reads its data and output folder."""
+"""What several runs share: config checks, how a config builds its feature extractor, the
+metrics every classifier run reports, the temperature-scaling summary, and how a run reads its
+data and output folder."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -13,17 +14,19 @@ import numpy as np
 from transferlab.data import Dataset, Sample, load_dataset
 from transferlab.evaluate import EvalReport
 from transferlab.exceptions import InvalidParameterError
+from transferlab.features import FeatureExtractor
 from transferlab.pipeline._results import Metrics, json_key
 
 __all__ = [
     "ClassifierMetrics",
+    "ExtractorSettings",
     "MultiLabelScores",
     "calibrate",
     "check_choice",
     "check_min",
     "default_layers",
     "eval_block",
-    "feature_cache",
+    "extract_splits",
     "features_of",
     "labelled_sample",
     "resolve_dataset",
@@ -48,9 +51,35 @@ def check_min(name: str, value: float | None, low: float) -> None:
         raise InvalidParameterError(f"{name} must be >= {low}, got {value}")
 
 
-def feature_cache(no_cache: bool, cache_dir: str | None) -> Any:
-    """The extractor's ``cache`` argument from a run's two cache settings."""
-    return False if no_cache else (cache_dir or True)
+#: config fields passed to `FeatureExtractor` under the same name, by the configs that have them
+_EXTRACTOR_FIELDS = (
+    "layer",
+    "pool",
+    "weights",
+    "batch_size",
+    "num_workers",
+    "device",
+    "progress",
+    "max_pixels",
+)
+
+
+class ExtractorSettings:
+    """Mixin of the run configs that carry feature-extractor settings, so that every run builds
+    its `FeatureExtractor` one way. Each config declares only the fields its run exposes
+    (`backbone`, `layer`, `cache_dir`, ...); the extractor's own defaults stand for the others."""
+
+    def extractor(self, backbone: Any = None, **overrides: Any) -> FeatureExtractor:
+        """The extractor of `backbone` (a name or loaded `Backbone`; None: the config's) with the
+        config's settings; `overrides` replace some of them. ``cache`` comes from ``no_cache``
+        and ``cache_dir`` when the config has ``cache_dir``."""
+        given = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        kwargs = {name: given[name] for name in _EXTRACTOR_FIELDS if name in given}
+        if "cache_dir" in given:
+            kwargs["cache"] = False if given.get("no_cache") else (given["cache_dir"] or True)
+        return FeatureExtractor(
+            given["backbone"] if backbone is None else backbone, **{**kwargs, **overrides}
+        )
 
 
 def resolve_dataset(
@@ -193,6 +222,25 @@ def labelled_sample(
     if ds.multi_label:
         raise InvalidParameterError("diagnosis and ranking need single-label data")
     return ds, subsample([*ds.train, *ds.val], max_images, seed)
+
+
+def extract_splits(
+    fx: FeatureExtractor, splits: dict[str, Sequence[Sample]], *, on_error: str
+) -> tuple[Any, dict[str, np.ndarray], dict[str, list[Sample]]]:
+    """Features of several splits in one extraction pass at ``fx.layer``: the extraction result
+    (failures, cache hits), and per split the feature rows and the samples they belong to (the
+    images that decoded)."""
+    names = list(splits)
+    samples = [s for name in names for s in splits[name]]
+    res = fx.extract([s.path for s in samples], on_error=on_error)
+    rows = res.rows_of([name for name in names for _ in splits[name]], names)
+    of_row = res.select(samples)
+    X = res.features[fx.layer]
+    return (
+        res,
+        {name: X[r] for name, r in rows.items()},
+        {name: [of_row[i] for i in r] for name, r in rows.items()},
+    )
 
 
 def default_layers(bb: Any) -> list[str]:

@@ -30,6 +30,7 @@ from transferlab.report._html import per_class_table as per_class_table
 from transferlab.report._html import per_label_table as per_label_table
 from transferlab.report._html import write_html_report as write_html_report
 from transferlab.report._plots import plot_confusion_matrix as plot_confusion_matrix
+from transferlab.report._plots import plot_report_confusion as plot_report_confusion
 from transferlab.report._plots import plot_training_curves as plot_training_curves
 from transferlab.report._rank import SCORE_COLUMNS as SCORE_COLUMNS
 from transferlab.report._rank import rank_table as rank_table
@@ -46,6 +47,7 @@ __all__ = [
     "plot_confusion_matrix",
     "plot_error_neighbours",
     "plot_feature_map",
+    "plot_report_confusion",
     "plot_training_curves",
     "rank_table",
     "write_curve_report",

@@ -18,48 +18,61 @@ __all__ = ["diagnosis_plots", "findings_html", "write_diagnosis_report"]
 def diagnosis_plots(
     out: Path, probe: Any, gap: Any, shift_t: Any, shift_r: Any, scores: dict[str, dict[str, float]]
 ) -> list[tuple[str, Path]]:
-    from transferlab.diagnose import LayerProfileDisplay
+    """layer_probe.png, domain_gap.png and bn_shift.png: (caption, path) of each."""
+    from transferlab.diagnose import LayerProfileDisplay as Profile
 
-    plt = _pyplot()
-    pngs = []
-    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
-    disp = LayerProfileDisplay.from_layer_probe(probe)
-    disp.series["kNN (k=5)"] = [scores[la]["knn_accuracy"] for la in probe.layers]
-    disp.plot(ax)
-    fig.savefig(out / "layer_probe.png", dpi=100)
-    plt.close(fig)
-    pngs.append(("Probe accuracy by layer (cross-validated)", out / "layer_probe.png"))
-
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    LayerProfileDisplay(
-        gap.layers,
-        {"target vs reference": gap.classifier_accuracy},
-        ylabel="domain classifier balanced accuracy",
-        title="Can a linear classifier tell the domains apart?",
-        hline=(0.5, "indistinguishable"),
-    ).plot(a1)
-    LayerProfileDisplay(
-        gap.layers,
-        {"MMD²": gap.mmd},
-        ylabel="MMD² (Gaussian kernel)",
-        title="Distribution distance",
-    ).plot(a2)
-    fig.savefig(out / "domain_gap.png", dpi=100)
-    plt.close(fig)
-    pngs.append(("Domain gap to the reference, by layer", out / "domain_gap.png"))
-
+    by_layer = Profile.from_layer_probe(probe)
+    by_layer.series["kNN (k=5)"] = [scores[la]["knn_accuracy"] for la in probe.layers]
     t, r = shift_t.by_tap(), shift_r.by_tap()
     taps = [k for k in t if k in r]
-    fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
-    LayerProfileDisplay(
-        taps,
-        {"target images": [t[k] for k in taps], "reference photos": [r[k] for k in taps]},
-        ylabel="BN shift (W2, in running std units)",
-        title="BatchNorm statistics vs ImageNet's, by depth",
-    ).plot(ax)
-    fig.savefig(out / "bn_shift.png", dpi=100)
-    plt.close(fig)
-    pngs.append(("Shift of BatchNorm statistics from the pretrained ones", out / "bn_shift.png"))
+    shift = {"target images": [t[k] for k in taps], "reference photos": [r[k] for k in taps]}
+    figures = [  # file, caption, figure size, the profiles drawn side by side
+        ("layer_probe.png", "Probe accuracy by layer (cross-validated)", (7, 4), [by_layer]),
+        (
+            "domain_gap.png",
+            "Domain gap to the reference, by layer",
+            (11, 4),
+            [
+                Profile(
+                    gap.layers,
+                    {"target vs reference": gap.classifier_accuracy},
+                    ylabel="domain classifier balanced accuracy",
+                    title="Can a linear classifier tell the domains apart?",
+                    hline=(0.5, "indistinguishable"),
+                ),
+                Profile(
+                    gap.layers,
+                    {"MMD²": gap.mmd},
+                    ylabel="MMD² (Gaussian kernel)",
+                    title="Distribution distance",
+                ),
+            ],
+        ),
+        (
+            "bn_shift.png",
+            "Shift of BatchNorm statistics from the pretrained ones",
+            (7, 4),
+            [
+                Profile(
+                    taps,
+                    shift,
+                    ylabel="BN shift (W2, in running std units)",
+                    title="BatchNorm statistics vs ImageNet's, by depth",
+                )
+            ],
+        ),
+    ]
+    plt = _pyplot()
+    pngs = []
+    for name, caption, size, profiles in figures:
+        fig, axes = plt.subplots(
+            1, len(profiles), figsize=size, constrained_layout=True, squeeze=False
+        )
+        for ax, profile in zip(axes[0], profiles, strict=True):
+            profile.plot(ax)
+        fig.savefig(out / name, dpi=100)
+        plt.close(fig)
+        pngs.append((caption, out / name))
     return pngs
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from transferlab._internal.plotting import pyplot as _pyplot
 from transferlab.report._html import html_table, per_class_table, write_html_report
-from transferlab.report._plots import plot_confusion_matrix
+from transferlab.report._plots import plot_report_confusion
 
 __all__ = [
     "evaluation_plots",
@@ -42,12 +42,7 @@ def evaluation_plots(
     images = [
         (
             "Confusion matrix",
-            plot_confusion_matrix(
-                rep.confusion,
-                rep.classes,
-                out / "confusion_matrix.png",
-                title=f"accuracy {rep.accuracy:.3f} (n={rep.n})",
-            ),
+            plot_report_confusion(rep, out),
         )
     ]
     fig, axes = plt.subplots(1, 2, figsize=(11, 5), constrained_layout=True)

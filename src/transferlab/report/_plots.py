@@ -11,7 +11,7 @@ import numpy as np
 
 from transferlab._internal.plotting import pyplot as _pyplot
 
-__all__ = ["plot_confusion_matrix", "plot_training_curves"]
+__all__ = ["plot_confusion_matrix", "plot_report_confusion", "plot_training_curves"]
 
 
 def plot_confusion_matrix(
@@ -51,6 +51,17 @@ def plot_confusion_matrix(
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def plot_report_confusion(rep: Any, out: str | os.PathLike[str], *, split: str = "") -> Path:
+    """``out/confusion_matrix.png`` of an `EvalReport`, titled with its accuracy and size (and
+    `split`, when the page shows several): the one confusion plot of fit, finetune and evaluate."""
+    return plot_confusion_matrix(
+        rep.confusion,
+        rep.classes,
+        Path(out) / "confusion_matrix.png",
+        title=f"{split + ': ' if split else ''}accuracy {rep.accuracy:.3f} (n={rep.n})",
+    )
 
 
 def plot_training_curves(
