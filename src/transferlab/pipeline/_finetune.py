@@ -296,9 +296,10 @@ def _run_finetune(config: FinetuneRunConfig, *, prepare: bool) -> RunResult:
     skipped += done.skipped
     val = done.val
     metrics = FinetuneMetrics(
-        **FinetuneMetrics.scores(val, n_train=n_train, test=done.test, skipped=skipped),
+        **FinetuneMetrics.scores(
+            val, n_train=n_train, test=done.test, skipped=skipped, classes=tuner.classes_
+        ),
         **common,
-        classes=list(tuner.classes_),
         weights_sha256=tuner.backbone_.weights_sha256,
         layer="finetuned",
         stopped_early=result.stopped_early,

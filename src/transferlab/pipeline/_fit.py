@@ -27,6 +27,7 @@ from transferlab.pipeline._shared import (
     DataSource,
     ExtractorSettings,
     MultiLabelScores,
+    SplitCounts,
     calibrate,
     check_choice,
     check_min,
@@ -128,12 +129,7 @@ class MultiLabelFitMetrics(Metrics):
 
     multi_label: bool = True
     scores: MultiLabelScores = field(metadata=FLATTEN)
-    n_train: int
-    n_val: int
-    n_test: int
-    n_skipped: int
-    skipped: list[dict[str, str]]
-    classes: list[str]
+    counts: SplitCounts = field(metadata=FLATTEN)
     backbone: str
     weights_sha256: str | None
     layer: str
@@ -203,8 +199,9 @@ def run_fit(config: FitConfig) -> RunResult:
     t_eval = time.perf_counter()
     val, test = reports["val"], reports.get("test")
     metrics = FitMetrics(
-        **FitMetrics.scores(val, n_train=len(y["train"]), test=test, skipped=skipped),
-        classes=[str(c) for c in probe.classes_],
+        **FitMetrics.scores(
+            val, n_train=len(y["train"]), test=test, skipped=skipped, classes=probe.classes_
+        ),
         backbone=fx.backbone_.name,
         weights_sha256=fx.backbone_.weights_sha256,
         layer=config.layer,
@@ -317,12 +314,14 @@ def _fit_multilabel(
         }
     metrics = MultiLabelFitMetrics(
         scores=MultiLabelScores.of(val, ds.classes, probe.thresholds_),
-        n_train=len(Y["train"]),
-        n_val=val.n,
-        n_test=len(Y["test"]),
-        n_skipped=len(skipped),
-        skipped=skipped_rows(skipped),
-        classes=list(ds.classes),
+        counts=SplitCounts(
+            n_train=len(Y["train"]),
+            n_val=val.n,
+            n_test=len(Y["test"]),
+            n_skipped=len(skipped),
+            skipped=skipped_rows(skipped),
+            classes=list(ds.classes),
+        ),
         backbone=fx.backbone_.name,
         weights_sha256=fx.backbone_.weights_sha256,
         layer=config.layer,

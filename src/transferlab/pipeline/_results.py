@@ -60,6 +60,17 @@ class Metrics(Mapping[str, Any]):
         """Write ``out/FILE`` from `to_dict`; returns its path."""
         return write_json(Path(out) / self.FILE, self.to_dict())
 
+    def __getattr__(self, name: str) -> Any:
+        """Fields of a flattened group read as this object's own (``metrics.n_train``), as
+        they are written at this level of the JSON."""
+        if not name.startswith("__"):
+            for f in fields(self):  # type: ignore[arg-type]
+                if f.metadata.get("flatten"):
+                    group = self.__dict__.get(f.name)
+                    if group is not None and hasattr(group, name):
+                        return getattr(group, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     # read access as the JSON dict (old callers index result.metrics by key)
     def __getitem__(self, key: str) -> Any:
         return self.to_dict()[key]

@@ -15,12 +15,13 @@ from transferlab.data import Dataset, Sample, load_dataset
 from transferlab.evaluate import EvalReport
 from transferlab.exceptions import InvalidParameterError
 from transferlab.features import FeatureExtractor
-from transferlab.pipeline._results import Metrics, json_key
+from transferlab.pipeline._results import FLATTEN, Metrics, json_key
 
 __all__ = [
     "ClassifierMetrics",
     "ExtractorSettings",
     "MultiLabelScores",
+    "SplitCounts",
     "calibrate",
     "check_choice",
     "check_min",
@@ -108,18 +109,25 @@ def eval_block(report: EvalReport) -> dict[str, Any]:
 
 
 @dataclass(kw_only=True)
-class ClassifierMetrics(Metrics):
-    """The keys `fit` and `finetune` (single-label) both start metrics.json with."""
+class SplitCounts(Metrics):
+    """Images per split, those skipped, and the classes: keys fit and finetune both report."""
 
-    accuracy: float
-    balanced_accuracy: float
-    log_loss: float
     n_train: int
     n_val: int
     n_test: int
     n_skipped: int
     skipped: list[dict[str, str]]
     classes: list[str]
+
+
+@dataclass(kw_only=True)
+class ClassifierMetrics(Metrics):
+    """The keys `fit` and `finetune` (single-label) both start metrics.json with."""
+
+    accuracy: float
+    balanced_accuracy: float
+    log_loss: float
+    counts: SplitCounts = field(metadata=FLATTEN)
     per_class: dict[str, dict[str, float]]
     macro: dict[str, float]
     confusion: list[list[int]]
@@ -134,17 +142,21 @@ class ClassifierMetrics(Metrics):
         n_train: int,
         test: EvalReport | None,
         skipped: Sequence[tuple[str, str]],
+        classes: Sequence[str],
     ) -> dict[str, Any]:
         """The validation-derived fields, for ``Subclass(**scores(...), ...)``."""
         return {
             "accuracy": val.accuracy,
             "balanced_accuracy": val.balanced_accuracy,
             "log_loss": val.log_loss,
-            "n_train": n_train,
-            "n_val": val.n,
-            "n_test": test.n if test is not None else 0,
-            "n_skipped": len(skipped),
-            "skipped": skipped_rows(skipped),
+            "counts": SplitCounts(
+                n_train=n_train,
+                n_val=val.n,
+                n_test=test.n if test is not None else 0,
+                n_skipped=len(skipped),
+                skipped=skipped_rows(skipped),
+                classes=[str(c) for c in classes],
+            ),
             "per_class": val.per_class,
             "macro": val.macro,
             "confusion": val.confusion,
