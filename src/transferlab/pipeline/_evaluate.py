@@ -17,7 +17,7 @@ from transferlab._internal.rundir import prepare_out
 from transferlab.data import Sample, load_dataset
 from transferlab.evaluate import evaluate_predictions
 from transferlab.exceptions import DatasetError, InvalidParameterError
-from transferlab.pipeline._results import OMIT_NONE, Metrics, RunResult
+from transferlab.pipeline._results import FLATTEN, OMIT_NONE, Metrics, RunResult
 from transferlab.pipeline._shared import check_choice
 
 __all__ = [
@@ -65,6 +65,17 @@ class EvaluateConfig:
 
 
 @dataclass(kw_only=True)
+class ScoredImages(Metrics):
+    """What both kinds of evaluation report about the images scored (after `n`)."""
+
+    n_skipped: int
+    skipped: list[dict[str, str]]
+    classes: list[str]
+    split: str
+    data: str
+
+
+@dataclass(kw_only=True)
 class EvaluateMetrics(Metrics):
     """metrics.json of a single-label `evaluate`."""
 
@@ -82,11 +93,7 @@ class EvaluateMetrics(Metrics):
     top_losses: list[dict[str, Any]]
     accuracy_coverage: dict[str, dict[str, float]]
     n: int
-    n_skipped: int
-    skipped: list[dict[str, str]]
-    classes: list[str]
-    split: str
-    data: str
+    scored: ScoredImages = field(metadata=FLATTEN)
     model: str
     threshold: dict[str, Any] | None = field(default=None, metadata=OMIT_NONE)
     error_neighbours: list[dict[str, Any]] | None = field(default=None, metadata=OMIT_NONE)
@@ -106,11 +113,7 @@ class MultiLabelEvaluateMetrics(Metrics):
     per_label_confusion: dict[str, dict[str, int]]
     top_losses: dict[str, list[dict[str, Any]]]
     n: int
-    n_skipped: int
-    skipped: list[dict[str, str]]
-    classes: list[str]
-    split: str
-    data: str
+    scored: ScoredImages = field(metadata=FLATTEN)
     seconds: float = 0.0
 
 
@@ -214,13 +217,13 @@ def run_evaluate(config: EvaluateConfig) -> RunResult:
     raw = np.concatenate(pred.rows) if pred.rows else np.zeros((0, len(classes)), np.float32)
     if not len(raw):
         raise DatasetError(f"no image of {cfg.data} ({used_split}) could be read")
-    scored = {  # the keys both kinds of model report about the images scored
-        "n_skipped": len(pred.errors),
-        "skipped": [{"path": p, "reason": r} for p, r in pred.errors.items()],
-        "classes": classes,
-        "split": used_split,
-        "data": str(cfg.data),
-    }
+    scored = ScoredImages(
+        n_skipped=len(pred.errors),
+        skipped=[{"path": p, "reason": r} for p, r in pred.errors.items()],
+        classes=classes,
+        split=used_split,
+        data=str(cfg.data),
+    )
     if model.multi_label:
         metrics, report, cm_png = _evaluate_multilabel(
             model, pred.samples, raw, scored, out, cfg, t0
@@ -244,7 +247,7 @@ def _evaluate_single(
     model: Any,
     pred: _Predictions,
     raw: np.ndarray,
-    scored: dict[str, Any],
+    scored: ScoredImages,
     out: Path,
     cfg: EvaluateConfig,
     t0: float,
@@ -299,7 +302,7 @@ def _evaluate_single(
             )
         },
         n=rep.n,
-        **scored,
+        scored=scored,
         model=str(cfg.model_dir),
     )
     if cfg.threshold is not None:
@@ -399,7 +402,7 @@ def _evaluate_multilabel(
     model: Any,
     samples: list[Sample],
     proba: np.ndarray,
-    scored: dict[str, Any],
+    scored: ScoredImages,
     out: Path,
     cfg: EvaluateConfig,
     t0: float,
@@ -445,7 +448,7 @@ def _evaluate_multilabel(
         per_label_confusion=per_label_confusion,
         top_losses=top_losses,
         n=rep.n,
-        **scored,
+        scored=scored,
         seconds=round(time.perf_counter() - t0, 3),
     )
     return metrics, write_evaluate_multilabel_report(out, metrics), None
