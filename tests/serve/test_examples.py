@@ -25,6 +25,8 @@ def test_example_delete_and_collection_delete(server: tuple[TestClient, list[str
         == 204
     )
     assert not img.exists()
+    again = client.delete(f"/v1/collections/{cid}/examples/{ex['id']}", headers=auth(a))
+    assert again.status_code == 404 and "not found in this collection" in again.text
     assert client.delete(f"/v1/collections/{cid}", headers=auth(a)).status_code == 204
     assert client.get(f"/v1/collections/{cid}", headers=auth(a)).status_code == 404
 

@@ -1,7 +1,8 @@
 """Request dependencies: the app's services, the caller's API key, an owned collection.
 
 Ownership is checked in one place (`get_collection`, behind the `OwnedCollection` dependency):
-another key's collection answers 404 exactly like a missing one, so ids cannot be probed.
+another key's collection answers 404 exactly like a missing one, so ids cannot be probed. Rows
+under a collection (examples, jobs) are looked up the same way, through `one_or_404`.
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
-from sqlalchemy import select
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
 
 from transferlab.features import FeatureExtractor
 from transferlab.serve.batcher import FeatureBatcher
@@ -27,8 +29,11 @@ __all__ = [
     "Services",
     "ServicesDep",
     "get_collection",
+    "one_or_404",
     "owned_collection",
 ]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -88,15 +93,23 @@ def get_key(request: Request, services: ServicesDep) -> ApiKey:
 CurrentKey = Annotated[ApiKey, Depends(get_key)]
 
 
+def one_or_404(s: Session, query: Select[tuple[T]], message: str) -> T:
+    """The row `query` selects, else a 404 with `message`. The query is scoped to the caller
+    (its key or its collection), so a row of someone else's answers exactly like a missing one."""
+    row = s.scalar(query)
+    if row is None:
+        raise ApiError(404, message)
+    return row
+
+
 def get_collection(services: Services, key: ApiKey, collection_id: str) -> Collection:
     """The collection if `key` owns it; 404 otherwise (missing and foreign look the same)."""
     with services.store.session() as s:
-        coll = s.scalar(
-            select(Collection).where(Collection.id == collection_id, Collection.owner_id == key.id)
+        return one_or_404(
+            s,
+            select(Collection).where(Collection.id == collection_id, Collection.owner_id == key.id),
+            f"collection {collection_id!r} not found",
         )
-    if coll is None:
-        raise ApiError(404, f"collection {collection_id!r} not found")
-    return coll
 
 
 def owned_collection(collection_id: str, services: ServicesDep, key: CurrentKey) -> Collection:

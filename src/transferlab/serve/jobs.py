@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import threading
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from transferlab._internal.json import json_default
 from transferlab.exceptions import DatasetError, ImageLoadError, InvalidParameterError
 from transferlab.finetune import Callback
 from transferlab.serve.batcher import BatchedExtractor, FeatureBatcher
@@ -444,16 +446,15 @@ def finetune_collection(
 
 
 def jsonable(obj: Any) -> Any:
-    """Plain JSON types (NaN -> None) for the database's JSON column."""
+    """`obj` in plain JSON types, for the database's JSON column and the responses: what the one
+    encoder (`json_default`) converts, converted all the way down, with NaN and infinities as
+    None (strict JSON has none; metrics.json keeps them)."""
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return None if f != f or f in (float("inf"), float("-inf")) else f
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
+    if isinstance(obj, float):  # numpy's float64 too
+        return float(obj) if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    return jsonable(json_default(obj))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -68,16 +70,43 @@ class CollectionCreate(BaseModel):
     layer: str | None = Field(default=None, description="default: the server's layer")
 
 
-class CollectionPublic(BaseModel):
+class _CollectionRow(BaseModel):
+    """A collection's stored fields, read from its ORM row as the other Public models are."""
+
     id: str
     name: str
     multi_label: bool
     backbone: str
     layer: str
     created: dt.datetime
+
+
+class CollectionPublic(_CollectionRow):
     n_examples: int
     labels: dict[str, int] = Field(description="label -> number of examples")
     model: dict[str, Any] | None = Field(description="latest trained model, if any")
+
+    @classmethod
+    def of(
+        cls, coll: Any, example_labels: Sequence[Sequence[str]], model: Any | None
+    ) -> CollectionPublic:
+        """The response for the ORM row `coll`, given its examples' labels and its latest
+        trained model (a `StoredModel` row, or None)."""
+        counts = Counter(lab for labels in example_labels for lab in labels)
+        return cls(
+            **dict(_CollectionRow.model_validate(coll, from_attributes=True)),
+            n_examples=len(example_labels),
+            labels=dict(sorted(counts.items())),
+            model=None
+            if model is None
+            else {
+                "id": model.id,
+                "job_id": model.job_id,
+                "classes": model.classes,
+                "created": model.created.isoformat(),
+                "accuracy": model.metrics.get("accuracy"),
+            },
+        )
 
 
 class ExamplePublic(BaseModel):

@@ -7,7 +7,6 @@ Their examples, training and predictions have a router each (`examples`, `traini
 from __future__ import annotations
 
 import shutil
-from collections import Counter
 
 from fastapi import APIRouter, Response
 from sqlalchemy import select
@@ -28,26 +27,7 @@ def _public(services: Services, coll: Collection) -> CollectionPublic:
     with services.store.session() as s:
         rows = s.scalars(select(Example.labels).where(Example.collection_id == coll.id)).all()
         model = latest_model(s, coll.id)
-    counts = Counter(lab for labels in rows for lab in labels)
-    return CollectionPublic(
-        id=coll.id,
-        name=coll.name,
-        multi_label=coll.multi_label,
-        backbone=coll.backbone,
-        layer=coll.layer,
-        created=coll.created,
-        n_examples=len(rows),
-        labels=dict(sorted(counts.items())),
-        model=None
-        if model is None
-        else {
-            "id": model.id,
-            "job_id": model.job_id,
-            "classes": model.classes,
-            "created": model.created.isoformat(),
-            "accuracy": model.metrics.get("accuracy"),
-        },
-    )
+    return CollectionPublic.of(coll, rows, model)
 
 
 @router.post("", status_code=201, response_model=CollectionPublic)

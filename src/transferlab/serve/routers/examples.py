@@ -8,7 +8,7 @@ import numpy as np
 from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from sqlalchemy import select
 
-from transferlab.serve.deps import OwnedCollection, ServicesDep
+from transferlab.serve.deps import OwnedCollection, ServicesDep, one_or_404
 from transferlab.serve.errors import ApiError
 from transferlab.serve.images import read_limited, store_image
 from transferlab.serve.routers._common import check_backbone
@@ -112,11 +112,11 @@ def list_examples(
 @router.delete("/{collection_id}/examples/{example_id}", status_code=204)
 def delete_example(coll: OwnedCollection, example_id: str, services: ServicesDep) -> Response:
     with services.store.session() as s:
-        ex = s.scalar(
-            select(Example).where(Example.id == example_id, Example.collection_id == coll.id)
+        ex = one_or_404(
+            s,
+            select(Example).where(Example.id == example_id, Example.collection_id == coll.id),
+            f"example {example_id!r} not found in this collection",
         )
-        if ex is None:
-            raise ApiError(404, f"example {example_id!r} not found in this collection")
         sha, ext = ex.image_sha256, ex.image_ext
         s.delete(ex)
     services.store.drop_image_if_unused(sha, ext)

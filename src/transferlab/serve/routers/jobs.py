@@ -5,8 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from sqlalchemy import select
 
-from transferlab.serve.deps import CurrentKey, ServicesDep
-from transferlab.serve.errors import ApiError
+from transferlab.serve.deps import CurrentKey, ServicesDep, one_or_404
 from transferlab.serve.schemas import JobPublic
 from transferlab.serve.store import Collection, Job
 
@@ -19,11 +18,11 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 def get_job(job_id: str, services: ServicesDep, key: CurrentKey) -> JobPublic:
     """Status (queued, running, succeeded, failed), progress 0-1, message and error."""
     with services.store.session() as s:
-        job = s.scalar(
+        job = one_or_404(
+            s,
             select(Job)
             .join(Collection, Collection.id == Job.collection_id)
-            .where(Job.id == job_id, Collection.owner_id == key.id)
+            .where(Job.id == job_id, Collection.owner_id == key.id),
+            f"job {job_id!r} not found",
         )
-    if job is None:
-        raise ApiError(404, f"job {job_id!r} not found")
     return JobPublic.model_validate(job, from_attributes=True)
