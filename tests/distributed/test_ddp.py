@@ -347,3 +347,16 @@ def test_nproc_on_missing_gpus_is_a_clear_error(data, tmp_path):
     res = runner.invoke(app, args)
     assert res.exit_code == 2
     assert "CUDA is not available" in res.output
+
+
+def test_old_torchrun_entry_names_the_new_one():
+    """`-m transferlab.finetune` (the entry before issue 16) fails with the new spelling."""
+    import subprocess
+
+    run = subprocess.run(
+        [sys.executable, "-m", "transferlab.finetune", "data", "--out", "x"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2
+    assert "python -m transferlab finetune" in run.stderr and "Traceback" not in run.stderr
