@@ -38,7 +38,10 @@ def test_finetune_learns_and_beats_chance(data, tmp_path):
     assert len(result.history) == 3
     assert [h["phase"] for h in result.history] == ["frozen", "unfrozen", "unfrozen"]
     assert result.best_val_accuracy >= 0.75
-    assert result.probe_val_accuracy is not None
+    assert result.probe_val_score is not None
+    with pytest.warns(DeprecationWarning, match="probe_val_score"):  # first use in this process
+        assert result.probe_val_accuracy == result.probe_val_score
+    assert result.to_dict()["probe_val_accuracy"] == result.probe_val_score
     assert (tmp_path / "ck" / "last.pt").exists() and (tmp_path / "ck" / "best.pt").exists()
 
 

@@ -90,7 +90,7 @@ def checkpoint_state(tuner: Any, phase: str, epoch_in_phase: int, opt: Any, sche
         "history": tuner.history,
         "classes": tuner.classes_,
         "config": asdict(tuner.config),
-        "probe_val_accuracy": getattr(tuner, "probe_val_accuracy_", None),
+        "probe_val_accuracy": getattr(tuner, "probe_val_score_", None),  # key kept: old files
         "fingerprint": tuner.fingerprint_,
         "world_size": _ddp.get_world_size(),
         "ema": None,  # the EMA callback's state replaces these when it is on

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
+from transferlab._internal.deprecation import warn_once
 from transferlab.backbones import PRECISIONS
 from transferlab.data import DEFAULT_MAX_PIXELS
 from transferlab.exceptions import InvalidParameterError
@@ -179,8 +180,9 @@ class FinetuneResult:
             multi-label), lr_head, seconds.
         best_epoch: epoch (1-based, over both phases) with the best validation accuracy.
         best_val_accuracy: its accuracy.
-        probe_val_accuracy: the linear probe's accuracy on the same validation images (when the
-            head was initialised from it), the baseline to beat.
+        probe_val_score: the linear probe's score on the same validation images (accuracy; mAP
+            for multi-label) when the head was initialised from it: the baseline to beat.
+            (``probe_val_accuracy`` is its old name, kept as a deprecated alias.)
         stopped_early: early stopping ended the run.
         seconds: wall time of `fit`.
     """
@@ -188,7 +190,7 @@ class FinetuneResult:
     history: list[dict[str, Any]]
     best_epoch: int
     best_val_accuracy: float
-    probe_val_accuracy: float | None = None
+    probe_val_score: float | None = None
     wise_alpha: float = 1.0
     wise_scores: dict[str, float] | None = None
     stopped_early: bool = False
@@ -196,8 +198,16 @@ class FinetuneResult:
     train_images_per_second: float = 0.0
     precision: str = "fp32"
 
+    @property
+    def probe_val_accuracy(self) -> float | None:
+        """Deprecated: `probe_val_score`."""
+        warn_once("FinetuneResult.probe_val_accuracy", "FinetuneResult.probe_val_score")
+        return self.probe_val_score
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["probe_val_accuracy"] = self.probe_val_score  # the old key, for readers of to_dict
+        return d
 
 
 def config_defaults() -> dict[str, Any]:

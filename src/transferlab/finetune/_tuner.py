@@ -367,7 +367,7 @@ class FineTuner:
         self.backbone_.model.load_state_dict(state["model"])
         self.history = list(state["history"])
         self.epoch = int(state["epoch"])
-        self.probe_val_accuracy_ = state.get("probe_val_accuracy")
+        self.probe_val_score_ = state.get("probe_val_accuracy")  # its key in last.pt
         logger.info("resuming after epoch %d (%s)", self.epoch, state["phase"])
 
     # -- LR finder ----------------------------------------------------------------------------
@@ -479,7 +479,7 @@ class FineTuner:
                     self.backbone_.model, (x for x, _ in train_eval_all), self.backbone_.device
                 )
                 logger.info("AdaBN: BatchNorm statistics re-estimated on %d training images", n_bn)
-            self.probe_val_accuracy_ = (
+            self.probe_val_score_ = (
                 init_head_from_probe(
                     self.backbone_.model,
                     self.backbone_.device,
@@ -520,7 +520,7 @@ class FineTuner:
             history=self.history,
             best_epoch=self.history[best]["epoch"],
             best_val_accuracy=self.history[best][self.score_key_],
-            probe_val_accuracy=self.probe_val_accuracy_,
+            probe_val_score=self.probe_val_score_,
             wise_alpha=self.wise_alpha_,
             wise_scores=self.wise_scores_,
             stopped_early=not completed,

@@ -280,7 +280,7 @@ def _run_finetune(config: FinetuneRunConfig, *, prepare: bool) -> RunResult:
         "epochs": cfg.freeze_epochs + cfg.epochs,
         "epochs_run": len(result.history),
         "best_epoch": result.best_epoch,
-        "probe_val_score": result.probe_val_accuracy,
+        "probe_val_score": result.probe_val_score,
         "history": result.history,
         "config": asdict(cfg),
         "distributed": _ddp.run_info(cfg.batch_size).get("distributed"),
@@ -305,7 +305,7 @@ def _run_finetune(config: FinetuneRunConfig, *, prepare: bool) -> RunResult:
         stopped_early=result.stopped_early,
         wise_alpha=result.wise_alpha,
         wise_scores=result.wise_scores,
-        advice=advice_probe_vs_finetune(result.probe_val_accuracy, val.accuracy, val.n),
+        advice=advice_probe_vs_finetune(result.probe_val_score, val.accuracy, val.n),
         dataset={"path": ds.root, "source": ds.source, "split": ds.split_note},
         train_images_per_second=result.train_images_per_second,
         seconds=round(time.perf_counter() - t0, 3),
@@ -315,7 +315,7 @@ def _run_finetune(config: FinetuneRunConfig, *, prepare: bool) -> RunResult:
     done.model.metrics = metrics.to_dict()
     model_dir = done.model.save(out / "model", overwrite=True)
     curves = plot_training_curves(
-        result.history, out / "training_curves.png", baseline=result.probe_val_accuracy
+        result.history, out / "training_curves.png", baseline=result.probe_val_score
     )
     cm_png = plot_report_confusion(val, out, split="validation")
     metrics.seconds = round(time.perf_counter() - t0, 3)

@@ -434,7 +434,7 @@ def finetune_collection(
         "epochs": cfg.epochs,
         "image_size": tuner.size_,
         "best_epoch": result.best_epoch,
-        "probe_val_score": result.probe_val_accuracy,
+        "probe_val_score": result.probe_val_score,
         "history": result.history,
         "skipped": [{"image": Path(e.path).name, "reason": e.reason} for e in tuner.failures_],
         "train_seconds": result.seconds,
