@@ -44,6 +44,8 @@ def test_deprecated_result_name_warns_and_is_the_new_one():
     assert run.returncode != 0 and "use transferlab.pipeline.RunResult" in run.stderr
     from transferlab.pipeline import RunResult
 
+    assert "FitResult" not in transferlab.__all__ and "FitResult" not in dir(transferlab)
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         assert transferlab.FitResult is RunResult

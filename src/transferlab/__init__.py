@@ -60,16 +60,15 @@ _LAZY = {
     "RankConfig": "transferlab.pipeline",
     "run_adapt_bn": "transferlab.pipeline",
     "AdaptBNConfig": "transferlab.pipeline",
-    # deprecated names of runs (they warn once and call the run above)
-    "fit": "transferlab.pipeline",
-    "FitResult": "transferlab.pipeline",
 }
+# old names that still resolve (each warns once), kept out of __all__ and dir()
+_DEPRECATED = {"fit": "transferlab.pipeline", "FitResult": "transferlab.pipeline"}
 
 __all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
+    module = _LAZY.get(name) or _DEPRECATED.get(name)
     if module is None:
         raise AttributeError(f"module 'transferlab' has no attribute {name!r}")
     import importlib
