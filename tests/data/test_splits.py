@@ -79,7 +79,9 @@ def _subsample(samples: Sequence[Sample], n: int | None, seed: int) -> list[Samp
         return list(samples)
     labels = [s.label for s in samples]
     first_seen = list(dict.fromkeys(labels))
-    idx = stratified_subsample(labels, n, min_per_class=2, classes=first_seen, seed=seed)
+    idx = stratified_subsample(
+        labels, n, min_per_class=2, classes=first_seen, seed=seed, draw_whole=True
+    )
     return [samples[i] for i in idx]
 
 
@@ -130,6 +132,11 @@ def test_subsample_picks_what_diagnose_picked_before(seed):
     samples = _random_samples(rng, int(rng.integers(2, 7)), 20, 120)
     for n in (8, 30, len(samples) // 2, len(samples) - 5, len(samples), None):
         assert _subsample(samples, n, seed) == _legacy_subsample(samples, n, seed)
+    # a class kept whole before the others (the case where a draw-free sampler would differ)
+    small = [Sample(f"/d/{i:07d}_s.png", "c_small") for i in range(2)]
+    mixed = [*small, *samples]
+    for n in (20, 40):
+        assert _subsample(mixed, n, seed) == _legacy_subsample(mixed, n, seed)
 
 
 @pytest.mark.parametrize("name", ["hymenoptera", "trashnet", "aid_rs10", "pneumoniamnist"])

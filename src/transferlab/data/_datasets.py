@@ -165,12 +165,13 @@ def stratified_subsample(
     min_per_class: int = 1,
     classes: Sequence[Hashable] | None = None,
     seed: int | Sequence[int] | np.random.Generator = 0,
+    draw_whole: bool = False,
 ) -> np.ndarray:
     """Positions of a random subsample that keeps every label: ``n`` in all, shared in
     proportion (at least `min_per_class` each), or `per_class` of each label.
 
-    A label with no more items than its share is kept whole, and draws no random numbers; the
-    others are drawn without replacement. Labels are visited in `classes` order (default:
+    A label with no more items than its share is kept whole, and draws no random numbers unless
+    `draw_whole`; the others are drawn without replacement. Labels are visited in `classes` order (default:
     sorted), which fixes the random numbers each gets.
 
     Args:
@@ -180,6 +181,8 @@ def stratified_subsample(
         min_per_class: the smallest share a label gets with `n`.
         classes: the order labels are drawn in (every label must be listed).
         seed: a seed or a numpy ``Generator`` (drawn from, so it advances).
+        draw_whole: spend a draw on a label kept whole too, as diagnose's and rank's sampler
+            always did (the stream their recorded picks came from).
 
     Returns:
         Positions into `labels`, grouped by label in `classes` order, ascending within a label.
@@ -204,8 +207,8 @@ def stratified_subsample(
         else:
             assert n is not None
             k = max(min_per_class, round(n * len(members) / len(y)))
-        if k >= len(members):
+        if k >= len(members) and not draw_whole:
             picks.append(members)
         else:
-            picks.append(np.sort(rng.choice(members, size=k, replace=False)))
+            picks.append(np.sort(rng.choice(members, size=min(k, len(members)), replace=False)))
     return np.concatenate(picks) if picks else np.zeros(0, dtype=np.int64)

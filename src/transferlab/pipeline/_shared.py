@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from transferlab.data import Dataset, Sample, load_dataset
+from transferlab.data import Dataset, Sample, load_dataset, stratified_subsample
 from transferlab.evaluate import EvalReport
 from transferlab.exceptions import InvalidParameterError
 from transferlab.features import FeatureExtractor
@@ -214,16 +214,11 @@ def subsample(samples: Sequence[Sample], n: int | None, seed: int) -> list[Sampl
     samples = sorted(samples, key=lambda s: s.path)
     if n is None or len(samples) <= n:
         return list(samples)
-    rng = np.random.default_rng(seed)
-    by: dict[str | None, list[Sample]] = {}
-    for s in samples:
-        by.setdefault(s.label, []).append(s)
-    out: list[Sample] = []
-    for items in by.values():
-        k = max(2, round(n * len(items) / len(samples)))
-        idx = rng.choice(len(items), min(k, len(items)), replace=False)
-        out += [items[i] for i in sorted(idx)]
-    return out
+    labels = [s.label for s in samples]
+    idx = stratified_subsample(
+        labels, n, min_per_class=2, classes=list(dict.fromkeys(labels)), seed=seed, draw_whole=True
+    )
+    return [samples[i] for i in idx]
 
 
 def labelled_sample(
