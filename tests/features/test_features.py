@@ -255,7 +255,7 @@ def test_auto_engine_exports_only_when_it_pays(images, tmp_path, monkeypatch):
     """engine='auto' (the default) stays on PyTorch for a handful of images, exports to ONNX once
     a run is big enough, and from then on uses the export even for a single image."""
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
-    import transferlab.features._extractor as features_mod  # where the name is looked up
+    import transferlab.features._ort_engine as features_mod  # where the name is looked up
 
     assert FeatureExtractor().engine == "auto"
     cache = FeatureCache(tmp_path / "cache")
@@ -287,7 +287,7 @@ def test_auto_engine_falls_back_to_torch_once_when_the_export_fails(
     computes the same vectors with PyTorch and does not try the export again."""
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
     import transferlab.backbones as backbones_mod
-    import transferlab.features._extractor as features_mod  # where the name is looked up
+    import transferlab.features._ort_engine as features_mod  # where the name is looked up
 
     calls = []
 
@@ -367,15 +367,12 @@ def test_prepare_exports_up_front_for_long_running_processes(images, tmp_path):
 def test_auto_precision_is_the_backbones_rule_without_cpu_bf16(monkeypatch):
     """precision='auto' follows `backbones.use_bf16(..., cpu=False)`: bf16 on a GPU that has it,
     fp32 on other GPUs and on every CPU (the fp32 reference vectors); explicit values win."""
-    from types import SimpleNamespace
-
-    cuda, cpu = (
-        SimpleNamespace(device=torch.device("cuda")),
-        SimpleNamespace(device=torch.device("cpu")),
-    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # resolve "cuda" without one
     for supported, want in ((True, "bf16"), (False, "fp32")):
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, s=supported, **k: s)
-        assert FeatureExtractor(precision="auto")._precision(cuda) == want
-    assert FeatureExtractor(precision="auto")._precision(cpu) == "fp32"
-    assert FeatureExtractor(precision="bf16")._precision(cpu) == "bf16"
-    assert FeatureExtractor(precision="fp32")._precision(cuda) == "fp32"
+        assert FeatureExtractor(precision="auto", device="cuda")._precision() == want
+    assert FeatureExtractor(precision="auto", device="cpu")._precision() == "fp32"
+    assert FeatureExtractor(precision="bf16", device="cpu")._precision() == "bf16"
+    assert FeatureExtractor(precision="fp32", device="cuda")._precision() == "fp32"
+    with pytest.raises(InvalidParameterError, match=r"int8.*CPU"):
+        FeatureExtractor(precision="int8", device="cuda")._precision()

@@ -3,39 +3,57 @@
 * `_registry`: `BackboneSpec`, `register_backbone`, `list_backbones`, `get_backbone_spec`.
 * `_backbone`: `load_backbone` and `Backbone` (timm model, preprocessing, named taps, pooling).
 * `_weights`: weights from files and pip packages; the digest that identifies them.
-* `_batchnorm`: `reestimate_bn` (AdaBN). `_onnx`: `OnnxTaps`, the taps run by ONNX Runtime.
+* `_batchnorm`: `reestimate_bn` (AdaBN). `_onnx`: `OnnxTaps`, the export of the taps to ONNX.
+* `_ort`: `OrtTaps` runs an export in ONNX Runtime and `onnx_path` says where it lives (no torch).
+* `_card`: `BackboneCard`, a loaded backbone's identity, preprocessing and taps, kept on disk so
+  later runs need no model (no torch); `TapInfo`, `POOLS`.
 * `_device`: `resolve_device` and `use_bf16`, the one "auto" precision rule.
+
+Names load on first use (`_internal.lazy`): the torch-free parts import no torch.
 """
 
 from __future__ import annotations
 
-from transferlab.backbones._backbone import POOLS as POOLS
-from transferlab.backbones._backbone import Backbone as Backbone
-from transferlab.backbones._backbone import TapInfo as TapInfo
-from transferlab.backbones._backbone import _stage_modules as _stage_modules
-from transferlab.backbones._backbone import _stem_module as _stem_module
-from transferlab.backbones._backbone import load_backbone as load_backbone
-from transferlab.backbones._backbone import pool_features as pool_features
-from transferlab.backbones._batchnorm import reestimate_bn as reestimate_bn
-from transferlab.backbones._device import PRECISIONS as PRECISIONS
-from transferlab.backbones._device import resolve_device as resolve_device
-from transferlab.backbones._device import use_bf16 as use_bf16
-from transferlab.backbones._onnx import OnnxTaps as OnnxTaps
-from transferlab.backbones._onnx import _TapGraph as _TapGraph
-from transferlab.backbones._registry import WEIGHT_SOURCES as WEIGHT_SOURCES
-from transferlab.backbones._registry import BackboneSpec as BackboneSpec
-from transferlab.backbones._registry import get_backbone_spec as get_backbone_spec
-from transferlab.backbones._registry import list_backbones as list_backbones
-from transferlab.backbones._registry import register_backbone as register_backbone
-from transferlab.backbones._weights import _weights_digest as _weights_digest
+from transferlab._internal.lazy import lazy_namespace
+
+# name -> the private module that defines it (imported on first use: see _internal.lazy)
+_NAMES = {
+    "POOLS": "_card",
+    "Backbone": "_backbone",
+    "TapInfo": "_card",
+    "BackboneCard": "_card",
+    "cuda_may_be_present": "_card",
+    "_stage_modules": "_backbone",
+    "_stem_module": "_backbone",
+    "load_backbone": "_backbone",
+    "pool_features": "_backbone",
+    "reestimate_bn": "_batchnorm",
+    "PRECISIONS": "_device",
+    "resolve_device": "_device",
+    "use_bf16": "_device",
+    "OnnxTaps": "_onnx",
+    "OrtTaps": "_ort",
+    "ORT_PRECISIONS": "_ort",
+    "onnx_path": "_ort",
+    "cpu_threads": "_ort",
+    "_TapGraph": "_onnx",
+    "WEIGHT_SOURCES": "_registry",
+    "BackboneSpec": "_registry",
+    "get_backbone_spec": "_registry",
+    "list_backbones": "_registry",
+    "register_backbone": "_registry",
+    "_weights_digest": "_weights",
+}
 
 __all__ = [
     "POOLS",
     "PRECISIONS",
     "WEIGHT_SOURCES",
     "Backbone",
+    "BackboneCard",
     "BackboneSpec",
     "OnnxTaps",
+    "OrtTaps",
     "TapInfo",
     "get_backbone_spec",
     "list_backbones",
@@ -46,3 +64,5 @@ __all__ = [
     "resolve_device",
     "use_bf16",
 ]
+
+__getattr__, __dir__ = lazy_namespace(__name__, _NAMES)

@@ -11,12 +11,12 @@ import difflib
 import math
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from transferlab.backbones._card import POOLS, BackboneCard, TapInfo
 from transferlab.backbones._device import resolve_device
 from transferlab.backbones._registry import (
     WEIGHT_SOURCES,
@@ -35,24 +35,6 @@ from transferlab.data import eval_transform, train_transform
 from transferlab.exceptions import InvalidParameterError, UnknownLayerError, WeightsNotFoundError
 
 __all__ = ["POOLS", "Backbone", "TapInfo", "load_backbone", "pool_features"]
-
-POOLS = ("avg", "max", "avgmax")
-
-
-@dataclass(frozen=True)
-class TapInfo:
-    """A layer one can read features from: name, module path, output shape at the default size."""
-
-    name: str
-    module: str
-    channels: int
-    spatial: tuple[int, ...]
-    reduction: int | None
-
-    @property
-    def dim(self) -> int:
-        """Length of the pooled feature vector (avg or max pooling)."""
-        return self.channels
 
 
 class _StopForward(Exception):
@@ -134,6 +116,18 @@ class Backbone:
     def fingerprint(self) -> str:
         """Identifies architecture + weights: part of every cache key and saved model."""
         return f"{self.spec.timm_name}@{self.weights_sha256[:16]}"
+
+    def card(self) -> BackboneCard:
+        """This backbone's identity, preprocessing and taps, as `BackboneCard` keeps them on disk
+        for runs that need no model (one forward pass at the input size, the first time)."""
+        return BackboneCard(
+            name=self.name,
+            timm_name=self.spec.timm_name,
+            weights_source=self.weights_source,
+            weights_sha256=self.weights_sha256,
+            data_config=dict(self.data_config),
+            taps=tuple(self.tap_info()),
+        )
 
     def preprocessing(self) -> dict[str, Any]:
         """The eval preprocessing, as plain JSON-able values."""

@@ -3,9 +3,12 @@ rule of the package (extraction and fine-tuning both ask here)."""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from transferlab.exceptions import InvalidParameterError
+
+if TYPE_CHECKING:  # torch is imported where a device is resolved, not to read PRECISIONS
+    import torch
 
 __all__ = ["PRECISIONS", "resolve_device", "use_bf16"]
 
@@ -15,6 +18,8 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; anything else is checked and returned."""
+    import torch
+
     if isinstance(device, torch.device):
         return device
     if device == "auto":
@@ -49,6 +54,8 @@ def use_bf16(precision: str, device: torch.device, *, cpu: bool = True) -> bool:
         raise InvalidParameterError(
             f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
         )
+    import torch
+
     if precision != "auto":
         return precision == "bf16"
     if device.type == "cuda":

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
 
 from transferlab.backbones._backbone import Backbone
-from transferlab.exceptions import InvalidParameterError
+from transferlab.backbones._ort import OrtTaps, onnx_path
 
 __all__ = ["OnnxTaps"]
 
@@ -46,32 +46,25 @@ class OnnxTaps:
         pool: str,
         directory: str | os.PathLike[str],
     ) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise InvalidParameterError(
-                "engine='onnx' needs onnxruntime and onnx: pip install 'transferlab[onnx]'"
-            ) from exc
         self.layers = [backbone.check_layer(la) for la in layers]
         size = list(backbone.data_config["input_size"])
         self.path = self.path_for(backbone, self.layers, pool, directory)
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         if not os.path.isfile(self.path):
             self._export(backbone, pool, size)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = max(1, torch.get_num_threads())
-        self.session = ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
+        self.runner = OrtTaps(self.path, self.layers, threads=max(1, torch.get_num_threads()))
+
+    @property
+    def session(self) -> Any:
+        """The ONNX Runtime session."""
+        return self.runner.session
 
     @staticmethod
     def path_for(
         backbone: Backbone, layers: Iterable[str], pool: str, directory: str | os.PathLike[str]
     ) -> str:
         """Where the export for these weights, layers, pool and input size lives (or will)."""
-        size = list(backbone.data_config["input_size"])
-        key = hashlib.sha256(
-            f"{backbone.fingerprint()}|{','.join(layers)}|{pool}|{size}".encode()
-        ).hexdigest()[:24]
-        return os.path.join(os.fspath(directory), f"{backbone.name}-{key}.onnx")
+        return onnx_path(backbone, layers, pool, directory)
 
     def _export(self, backbone: Backbone, pool: str, size: list[int]) -> None:
         graph = _TapGraph(backbone, self.layers, pool).eval()
@@ -97,5 +90,5 @@ class OnnxTaps:
                 os.remove(tmp)
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        outs = self.session.run(None, {"image": x.float().contiguous().cpu().numpy()})
-        return {n: torch.from_numpy(o) for n, o in zip(self.layers, outs, strict=True)}
+        outs = self.runner(x.float().contiguous().cpu().numpy())
+        return {n: torch.from_numpy(o) for n, o in outs.items()}

@@ -13,28 +13,33 @@
 
 from __future__ import annotations
 
-from transferlab.data._datasets import Dataset as Dataset
-from transferlab.data._datasets import Sample as Sample
-from transferlab.data._datasets import label_matrix as label_matrix
-from transferlab.data._datasets import stratified_split as stratified_split
-from transferlab.data._datasets import stratified_split_indices as stratified_split_indices
-from transferlab.data._datasets import stratified_subsample as stratified_subsample
-from transferlab.data._images import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS
-from transferlab.data._images import IMAGE_EXTENSIONS as IMAGE_EXTENSIONS
-from transferlab.data._images import is_image_file as is_image_file
-from transferlab.data._images import load_image as load_image
-from transferlab.data._loading import ImageFileDataset as ImageFileDataset
-from transferlab.data._loading import collate_skipping_failures as collate_skipping_failures
-from transferlab.data._samples import TEXTURE_CLASSES as TEXTURE_CLASSES
-from transferlab.data._samples import make_texture_dataset as make_texture_dataset
-from transferlab.data._sources import TEST_SPLIT_NAMES as TEST_SPLIT_NAMES
-from transferlab.data._sources import TRAIN_SPLIT_NAMES as TRAIN_SPLIT_NAMES
-from transferlab.data._sources import VAL_SPLIT_NAMES as VAL_SPLIT_NAMES
-from transferlab.data._sources import collect_images as collect_images
-from transferlab.data._sources import list_images as list_images
-from transferlab.data._sources import load_dataset as load_dataset
-from transferlab.data._transforms import eval_transform as eval_transform
-from transferlab.data._transforms import train_transform as train_transform
+from transferlab._internal.lazy import lazy_namespace
+
+# name -> the private module that defines it (imported on first use: see _internal.lazy)
+_NAMES = {
+    "Dataset": "_datasets",
+    "Sample": "_datasets",
+    "label_matrix": "_datasets",
+    "stratified_split": "_datasets",
+    "stratified_split_indices": "_datasets",
+    "stratified_subsample": "_datasets",
+    "DEFAULT_MAX_PIXELS": "_images",
+    "IMAGE_EXTENSIONS": "_images",
+    "is_image_file": "_images",
+    "load_image": "_images",
+    "ImageFileDataset": "_loading",
+    "collate_skipping_failures": "_loading",
+    "TEXTURE_CLASSES": "_samples",
+    "make_texture_dataset": "_samples",
+    "TEST_SPLIT_NAMES": "_sources",
+    "TRAIN_SPLIT_NAMES": "_sources",
+    "VAL_SPLIT_NAMES": "_sources",
+    "collect_images": "_sources",
+    "list_images": "_sources",
+    "load_dataset": "_sources",
+    "eval_transform": "_transforms",
+    "train_transform": "_transforms",
+}
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -60,3 +65,5 @@ __all__ = [
     "stratified_subsample",
     "train_transform",
 ]
+
+__getattr__, __dir__ = lazy_namespace(__name__, _NAMES)

@@ -5,28 +5,31 @@ Public names are re-exported here; the implementation lives in the private modul
 
 from __future__ import annotations
 
-from transferlab.evaluate._calibration import Calibration as Calibration
-from transferlab.evaluate._calibration import CalibrationScores as CalibrationScores
-from transferlab.evaluate._calibration import TemperatureScaler as TemperatureScaler
-from transferlab.evaluate._calibration import accuracy_coverage as accuracy_coverage
-from transferlab.evaluate._calibration import calibrate as calibrate
-from transferlab.evaluate._calibration import (
-    expected_calibration_error as expected_calibration_error,
-)
-from transferlab.evaluate._calibration import reliability_bins as reliability_bins
-from transferlab.evaluate._curves import LearningCurve as LearningCurve
-from transferlab.evaluate._curves import learning_curve as learning_curve
-from transferlab.evaluate._curves import parse_shots as parse_shots
-from transferlab.evaluate._embed import EmbeddingDisplay as EmbeddingDisplay
-from transferlab.evaluate._embed import embed_2d as embed_2d
-from transferlab.evaluate._embed import nearest_neighbours as nearest_neighbours
-from transferlab.evaluate._interpret import Interpretation as Interpretation
-from transferlab.evaluate._metrics import EvalReport as EvalReport
-from transferlab.evaluate._metrics import MultiLabelReport as MultiLabelReport
-from transferlab.evaluate._metrics import evaluate_multilabel as evaluate_multilabel
-from transferlab.evaluate._metrics import evaluate_predictions as evaluate_predictions
-from transferlab.evaluate._metrics import top_k_accuracy as top_k_accuracy
-from transferlab.evaluate._metrics import tune_thresholds as tune_thresholds
+from transferlab._internal.lazy import lazy_namespace
+
+# name -> the private module that defines it (imported on first use: see _internal.lazy)
+_NAMES = {
+    "Calibration": "_calibration",
+    "CalibrationScores": "_calibration",
+    "TemperatureScaler": "_calibration",
+    "accuracy_coverage": "_calibration",
+    "calibrate": "_calibration",
+    "expected_calibration_error": "_calibration",
+    "reliability_bins": "_calibration",
+    "LearningCurve": "_curves",
+    "learning_curve": "_curves",
+    "parse_shots": "_curves",
+    "EmbeddingDisplay": "_embed",
+    "embed_2d": "_embed",
+    "nearest_neighbours": "_embed",
+    "Interpretation": "_interpret",
+    "EvalReport": "_metrics",
+    "MultiLabelReport": "_metrics",
+    "evaluate_multilabel": "_metrics",
+    "evaluate_predictions": "_metrics",
+    "top_k_accuracy": "_metrics",
+    "tune_thresholds": "_metrics",
+}
 
 __all__ = [
     "Calibration",
@@ -50,3 +53,5 @@ __all__ = [
     "top_k_accuracy",
     "tune_thresholds",
 ]
+
+__getattr__, __dir__ = lazy_namespace(__name__, _NAMES)

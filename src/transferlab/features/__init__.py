@@ -7,28 +7,34 @@ files, and `transferlab.features.ray` runs the extraction on a Ray cluster.
 
 from __future__ import annotations
 
-# `ImageFileDataset` and `collate_skipping_failures` live in `transferlab.data` now; the names
-# stay importable from here until every caller imports them from there.
-from transferlab.data import ImageFileDataset as ImageFileDataset
-from transferlab.data import collate_skipping_failures as collate_skipping_failures
-from transferlab.features._cache import FeatureCache as FeatureCache
-from transferlab.features._cache import default_cache_dir as default_cache_dir
-from transferlab.features._cache import file_digest as file_digest
-from transferlab.features._extractor import ENGINES as ENGINES
-from transferlab.features._extractor import FEATURE_FORMAT as FEATURE_FORMAT
-from transferlab.features._extractor import ONNX_AUTO_MIN_IMAGES as ONNX_AUTO_MIN_IMAGES
-from transferlab.features._extractor import PRECISIONS as PRECISIONS
-from transferlab.features._extractor import ExtractionResult as ExtractionResult
-from transferlab.features._extractor import FeatureExtractor as FeatureExtractor
-from transferlab.features._extractor import default_num_workers as default_num_workers
-from transferlab.features._io import load_features as load_features
-from transferlab.features._io import save_features as save_features
+from transferlab._internal.lazy import lazy_namespace
+
+# name -> the private module that defines it (imported on first use: see _internal.lazy)
+_NAMES = {
+    "FeatureCache": "_cache",
+    "default_cache_dir": "_cache",
+    "cache_setting": "_cache",
+    "file_digest": "_cache",
+    "ENGINES": "_extractor",
+    "FEATURE_FORMAT": "_extractor",
+    "ONNX_AUTO_MIN_IMAGES": "_extractor",
+    "PRECISIONS": "_extractor",
+    "ExtractionResult": "_extractor",
+    "FeatureExtractor": "_extractor",
+    "default_num_workers": "_extractor",
+    "load_features": "_io",
+    "save_features": "_io",
+    # they live in transferlab.data now; still importable from here
+    "ImageFileDataset": "transferlab.data",
+    "collate_skipping_failures": "transferlab.data",
+}
 
 __all__ = [
     "ExtractionResult",
     "FeatureCache",
     "FeatureExtractor",
     "ImageFileDataset",
+    "cache_setting",
     "collate_skipping_failures",
     "default_cache_dir",
     "default_num_workers",
@@ -36,3 +42,5 @@ __all__ = [
     "load_features",
     "save_features",
 ]
+
+__getattr__, __dir__ = lazy_namespace(__name__, _NAMES)

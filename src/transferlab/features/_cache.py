@@ -34,6 +34,14 @@ def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("transferlab"))
 
 
+def cache_setting(cache_dir: str | os.PathLike[str] | None, no_cache: bool) -> Any:
+    """`FeatureExtractor`'s ``cache`` for the CLI's ``--cache-dir``/``--no-cache``: with both,
+    vectors are not cached but exports and cards still live in `cache_dir`."""
+    if no_cache:
+        return FeatureCache(cache_dir, vectors=False) if cache_dir else False
+    return cache_dir or True
+
+
 def file_digest(path: str | os.PathLike[str]) -> str:
     """BLAKE2b digest of the file's bytes: the image part of a cache key.
 
@@ -62,12 +70,17 @@ class FeatureCache:
 
     Args:
         directory: folder holding ``features.sqlite``; default `default_cache_dir()`.
+        vectors: False keeps no vectors (``--no-cache``) while the folder still holds what is
+            not vectors: backbone cards and ONNX exports (`FeatureExtractor` skips the cache).
     """
 
     FILENAME = "features.sqlite"
 
-    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str] | None = None, *, vectors: bool = True
+    ) -> None:
         self.directory = Path(directory) if directory is not None else default_cache_dir()
+        self.vectors = vectors
         self.path = self.directory / self.FILENAME
         self._conn: sqlite3.Connection | None = None
 

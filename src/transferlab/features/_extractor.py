@@ -7,24 +7,30 @@ precision `precision` picks; `ExtractionResult` says which inputs have rows.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from transferlab._internal.progress import progress as _progress
-from transferlab.backbones import POOLS, PRECISIONS, Backbone, load_backbone, use_bf16
-from transferlab.data import DEFAULT_MAX_PIXELS, ImageFileDataset, collate_skipping_failures
+from transferlab.backbones._card import POOLS, BackboneCard, cuda_may_be_present
+from transferlab.backbones._device import PRECISIONS as _TORCH_PRECISIONS
+from transferlab.data._images import DEFAULT_MAX_PIXELS
 from transferlab.exceptions import ImageLoadError, InvalidParameterError
 from transferlab.features._cache import FeatureCache, default_cache_dir, file_digest
+from transferlab.features._ort_engine import ONNX_AUTO_MIN_IMAGES, OrtEngine
+
+if TYPE_CHECKING:  # torch and timm load only where a model is needed (issue 17)
+    import torch
+
+    from transferlab.backbones import Backbone
 
 __all__ = [
     "ENGINES",
@@ -43,10 +49,8 @@ K = TypeVar("K")
 #: Bump when the meaning of a stored vector changes (pooling code, dtype...): old entries then miss.
 FEATURE_FORMAT = 1
 ENGINES = ("auto", "torch", "onnx")
-#: With ``engine="auto"`` on CPU, a run exports the backbone to ONNX only when it has at least this
-#: many images to compute (or an export is already there): exporting lite0 and loading the
-#: session costs a few seconds, what PyTorch spends on about this many images here.
-ONNX_AUTO_MIN_IMAGES = 64
+#: ``int8``: the ONNX export statically quantised (CPU, ONNX Runtime only).
+PRECISIONS = (*_TORCH_PRECISIONS, "int8")
 
 
 @dataclass
@@ -60,6 +64,8 @@ class ExtractionResult:
         failures: one `ImageLoadError` per image that could not be used (path and reason).
         n_cached: rows served from the cache.
         seconds: wall time of the extraction.
+        engine: what computed the rows that were not cached: ``"onnxruntime"`` or ``"torch"``
+            and the precision (``"onnxruntime-fp32"``, ``"torch-bf16"``, ...), or ``"cache"``.
     """
 
     features: dict[str, np.ndarray]
@@ -68,6 +74,7 @@ class ExtractionResult:
     failures: list[ImageLoadError] = field(default_factory=list)
     n_cached: int = 0
     seconds: float = 0.0
+    engine: str = "cache"
 
     def select(self, items: Sequence[T]) -> list[T]:
         """The input `items` (one per input path, e.g. the samples) that have a row, in row
@@ -86,42 +93,54 @@ class ExtractionResult:
 
 
 def default_num_workers(n: int, batch_size: int, *, gpu: bool = False) -> int:
-    """Decoding processes for `n` images in batches of `batch_size` (0: decode in-process)."""
+    """Decoding processes (PyTorch engine) or threads (ONNX Runtime engine) for `n` images in
+    batches of `batch_size` (0: decode in the calling thread)."""
     if n <= 2 * batch_size:
         return 0  # starting processes costs more than it saves on a handful of images
     # a GPU eats batches faster than a few cores decode them: give decoding every core it can use
     return max(1, min(8 if gpu else 4, (os.cpu_count() or 1)))
 
 
-class FeatureExtractor(TransformerMixin, BaseEstimator):
+class FeatureExtractor(OrtEngine, TransformerMixin, BaseEstimator):
     """Image paths -> feature vectors from one layer of a pretrained backbone.
 
-    A scikit-learn transformer with nothing to learn: `fit` only loads the backbone, and
-    `transform` loads it on first use, so it drops into a `Pipeline` before a `LinearProbe`.
+    A scikit-learn transformer with nothing to learn: `fit` only finds out what the backbone is
+    (its stored `BackboneCard`, or by loading it), so it drops into a `Pipeline` before a
+    `LinearProbe`. The model itself is loaded only when PyTorch must run it or export it: a run
+    whose vectors are all cached, or whose network runs in an ONNX Runtime export made earlier,
+    imports neither torch nor timm.
 
     Args:
-        backbone: registered name or timm model name (see `transferlab backbones`).
+        backbone: registered name or timm model name (see `transferlab backbones`), or a
+            loaded `Backbone`.
         layer: tap to read: ``stem``, ``stageN``, ``pre_logits`` (default) or ``logits``.
         pool: how spatial maps become vectors: ``avg``, ``max`` or ``avgmax`` (concatenated).
         weights: ``"default"``, ``"hub"``, ``"random"`` or a weights file (see `load_backbone`).
         batch_size: images per forward pass (None: 32 on CPU, 256 on a GPU).
-        num_workers: decoding processes; None picks by input size, cores and device.
+        num_workers: decoding processes (PyTorch engine) or threads (ONNX Runtime engine);
+            None picks by input size, cores and device.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         cache: True (default cache dir), False (no cache), a directory, or a `FeatureCache`.
         progress: show a progress bar on long work.
         max_pixels: decompression-bomb limit passed to `load_image`.
-        engine: ``"auto"`` (default: ONNX Runtime on CPU when it is installed and the run is
-            big enough to repay the export, else PyTorch), ``"torch"`` (PyTorch, channels-last)
-            or ``"onnx"`` (the backbone exported once to ONNX and run by ONNX Runtime on CPU;
-            outputs within 1e-4 of PyTorch's, so both share the cache). Issue 8's benchmark
-            chose the default: ONNX Runtime ran lite0 several times faster than PyTorch eager.
+        engine: ``"auto"`` (default: ONNX Runtime on CPU when the run is big enough to repay
+            the one-off export, or an export exists; else PyTorch), ``"torch"`` (PyTorch,
+            channels-last) or ``"onnx"`` (the backbone exported once to ONNX and run by ONNX
+            Runtime on CPU; outputs within 1e-4 of PyTorch's, so both share the cache).
         precision: ``"auto"`` (fp32 on CPU, where the default stays within 1e-4 of the PyTorch
-            reference; bf16 autocast on a GPU that supports it), ``"fp32"`` or ``"bf16"``
-            (autocast; cosine similarity to fp32 about 0.9998; cached apart from fp32 vectors).
+            reference; bf16 autocast on a GPU that supports it), ``"fp32"``, ``"bf16"``
+            (autocast; cosine similarity to fp32 about 0.9998), or ``"int8"`` (the ONNX export
+            statically quantised, calibrated on `calibration`; CPU only). Vectors of each
+            precision are cached apart.
+        calibration: images the int8 export is calibrated on (the user's training images);
+            None: the first images an int8 extraction is asked for.
 
     Attributes:
-        backbone_: the loaded `Backbone` (after `fit` or the first `transform`).
+        card_: the backbone's `BackboneCard` (identity, preprocessing, taps), after `fit`.
+        backbone_: the loaded `Backbone`, loaded on first access.
         n_features_out_: length of the vectors.
+        quantization_: with ``precision="int8"``, what the export measured (see
+            `transferlab.backbones.QuantizationReport`), once it is known.
 
     Example:
         >>> import tempfile, os
@@ -148,6 +167,7 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         engine: str = "auto",
         precision: str = "auto",
+        calibration: Sequence[str] | None = None,
     ) -> None:
         self.backbone = backbone
         self.layer = layer
@@ -161,19 +181,45 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         self.max_pixels = max_pixels
         self.engine = engine
         self.precision = precision
+        self.calibration = calibration
 
     # -- estimator API -------------------------------------------------------------------------
     def fit(self, X: Any = None, y: Any = None) -> FeatureExtractor:
-        """Load the backbone (nothing is learnt). Returns self."""
+        """Find out what the backbone is: its stored card, or load it (nothing is learnt)."""
         self._validate_params()
-        if isinstance(self.backbone, Backbone):
+        if not isinstance(self.backbone, str):  # a loaded Backbone
             self.backbone_ = self.backbone
         else:
-            self.backbone_ = load_backbone(self.backbone, weights=self.weights, device=self.device)
-        self.backbone_.check_layer(self.layer)
-        info = {t.name: t for t in self.backbone_.tap_info()}[self.layer]
+            card = BackboneCard.load(self._folder(), self.backbone, self.weights)
+            if card is None:
+                self.backbone_ = self._load()
+            else:
+                self.card_ = card
+        self.card_.check_layer(self.layer)
+        info = {t.name: t for t in self.card_.tap_info()}[self.layer]
         self.n_features_out_ = info.dim * (2 if self.pool == "avgmax" and info.spatial else 1)
         return self
+
+    @property
+    def backbone_(self) -> Backbone:
+        """The loaded `Backbone` (loaded here on first use: torch and timm come with it)."""
+        bb = self.__dict__.get("_model")
+        if bb is None:
+            bb = self.backbone if not isinstance(self.backbone, str) else self._load()
+            self.backbone_ = bb
+        return bb
+
+    @backbone_.setter
+    def backbone_(self, bb: Backbone) -> None:
+        self.__dict__["_model"] = bb
+        self.card_ = bb.card()
+
+    def _load(self) -> Backbone:
+        from transferlab.backbones import load_backbone
+
+        bb = load_backbone(self.backbone, weights=self.weights, device=self.device)
+        bb.card().save(self._folder(), self.weights)  # later runs need not load it
+        return bb
 
     def transform(self, X: Sequence[str | os.PathLike[str]]) -> np.ndarray:
         """Feature matrix (n_images, n_features) in the order of `X`.
@@ -211,6 +257,10 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             raise InvalidParameterError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
             )
+        if self.precision == "int8" and self.engine == "torch":
+            raise InvalidParameterError(
+                "precision='int8' runs the quantised ONNX export: use engine='auto' or 'onnx'"
+            )
         if self.batch_size is not None and (
             not isinstance(self.batch_size, int) or self.batch_size < 1
         ):
@@ -228,41 +278,72 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         if self.cache is False or self.cache is None:
             return None
         if isinstance(self.cache, FeatureCache):
-            return self.cache
+            return self.cache if self.cache.vectors else None
         if self.cache is True:
             return FeatureCache()
         return FeatureCache(self.cache)
 
+    def _folder(self) -> Path:
+        """The cache folder (used for cards and exports even when vectors are not cached)."""
+        if isinstance(self.cache, FeatureCache):
+            return Path(self.cache.directory)
+        if self.cache in (True, False, None):
+            return Path(default_cache_dir())
+        return Path(os.fspath(self.cache))
+
+    def _card(self) -> BackboneCard:
+        if not hasattr(self, "card_"):
+            self.fit()
+        return self.card_
+
     def namespace(self, layer: str | None = None) -> tuple[str, dict[str, Any]]:
         """The cache namespace for a layer and the facts it stands for."""
-        bb = self._backbone()
+        card = self._card()
         desc = {
-            "backbone": bb.name,
-            "fingerprint": bb.fingerprint(),
-            "weights_sha256": bb.weights_sha256,
+            "backbone": card.name,
+            "fingerprint": card.fingerprint(),
+            "weights_sha256": card.weights_sha256,
             "layer": layer or self.layer,
             "pool": self.pool,
-            "preprocessing": bb.preprocessing(),
+            "preprocessing": card.preprocessing(),
             "format": FEATURE_FORMAT,
         }
-        if self._precision(bb) == "bf16":  # fp32 keys stay as they were
-            desc["precision"] = "bf16"
+        precision = self._precision()
+        if precision != "fp32":  # fp32 keys stay as they were
+            desc["precision"] = precision
+        if precision == "int8":  # vectors depend on the calibration: key by the export itself
+            desc["int8_model"] = self._int8_identity(layer or self.layer)
         ns = hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:32]
         return ns, desc
 
-    def _precision(self, bb: Backbone) -> str:
-        # the package's one rule; cpu=False: on CPU "auto" keeps the fp32 reference vectors
-        return "bf16" if use_bf16(self.precision, bb.device, cpu=False) else "fp32"
+    def _device_type(self) -> str:
+        bb = self.__dict__.get("_model")
+        if bb is not None:
+            return str(bb.device.type)
+        if self.device == "cpu" or (self.device == "auto" and not cuda_may_be_present()):
+            return "cpu"  # known without importing torch
+        from transferlab.backbones import resolve_device
 
-    def _batch_size(self, bb: Backbone) -> int:
+        return resolve_device(self.device).type
+
+    def _precision(self) -> str:
+        """What the vectors are computed in: ``fp32``, ``bf16`` or ``int8``."""
+        if self.precision == "int8":
+            if self._device_type() != "cpu":
+                raise InvalidParameterError("precision='int8' runs on CPU; use device='cpu'")
+            return "int8"
+        if self.precision in ("auto", "fp32") and self._device_type() == "cpu":
+            return "fp32"  # "auto" keeps the fp32 reference vectors on CPU
+        from transferlab.backbones import resolve_device, use_bf16
+
+        bb = self.__dict__.get("_model")
+        device = bb.device if bb is not None else resolve_device(self.device)
+        return "bf16" if use_bf16(self.precision, device, cpu=False) else "fp32"
+
+    def _batch_size(self) -> int:
         if self.batch_size is not None:
             return self.batch_size
-        return 256 if bb.device.type == "cuda" else 32
-
-    def _backbone(self) -> Backbone:
-        if not hasattr(self, "backbone_"):
-            self.fit()
-        return self.backbone_
+        return 256 if self._device_type() == "cuda" else 32
 
     def extract(
         self,
@@ -284,10 +365,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         if on_error not in ("skip", "raise"):
             raise InvalidParameterError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
         t0 = time.perf_counter()
-        bb = self._backbone()
-        layers = list(layers) if layers is not None else [self.layer]
-        for layer in layers:
-            bb.check_layer(layer)
+        card = self._card()
+        layers = [card.check_layer(la) for la in (layers if layers is not None else [self.layer])]
         str_paths = [os.fspath(p) for p in paths]
         n = len(str_paths)
         failures: dict[int, ImageLoadError] = {}
@@ -298,6 +377,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             except ImageLoadError as exc:
                 failures[i] = exc  # with on_error="raise", raised once we know it is the first
                 digests.append(None)
+        if self.precision == "int8":  # the export (and so the cache key) needs its calibration
+            self._ort_runner(layers, ONNX_AUTO_MIN_IMAGES, calibrate_on=str_paths)
 
         cache = self._cache()
         spaces = {layer: self.namespace(layer) for layer in layers}
@@ -316,9 +397,10 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             if d is not None and any(i not in rows[la] for la in layers)
         ]
         n_cached = sum(1 for i, d in enumerate(digests) if d is not None and i not in todo)
+        engine = "cache"
         if todo:
-            self._compute(
-                bb, str_paths, digests, todo, layers, spaces, rows, failures, cache, on_error
+            engine = self._compute(
+                str_paths, digests, todo, layers, spaces, rows, failures, cache, on_error
             )
         if on_error == "raise" and failures:
             raise failures[min(failures)]
@@ -338,23 +420,24 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             failures=[failures[i] for i in sorted(failures)],
             n_cached=n_cached,
             seconds=time.perf_counter() - t0,
+            engine=engine,
         )
 
     def prepare(self, layers: Sequence[str] | None = None) -> FeatureExtractor:
-        """Load the backbone and, where the engine is ONNX Runtime (``"onnx"``, or ``"auto"`` on
+        """Find the backbone and, where the engine is ONNX Runtime (``"onnx"``, or ``"auto"`` on
         CPU), export/load its session for `layers` now.
 
         For long-running processes (the service) that see small batches: ``"auto"`` would
         otherwise keep them on PyTorch until a run big enough to repay the export comes along.
         Returns self.
         """
-        bb = self._backbone()
-        layers = [bb.check_layer(la) for la in (layers or [self.layer])]
-        self._onnx_runner(bb, layers, ONNX_AUTO_MIN_IMAGES)
+        card = self._card()
+        layers = [card.check_layer(la) for la in (layers or [self.layer])]
+        self._ort_runner(layers, ONNX_AUTO_MIN_IMAGES, calibrate_on=self.calibration)
         return self
 
     def forward_batch(
-        self, x: torch.Tensor, layers: Sequence[str] | None = None
+        self, x: torch.Tensor | np.ndarray, layers: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
         """Vectors for a batch already preprocessed by ``backbone_.transform()``.
 
@@ -362,71 +445,31 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         service): device, channels-last, engine and precision as configured. With
         ``engine="auto"`` a single batch uses ONNX Runtime only if an export already exists.
         """
-        bb = self._backbone()
-        layers = [bb.check_layer(la) for la in (layers or [self.layer])]
-        runner = self._onnx_runner(bb, layers, len(x))
-        return self._forward(bb, x, layers, runner, self._precision(bb) == "bf16")
+        card = self._card()
+        layers = [card.check_layer(la) for la in (layers or [self.layer])]
+        runner = self._ort_runner(layers, len(x))
+        if runner is not None:
+            arr = x if isinstance(x, np.ndarray) else x.float().cpu().numpy()
+            return runner(arr)
+        return self._torch_forward(x, layers)
 
-    def _forward(
-        self, bb: Backbone, x: torch.Tensor, layers: list[str], runner: Any, bf16: bool
-    ) -> dict[str, np.ndarray]:
+    def _torch_forward(self, x: Any, layers: list[str]) -> dict[str, np.ndarray]:
+        import torch
+
+        bb = self.backbone_
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
         x = x.to(bb.device, non_blocking=True)
         if bb.device.type in ("cpu", "cuda"):
             x = x.contiguous(memory_format=torch.channels_last)
-        if runner is not None:
-            outs = runner(x)
-        else:
-            with torch.autocast(bb.device.type, torch.bfloat16, enabled=bf16):
-                outs = bb.forward_taps(x, layers, pool=self.pool)
+        bf16 = self._precision() == "bf16"
+        with torch.autocast(bb.device.type, torch.bfloat16, enabled=bf16):
+            outs = bb.forward_taps(x, layers, pool=self.pool)
         return {la: outs[la].float().cpu().numpy() for la in layers}
 
-    def _onnx_runner(self, bb: Backbone, layers: list[str], n_todo: int) -> Any:
-        """The ONNX Runtime runner this run should use, or None for PyTorch.
-
-        One session per set of layers is kept: evaluate and predict call `extract` once per
-        chunk, and loading a session each time would dominate.
-        """
-        if self.engine == "torch":
-            return None
-        if self._precision(bb) == "bf16":
-            if self.engine == "onnx":
-                raise InvalidParameterError(
-                    "engine='onnx' computes in fp32; precision='bf16' needs engine='torch'"
-                )
-            return None
-        if bb.device.type != "cpu":
-            if self.engine == "onnx":
-                raise InvalidParameterError("engine='onnx' runs on CPU; use device='cpu'")
-            return None  # auto on a GPU: PyTorch
-        from transferlab.backbones import OnnxTaps
-
-        runners = self.__dict__.setdefault("_onnx_runners", {})
-        failed = self.__dict__.setdefault("_onnx_failed", set())  # keys whose export failed
-        pool = self.pool
-        key = (bb.fingerprint(), tuple(layers), pool)
-        if key in runners:
-            return runners[key]
-        cache = self._cache()  # only its folder: the export lives beside the vectors
-        folder = (cache.directory if cache is not None else default_cache_dir()) / "onnx"
-        if self.engine == "auto":
-            if key in failed or importlib.util.find_spec("onnxruntime") is None:
-                return None
-            exported = os.path.isfile(OnnxTaps.path_for(bb, layers, pool, folder))
-            if n_todo < ONNX_AUTO_MIN_IMAGES and not exported:
-                return None
-            try:
-                runners[key] = OnnxTaps(bb, layers, pool, folder)
-            except Exception as exc:  # an architecture the exporter cannot trace: stay on torch
-                logger.warning("ONNX export of %s failed (%s); using PyTorch", bb.name, exc)
-                failed.add(key)
-                return None
-            return runners[key]
-        runners[key] = OnnxTaps(bb, layers, pool, folder)
-        return runners[key]
-
+    # -- computing the missing rows ------------------------------------------------------------
     def _compute(
         self,
-        bb: Backbone,
         paths: list[str],
         digests: list[str | None],
         todo: list[int],
@@ -436,27 +479,36 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         failures: dict[int, ImageLoadError],
         cache: FeatureCache | None,
         on_error: str,
-    ) -> None:
-        dataset = ImageFileDataset([paths[i] for i in todo], bb.transform(), self.max_pixels)
-        batch_size = self._batch_size(bb)
-        gpu = bb.device.type == "cuda"
-        workers = (
-            self.num_workers
-            if self.num_workers is not None
-            else default_num_workers(len(todo), batch_size, gpu=gpu)
-        )
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_size=batch_size,
-            num_workers=workers,
-            collate_fn=collate_skipping_failures,
-            persistent_workers=False,
-            pin_memory=gpu,
-        )
-        runner = self._onnx_runner(bb, layers, len(todo))
-        bf16 = self._precision(bb) == "bf16"
-        with _progress(len(todo), f"features {bb.name}:{'/'.join(layers)}", self.progress) as bar:
-            for local_idx, x, bad in loader:
+    ) -> str:
+        """Compute the `todo` rows (ONNX Runtime when it applies, else PyTorch); the engine."""
+        card = self._card()
+        runner = self._ort_runner(layers, len(todo), calibrate_on=[paths[i] for i in todo])
+        batches = None
+        if runner is not None:
+            from transferlab.data._preprocess import NumpyEvalTransform
+            from transferlab.features._decode import decoded_batches
+
+            try:
+                transform = NumpyEvalTransform(card.data_config)
+            except InvalidParameterError:
+                runner = None  # a crop mode only the torchvision transform has
+            else:
+                threads = self.num_workers
+                if threads is None:
+                    threads = 1 if len(todo) > self._batch_size() else 0
+                batches = decoded_batches(
+                    [paths[i] for i in todo],
+                    transform,
+                    batch_size=self._batch_size(),
+                    max_pixels=self.max_pixels,
+                    threads=threads,
+                )
+        if batches is None:
+            batches = self._torch_batches([paths[i] for i in todo])
+        forward = runner if runner is not None else (lambda x: self._torch_forward(x, layers))
+        label = f"features {card.name}:{'/'.join(layers)}"
+        with _progress(len(todo), label, self.progress) as bar:
+            for local_idx, x, bad in batches:
                 for j, reason in bad:
                     err = ImageLoadError(paths[todo[j]], reason)
                     if on_error == "raise":
@@ -467,14 +519,38 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
                     logger.info("skipped %s", err)  # callers report failures from the result
                     failures[todo[j]] = err
                 if x is not None:
-                    outs = self._forward(bb, x, layers, runner, bf16)
+                    outs = forward(x)
                     for layer in layers:
-                        vecs = outs[layer]
                         new = {}
-                        for j, vec in zip(local_idx, vecs, strict=True):
+                        for j, vec in zip(local_idx, outs[layer], strict=True):
                             i = todo[j]
                             rows[layer][i] = vec
                             new[digests[i]] = vec
                         if cache is not None:
                             cache.put_many(spaces[layer][0], new)  # type: ignore[arg-type]
                 bar.update(len(local_idx) + len(bad))
+        engine = "onnxruntime" if runner is not None else "torch"
+        return f"{engine}-{self._precision()}"
+
+    def _torch_batches(self, paths: list[str]) -> Iterable[Any]:
+        import torch
+
+        from transferlab.data import ImageFileDataset, collate_skipping_failures
+
+        bb = self.backbone_
+        dataset = ImageFileDataset(paths, bb.transform(), self.max_pixels)
+        batch_size = self._batch_size()
+        gpu = bb.device.type == "cuda"
+        workers = (
+            self.num_workers
+            if self.num_workers is not None
+            else default_num_workers(len(paths), batch_size, gpu=gpu)
+        )
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=workers,
+            collate_fn=collate_skipping_failures,
+            persistent_workers=False,
+            pin_memory=gpu,
+        )

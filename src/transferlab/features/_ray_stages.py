@@ -104,7 +104,6 @@ class _Embedder:
         import torch
 
         fx = self.fx
-        bb = fx.backbone_
         out: dict[str, list[Any]] = {
             "shard": [],
             "items": [],
@@ -120,7 +119,7 @@ class _Embedder:
             x_all = np.frombuffer(x_bytes, dtype=np.float32).reshape(ok["shape"])
             parts = []
             # FeatureExtractor's own forward pass (device, channels-last, precision), batch by batch
-            step = fx._batch_size(bb)
+            step = fx._batch_size()
             for start in range(0, len(ok["rows"]), step):
                 x = torch.from_numpy(x_all[start : start + step].copy())
                 parts.append(fx.forward_batch(x)[fx.layer])

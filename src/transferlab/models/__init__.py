@@ -5,14 +5,21 @@ probe) and a `FinetunedModel` (`_finetuned`: the whole network). `load_model` (`
 either back, checking versions and weight digests; `export_onnx` (`_export`) writes one as ONNX.
 """
 
-from transferlab.models._base import FORMAT_VERSION as FORMAT_VERSION
-from transferlab.models._base import MAX_TRAIN_INDEX as MAX_TRAIN_INDEX
-from transferlab.models._base import Prediction as Prediction
-from transferlab.models._export import EXPORT_FORMATS as EXPORT_FORMATS
-from transferlab.models._export import export_onnx as export_onnx
-from transferlab.models._finetuned import FinetunedModel as FinetunedModel
-from transferlab.models._io import load_model as load_model
-from transferlab.models._transfer import TransferModel as TransferModel
+from __future__ import annotations
+
+from transferlab._internal.lazy import lazy_namespace
+
+# name -> the private module that defines it (imported on first use: see _internal.lazy)
+_NAMES = {
+    "FORMAT_VERSION": "_base",
+    "MAX_TRAIN_INDEX": "_base",
+    "Prediction": "_base",
+    "EXPORT_FORMATS": "_export",
+    "export_onnx": "_export",
+    "FinetunedModel": "_finetuned",
+    "load_model": "_io",
+    "TransferModel": "_transfer",
+}
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -24,3 +31,5 @@ __all__ = [
     "export_onnx",
     "load_model",
 ]
+
+__getattr__, __dir__ = lazy_namespace(__name__, _NAMES)

@@ -139,7 +139,7 @@ def export_onnx(
                 f"ONNX export of a probe on layer {layer!r} is not supported yet; fit the probe on "
                 "pre_logits or logits (the default) to export it"
             )
-        bb = model.extractor._backbone()
+        bb = model.extractor.backbone_
         if model.multi_label:
             raise InvalidParameterError(
                 "ONNX export of multi-label probe models is not supported yet; fine-tuned multi-label "

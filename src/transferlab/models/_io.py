@@ -111,11 +111,11 @@ def load_model(
             f"{root} needs backbone {bb_meta['name']!r} with weights from {source}, which cannot be "
             f"loaded here: {exc}"
         ) from exc
-    here = extractor.backbone_.weights_sha256
+    here = extractor._card().weights_sha256
     if here != bb_meta.get("weights_sha256"):
         raise BackboneMismatchError(
             f"{root} was trained on {bb_meta['name']!r} weights {str(bb_meta.get('weights_sha256'))[:12]}…, "
-            f"but the weights loaded here ({extractor.backbone_.weights_source}) are {here[:12]}…. "
+            f"but the weights loaded here ({extractor._card().weights_source}) are {here[:12]}…. "
             "Features would differ and predictions be wrong: re-fit the model on these weights."
         )
     probe_path = root / meta.get("probe", {}).get("file", PROBE_FILE)

@@ -63,7 +63,7 @@ class TransferModel(Predictor):
         """The model.json content."""
         import sklearn
 
-        bb = self.extractor._backbone()
+        bb = self.extractor._card()  # no model load: the card knows what model.json says
         return {
             "format": "transferlab-model",
             "format_version": FORMAT_VERSION,
@@ -73,7 +73,7 @@ class TransferModel(Predictor):
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "backbone": {
                 "name": bb.name,
-                "timm_name": bb.spec.timm_name,
+                "timm_name": bb.timm_name,
                 # weights adapted in this run (AdaBN) travel inside the model folder
                 "weights_source": f"file:{BACKBONE_FILE}"
                 if bb.weights_source.startswith("adabn")
@@ -101,10 +101,10 @@ class TransferModel(Predictor):
         def write(tmp: Path) -> None:
             write_json(tmp / MODEL_JSON, self.describe())
             joblib.dump(self.probe, tmp / PROBE_FILE)
-            bb = self.extractor._backbone()
-            if bb.weights_source.startswith("adabn"):
+            if self.extractor._card().weights_source.startswith("adabn"):
                 from safetensors.torch import save_file
 
+                bb = self.extractor.backbone_
                 state = {k: v.detach().cpu().contiguous() for k, v in bb.model.state_dict().items()}
                 save_file(state, tmp / BACKBONE_FILE)
             write_json(tmp / METRICS_JSON, self.metrics)

@@ -12,49 +12,55 @@ from __future__ import annotations
 from typing import Any
 
 from transferlab._internal.deprecation import warn_once
-from transferlab.pipeline._adapt_bn import AdaptBNConfig as AdaptBNConfig
-from transferlab.pipeline._adapt_bn import AdaptBNMetrics as AdaptBNMetrics
-from transferlab.pipeline._adapt_bn import adapt_bn_run as adapt_bn_run
-from transferlab.pipeline._adapt_bn import run_adapt_bn as run_adapt_bn
-from transferlab.pipeline._curve import CurveConfig as CurveConfig
-from transferlab.pipeline._curve import CurveMetrics as CurveMetrics
-from transferlab.pipeline._curve import curve_run as curve_run
-from transferlab.pipeline._curve import run_curve as run_curve
-from transferlab.pipeline._diagnose import DiagnoseConfig as DiagnoseConfig
-from transferlab.pipeline._diagnose import DiagnoseMetrics as DiagnoseMetrics
-from transferlab.pipeline._diagnose import diagnose_run as diagnose_run
-from transferlab.pipeline._diagnose import run_diagnose as run_diagnose
-from transferlab.pipeline._embed import EmbedConfig as EmbedConfig
-from transferlab.pipeline._embed import EmbedMetrics as EmbedMetrics
-from transferlab.pipeline._embed import embed_run as embed_run
-from transferlab.pipeline._embed import run_embed as run_embed
-from transferlab.pipeline._evaluate import EvaluateConfig as EvaluateConfig
-from transferlab.pipeline._evaluate import EvaluateMetrics as EvaluateMetrics
-from transferlab.pipeline._evaluate import MultiLabelEvaluateMetrics as MultiLabelEvaluateMetrics
-from transferlab.pipeline._evaluate import evaluate_run as evaluate_run
-from transferlab.pipeline._evaluate import run_evaluate as run_evaluate
-from transferlab.pipeline._finetune import FinetuneMetrics as FinetuneMetrics
-from transferlab.pipeline._finetune import FinetuneRunConfig as FinetuneRunConfig
-from transferlab.pipeline._finetune import FinishedFinetune as FinishedFinetune
-from transferlab.pipeline._finetune import MultiLabelFinetuneMetrics as MultiLabelFinetuneMetrics
-from transferlab.pipeline._finetune import advice_probe_vs_finetune as advice_probe_vs_finetune
-from transferlab.pipeline._finetune import finetune as finetune
-from transferlab.pipeline._finetune import finish_finetune as finish_finetune
-from transferlab.pipeline._finetune import run_finetune as run_finetune
-from transferlab.pipeline._fit import FitConfig as FitConfig
-from transferlab.pipeline._fit import FitMetrics as FitMetrics
-from transferlab.pipeline._fit import MultiLabelFitMetrics as MultiLabelFitMetrics
-from transferlab.pipeline._fit import fit as fit
-from transferlab.pipeline._fit import run_fit as run_fit
-from transferlab.pipeline._launch import launch_finetune as launch_finetune
-from transferlab.pipeline._launch import run_finetune_nproc as run_finetune_nproc
-from transferlab.pipeline._rank import RankConfig as RankConfig
-from transferlab.pipeline._rank import RankResult as RankResult
-from transferlab.pipeline._rank import rank_run as rank_run
-from transferlab.pipeline._rank import run_rank as run_rank
-from transferlab.pipeline._results import Metrics as Metrics
-from transferlab.pipeline._results import RunResult as RunResult
-from transferlab.pipeline._shared import calibrate as calibrate
+from transferlab._internal.lazy import lazy_namespace
+
+# name -> the private module that defines it (imported on first use: see _internal.lazy), so
+# `run_fit` does not import the fine-tuning stack with torch and timm (issue 17)
+_NAMES = {
+    "AdaptBNConfig": "_adapt_bn",
+    "AdaptBNMetrics": "_adapt_bn",
+    "adapt_bn_run": "_adapt_bn",
+    "run_adapt_bn": "_adapt_bn",
+    "CurveConfig": "_curve",
+    "CurveMetrics": "_curve",
+    "curve_run": "_curve",
+    "run_curve": "_curve",
+    "DiagnoseConfig": "_diagnose",
+    "DiagnoseMetrics": "_diagnose",
+    "diagnose_run": "_diagnose",
+    "run_diagnose": "_diagnose",
+    "EmbedConfig": "_embed",
+    "EmbedMetrics": "_embed",
+    "embed_run": "_embed",
+    "run_embed": "_embed",
+    "EvaluateConfig": "_evaluate",
+    "EvaluateMetrics": "_evaluate",
+    "MultiLabelEvaluateMetrics": "_evaluate",
+    "evaluate_run": "_evaluate",
+    "run_evaluate": "_evaluate",
+    "FinetuneMetrics": "_finetune",
+    "FinetuneRunConfig": "_finetune",
+    "FinishedFinetune": "_finetune",
+    "MultiLabelFinetuneMetrics": "_finetune",
+    "advice_probe_vs_finetune": "_finetune",
+    "finetune": "_finetune",
+    "finish_finetune": "_finetune",
+    "run_finetune": "_finetune",
+    "FitConfig": "_fit",
+    "FitMetrics": "_fit",
+    "MultiLabelFitMetrics": "_fit",
+    "fit": "_fit",
+    "run_fit": "_fit",
+    "launch_finetune": "_launch",
+    "run_finetune_nproc": "_launch",
+    "RankConfig": "_rank",
+    "RankResult": "_rank",
+    "rank_run": "_rank",
+    "run_rank": "_rank",
+    "Metrics": "_results",
+    "RunResult": "_results",
+    "calibrate": "_shared",
+}
 
 __all__ = [
     "AdaptBNConfig",
@@ -104,8 +110,11 @@ __all__ = [
 ]
 
 
+_lazy_getattr, __dir__ = lazy_namespace(__name__, _NAMES)
+
+
 def __getattr__(name: str) -> Any:
     if name == "FitResult":  # the one result type of all runs is RunResult now
         warn_once("transferlab.pipeline.FitResult", "transferlab.pipeline.RunResult")
-        return RunResult
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return _lazy_getattr("RunResult")
+    return _lazy_getattr(name)

@@ -202,8 +202,8 @@ def run_fit(config: FitConfig) -> RunResult:
         **FitMetrics.scores(
             val, n_train=len(y["train"]), test=test, skipped=skipped, classes=probe.classes_
         ),
-        backbone=fx.backbone_.name,
-        weights_sha256=fx.backbone_.weights_sha256,
+        backbone=fx.card_.name,
+        weights_sha256=fx.card_.weights_sha256,
         layer=config.layer,
         pool=config.pool,
         classifier=config.classifier,
@@ -322,8 +322,8 @@ def _fit_multilabel(
             skipped=skipped_rows(skipped),
             classes=list(ds.classes),
         ),
-        backbone=fx.backbone_.name,
-        weights_sha256=fx.backbone_.weights_sha256,
+        backbone=fx.card_.name,
+        weights_sha256=fx.card_.weights_sha256,
         layer=config.layer,
         pool=config.pool,
         C=float(probe.C),

@@ -14,7 +14,7 @@ import numpy as np
 from transferlab.data import Dataset, Sample, load_dataset, stratified_subsample
 from transferlab.evaluate import EvalReport
 from transferlab.exceptions import InvalidParameterError
-from transferlab.features import FeatureExtractor
+from transferlab.features import FeatureExtractor, cache_setting
 from transferlab.pipeline._results import FLATTEN, Metrics, json_key
 
 __all__ = [
@@ -77,7 +77,7 @@ class ExtractorSettings:
         given = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
         kwargs = {name: given[name] for name in _EXTRACTOR_FIELDS if name in given}
         if "cache_dir" in given:
-            kwargs["cache"] = False if given.get("no_cache") else (given["cache_dir"] or True)
+            kwargs["cache"] = cache_setting(given["cache_dir"], bool(given.get("no_cache")))
         return FeatureExtractor(
             given["backbone"] if backbone is None else backbone, **{**kwargs, **overrides}
         )

@@ -7,34 +7,35 @@ runs (`transferlab.pipeline`) import this package.
 
 from __future__ import annotations
 
-from transferlab.report._curve import write_curve_report as write_curve_report
-from transferlab.report._diagnose import diagnosis_plots as diagnosis_plots
-from transferlab.report._diagnose import findings_html as findings_html
-from transferlab.report._diagnose import write_diagnosis_report as write_diagnosis_report
-from transferlab.report._embed import write_embed_report as write_embed_report
-from transferlab.report._evaluate import evaluation_plots as evaluation_plots
-from transferlab.report._evaluate import plot_error_neighbours as plot_error_neighbours
-from transferlab.report._evaluate import plot_feature_map as plot_feature_map
-from transferlab.report._evaluate import (
-    write_evaluate_multilabel_report as write_evaluate_multilabel_report,
-)
-from transferlab.report._evaluate import write_evaluate_report as write_evaluate_report
-from transferlab.report._finetune import (
-    write_finetune_multilabel_report as write_finetune_multilabel_report,
-)
-from transferlab.report._finetune import write_finetune_report as write_finetune_report
-from transferlab.report._fit import write_fit_multilabel_report as write_fit_multilabel_report
-from transferlab.report._fit import write_fit_report as write_fit_report
-from transferlab.report._html import html_table as html_table
-from transferlab.report._html import per_class_table as per_class_table
-from transferlab.report._html import per_label_table as per_label_table
-from transferlab.report._html import write_html_report as write_html_report
-from transferlab.report._plots import plot_confusion_matrix as plot_confusion_matrix
-from transferlab.report._plots import plot_report_confusion as plot_report_confusion
-from transferlab.report._plots import plot_training_curves as plot_training_curves
-from transferlab.report._rank import SCORE_COLUMNS as SCORE_COLUMNS
-from transferlab.report._rank import rank_table as rank_table
-from transferlab.report._rank import write_rank_report as write_rank_report
+from transferlab._internal.lazy import lazy_namespace
+
+# name -> the private module that defines it (imported on first use: see _internal.lazy)
+_NAMES = {
+    "write_curve_report": "_curve",
+    "diagnosis_plots": "_diagnose",
+    "findings_html": "_diagnose",
+    "write_diagnosis_report": "_diagnose",
+    "write_embed_report": "_embed",
+    "evaluation_plots": "_evaluate",
+    "plot_error_neighbours": "_evaluate",
+    "plot_feature_map": "_evaluate",
+    "write_evaluate_multilabel_report": "_evaluate",
+    "write_evaluate_report": "_evaluate",
+    "write_finetune_multilabel_report": "_finetune",
+    "write_finetune_report": "_finetune",
+    "write_fit_multilabel_report": "_fit",
+    "write_fit_report": "_fit",
+    "html_table": "_html",
+    "per_class_table": "_html",
+    "per_label_table": "_html",
+    "write_html_report": "_html",
+    "plot_confusion_matrix": "_plots",
+    "plot_report_confusion": "_plots",
+    "plot_training_curves": "_plots",
+    "SCORE_COLUMNS": "_rank",
+    "rank_table": "_rank",
+    "write_rank_report": "_rank",
+}
 
 __all__ = [
     "SCORE_COLUMNS",
@@ -62,3 +63,5 @@ __all__ = [
     "write_html_report",
     "write_rank_report",
 ]
+
+__getattr__, __dir__ = lazy_namespace(__name__, _NAMES)

@@ -119,7 +119,7 @@ class FeatureBatcher:
 
 
 class BatchedExtractor:
-    """What `TransferModel` needs of an extractor (``layer``, ``extract``, ``_backbone``), routed
+    """What `TransferModel` needs of an extractor (``layer``, ``extract``, ``_card``), routed
     through the batcher so predictions share its thread and batches."""
 
     def __init__(self, batcher: FeatureBatcher, layer: str, timeout: float = 120.0) -> None:
@@ -134,5 +134,9 @@ class BatchedExtractor:
             raise res.failures[0]
         return res
 
-    def _backbone(self) -> Any:
-        return self.batcher.extractor._backbone()
+    def _card(self) -> Any:
+        return self.batcher.extractor._card()
+
+    @property
+    def backbone_(self) -> Any:
+        return self.batcher.extractor.backbone_
