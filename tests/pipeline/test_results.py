@@ -187,7 +187,7 @@ def test_configs_build_their_extractor_from_their_own_settings(tmp_path):
     assert {k: v for k, v in params.items() if k not in ("engine", "precision")} == {
         "backbone": "efficientnet_lite1", "layer": "stage3", "pool": "max", "weights": "random",
         "batch_size": 4, "num_workers": 0, "device": "cpu", "cache": str(tmp_path),
-        "progress": False, "max_pixels": 1000, "calibration": None,
+        "progress": False, "max_pixels": 1000, "calibration": None, "int8_model": None,
     }  # fmt: skip
     # --no-cache with --cache-dir: no vectors kept, but exports and cards still live there
     folder_only = FitConfig(data="d", out="o", no_cache=True, cache_dir="x").extractor().cache

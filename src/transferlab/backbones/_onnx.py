@@ -12,6 +12,7 @@ from torch import nn
 
 from transferlab.backbones._backbone import Backbone
 from transferlab.backbones._ort import OrtTaps, onnx_path
+from transferlab.backbones._static_pad import simplify_onnx, static_padding
 
 __all__ = ["OnnxTaps"]
 
@@ -71,7 +72,13 @@ class OnnxTaps:
         backbone.model.to(memory_format=torch.contiguous_format)
         tmp = f"{self.path}.{os.getpid()}.tmp"
         try:
-            with warnings.catch_warnings(), torch.no_grad():
+            # TF-"same" padding as constants for this input size: no padding arithmetic in the
+            # graph (1.3x faster in fp32, and what lets int8 keep its accuracy: issue 17)
+            with (
+                warnings.catch_warnings(),
+                torch.no_grad(),
+                static_padding(backbone.model, size),
+            ):
                 warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
                 torch.onnx.export(
                     graph,
@@ -83,6 +90,7 @@ class OnnxTaps:
                     dynamic_axes={"image": {0: "batch"}, **{n: {0: "batch"} for n in self.layers}},
                     opset_version=17,
                 )
+            simplify_onnx(tmp)  # fold the constant pads into the convs
             os.replace(tmp, self.path)  # atomic: a concurrent run sees a whole file or none
         finally:
             backbone.model.to(memory_format=torch.channels_last)

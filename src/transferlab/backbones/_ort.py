@@ -20,6 +20,9 @@ __all__ = ["ORT_PRECISIONS", "OrtTaps", "cpu_threads", "onnx_path"]
 
 #: What an export computes in: the float graph, or its static INT8 quantisation.
 ORT_PRECISIONS = ("fp32", "int8")
+#: Bump when exports change (2: static TF-"same" padding, pads folded into the convs): older
+#: files are then left alone and new ones made.
+EXPORT_FORMAT = 2
 
 
 class _Identity(Protocol):
@@ -55,7 +58,7 @@ def onnx_path(
         )
     size = list(backbone.data_config["input_size"])
     key = hashlib.sha256(
-        f"{backbone.fingerprint()}|{','.join(layers)}|{pool}|{size}".encode()
+        f"{backbone.fingerprint()}|{','.join(layers)}|{pool}|{size}|{EXPORT_FORMAT}".encode()
     ).hexdigest()[:24]
     suffix = "" if precision == "fp32" else f"-{precision}"
     return os.path.join(os.fspath(directory), f"{backbone.name}-{key}{suffix}.onnx")

@@ -111,6 +111,19 @@ def config_from(cls: type[C], params: Mapping[str, Any], **changes: Any) -> C:
     return cls(**{**{k: v for k, v in params.items() if k in names}, **changes})
 
 
+def print_int8(extractor: Any) -> None:
+    """One line on an int8 run's fidelity to fp32, as measured when its export was made."""
+    from transferlab.pipeline._shared import int8_summary
+
+    q = int8_summary(extractor)
+    if q:
+        out.print(
+            f"int8 features: mean cosine to fp32 {q['mean_cosine_to_fp32']:.4f} (worst image "
+            f"{q['min_cosine_to_fp32']:.4f}) on {q['fidelity_images']} images "
+            f"{q['fidelity_measured_on']}; calibrated on {q['calibration_images']}"
+        )
+
+
 def print_fit_summary(result: Any) -> None:
     """The short summary `fit`, `finetune` and `demo` end with (skipped files on stderr)."""
     m = result.metrics
@@ -142,6 +155,12 @@ def print_fit_summary(result: Any) -> None:
             out.print(f"  linear probe on the same validation images: {m['probe_val_score']:.4f}")
         if "test" in m:
             out.print(f"  test accuracy {m['test']['accuracy']:.4f}")
+        if m.get("int8"):
+            q = m["int8"]
+            out.print(
+                f"  int8 features: mean cosine to fp32 {q['mean_cosine_to_fp32']:.4f} on "
+                f"{q['fidelity_images']} training images {q['fidelity_measured_on']}"
+            )
         if "stage_seconds" in m:
             st = m["stage_seconds"]
             out.print(

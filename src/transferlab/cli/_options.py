@@ -51,6 +51,15 @@ Workers = Annotated[
     ),
 ]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+Precision = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="Feature precision: auto (fp32 on CPU; bf16 on a GPU that supports it), fp32, bf16, "
+        "or int8 (CPU: the ONNX export statically quantised, calibrated on the training images; "
+        "its fidelity to fp32 is measured and reported; opt-in, see benchmarks/RESULTS.md).",
+    ),
+]
 CacheDir = Annotated[
     Path | None,
     typer.Option(

@@ -57,6 +57,7 @@ def diagnose_cmd(
     weights: opt.Weights = "default",
     batch_size: opt.BatchSize = 32,
     device: opt.Device = "auto",
+    precision: opt.Precision = "auto",
     cache_dir: opt.CacheDir = None,
     no_cache: opt.NoCache = False,
     val_fraction: opt.ValFraction = 0.2,

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from transferlab.cli import _options as opt
-from transferlab.cli._common import command, out, print_failures
+from transferlab.cli._common import command, out, print_failures, print_int8
 
 
 @command("extract")
@@ -113,6 +113,8 @@ def extract_cmd(
     if suffix not in (".npz", ".parquet"):
         raise InvalidParameterError(f"--out must end in .npz or .parquet, got {out_file.name!r}")
     samples, splits = collect_images(data, val_fraction=val_fraction, seed=seed)
+    # int8 calibrates on the training split (all images where the folder has no split)
+    train = [s.path for s, sp in zip(samples, splits, strict=True) if sp == "train"]
     fx = FeatureExtractor(
         **model,
         batch_size=batch_size,
@@ -122,6 +124,7 @@ def extract_cmd(
         max_pixels=max_pixels,
         engine=engine,
         precision=precision,
+        calibration=(train or [s.path for s in samples]) if precision == "int8" else None,
     )
     res = fx.extract([s.path for s in samples], on_error=on_error)
     kept = [samples[i] for i in res.index]
@@ -139,6 +142,7 @@ def extract_cmd(
         },
     )
     print_failures(res.failures)
+    print_int8(fx)
     X = res.features[layer]
     out.print(
         f"wrote {X.shape[0]} vectors of {X.shape[1] if X.ndim == 2 else 0} floats to {out_file} "

@@ -39,6 +39,7 @@ def fit_cmd(
     batch_size: opt.BatchSize = 32,
     workers: opt.Workers = None,
     device: opt.Device = "auto",
+    precision: opt.Precision = "auto",
     cache_dir: opt.CacheDir = None,
     no_cache: opt.NoCache = False,
     max_pixels: opt.MaxPixels = 89_478_485,

@@ -134,6 +134,8 @@ class FeatureExtractor(OrtEngine, TransformerMixin, BaseEstimator):
             precision are cached apart.
         calibration: images the int8 export is calibrated on (the user's training images);
             None: the first images an int8 extraction is asked for.
+        int8_model: an int8 export to use as it is (a saved model carries its own), instead of
+            the one found or made in the cache folder.
 
     Attributes:
         card_: the backbone's `BackboneCard` (identity, preprocessing, taps), after `fit`.
@@ -168,6 +170,7 @@ class FeatureExtractor(OrtEngine, TransformerMixin, BaseEstimator):
         engine: str = "auto",
         precision: str = "auto",
         calibration: Sequence[str] | None = None,
+        int8_model: str | None = None,
     ) -> None:
         self.backbone = backbone
         self.layer = layer
@@ -182,6 +185,7 @@ class FeatureExtractor(OrtEngine, TransformerMixin, BaseEstimator):
         self.engine = engine
         self.precision = precision
         self.calibration = calibration
+        self.int8_model = int8_model
 
     # -- estimator API -------------------------------------------------------------------------
     def fit(self, X: Any = None, y: Any = None) -> FeatureExtractor:

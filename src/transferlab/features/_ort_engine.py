@@ -3,12 +3,17 @@ sessions (fp32 export, int8 quantisation), with no torch import until an export 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import io
+import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from transferlab.backbones._card import BackboneCard
 from transferlab.backbones._ort import OrtTaps, onnx_path
@@ -27,6 +32,12 @@ logger = logging.getLogger("transferlab.features")
 #: many images to compute (or an export is already there): exporting lite0 and loading the
 #: session costs a few seconds, what PyTorch spends on about this many images here.
 ONNX_AUTO_MIN_IMAGES = 64
+#: int8 calibration: images the activation ranges come from, and images held out to measure
+#: the fidelity on (benchmarks/RESULTS.md, issue 17: chosen on training/validation images).
+INT8_CALIBRATION_IMAGES = 128
+INT8_CHECK_IMAGES = 64
+#: Below this mean feature cosine to fp32 an int8 export is reported with a warning.
+INT8_MIN_COSINE = 0.98
 
 
 class OrtEngine:
@@ -35,6 +46,9 @@ class OrtEngine:
 
     engine: str
     pool: str
+    calibration: Sequence[str] | None
+    int8_model: str | None
+    max_pixels: int | None
     backbone_: Backbone
 
     def _card(self) -> BackboneCard: ...  # provided by FeatureExtractor
@@ -124,4 +138,76 @@ class OrtEngine:
         fp32_path: str,
         calibrate_on: Sequence[str] | None,
     ) -> str:
-        raise InvalidParameterError("precision='int8' is not available yet")
+        """The int8 export beside `fp32_path`: found, or made by static quantisation calibrated
+        on the user's images, its fidelity to fp32 measured on images held out of the
+        calibration and stored beside it (``<export>.json``, also in `quantization_`)."""
+        folder = os.path.dirname(fp32_path)
+        path = self.int8_model or onnx_path(card, layers, self.pool, folder, precision="int8")
+        record = f"{path}.json"
+        if self.int8_model and not os.path.isfile(path):
+            raise InvalidParameterError(f"int8_model: no such file {path}")
+        if os.path.isfile(path) and (self.int8_model or os.path.isfile(record)):
+            if os.path.isfile(record):  # what was measured when it was made
+                with open(record) as fh:
+                    self.quantization_ = json.load(fh)
+            return path
+        images = list(self.calibration or calibrate_on or [])
+        if not images:
+            raise InvalidParameterError(
+                "precision='int8' calibrates on your own images the first time: pass "
+                "calibration=[training image paths] (or extract some images first)"
+            )
+        from transferlab.backbones._quantize import measure_fidelity, quantize_static_int8
+        from transferlab.data._preprocess import NumpyEvalTransform
+        from transferlab.features._decode import decoded_batches
+
+        calib, check = split_calibration(images)
+        transform = NumpyEvalTransform(card.data_config)
+
+        def batches(paths: list[str]) -> Iterator[np.ndarray]:
+            for _, x, _ in decoded_batches(
+                paths, transform, batch_size=32, max_pixels=self.max_pixels, threads=1
+            ):
+                if x is not None:  # broken files are reported by the extraction itself
+                    yield x
+
+        logger.info("quantising %s to int8 on %d of your images", card.name, len(calib))
+        with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints its progress
+            result = quantize_static_int8(fp32_path, path, batches(calib))
+        fidelity = measure_fidelity(fp32_path, path, batches(check))
+        self.quantization_ = {
+            "quantization": result.to_dict(),
+            "fidelity": fidelity.to_dict(),
+            "fidelity_images": "held out of the calibration"
+            if check is not calib
+            else "the calibration images",
+            "calibration_images": len(calib),
+        }
+        tmp = f"{record}.{os.getpid()}.tmp"
+        with open(tmp, "w") as fh:
+            json.dump(self.quantization_, fh, indent=1)
+        os.replace(tmp, record)
+        worst = fidelity.worst_mean_cosine
+        if worst < INT8_MIN_COSINE:
+            logger.warning(
+                "int8 features of %s keep a mean cosine of only %.3f to fp32 on %d images "
+                "(target %.2f): use precision fp32 where accuracy matters",
+                card.name,
+                worst,
+                fidelity.images,
+                INT8_MIN_COSINE,
+            )
+        return path
+
+
+def split_calibration(images: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Images to calibrate on (up to `INT8_CALIBRATION_IMAGES`, spread over the list) and images
+    held out to measure fidelity on (up to `INT8_CHECK_IMAGES` others; with too few images for
+    both, the calibration images themselves, which the record then says)."""
+    images = list(dict.fromkeys(os.fspath(p) for p in images))
+    step = max(1, len(images) // INT8_CALIBRATION_IMAGES)
+    calib = images[::step][:INT8_CALIBRATION_IMAGES]
+    chosen = set(calib)
+    rest = [p for p in images if p not in chosen]
+    check = rest[:: max(1, len(rest) // INT8_CHECK_IMAGES)][:INT8_CHECK_IMAGES] if rest else calib
+    return calib, check

@@ -41,6 +41,7 @@ MODEL_JSON = "model.json"
 METRICS_JSON = "metrics.json"
 PROBE_FILE = "probe.joblib"
 WEIGHTS_FILE = "weights.safetensors"
+INT8_FILE = "features-int8.onnx"  # a probe on int8 features carries the export they came from
 BACKBONE_FILE = "backbone.safetensors"  # a probe's backbone whose weights are its own (AdaBN)
 TRAIN_INDEX_FILE = "train_index.npz"
 #: Training sets larger than this are not indexed in the model directory (size on disk).

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from transferlab._internal.json import write_json
+from transferlab.backbones._static_pad import simplify_onnx, static_padding
 from transferlab.exceptions import InvalidParameterError
 from transferlab.models._finetuned import FinetunedModel
 from transferlab.models._transfer import TransferModel
@@ -115,11 +117,17 @@ def export_onnx(
     *,
     opset: int = 17,
     check: bool = True,
+    quantize: str | None = None,
+    calibration: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Write ``model.onnx`` and ``preprocessing.json`` to `out_dir`; returns what was written.
 
     With `check`, runs the ONNX model in onnxruntime on random input and records the largest
-    absolute difference to PyTorch's probabilities (``max_abs_diff``).
+    absolute difference to PyTorch's probabilities (``max_abs_diff``). With ``quantize="int8"``
+    also writes ``model-int8.onnx``: static quantisation calibrated on `calibration` (the
+    user's training images; default: those a probe model recorded), its fidelity measured on
+    images held out of the calibration (probability cosine and top-1 agreement with fp32) and
+    stored in preprocessing.json (``int8``).
 
     Raises:
         InvalidParameterError: a probe on a layer other than pre_logits/logits, or onnx missing.
@@ -159,7 +167,17 @@ def export_onnx(
         raise InvalidParameterError(
             "ONNX export needs the onnx package: pip install 'transferlab[onnx]'"
         ) from exc
-    with warnings.catch_warnings():
+    if quantize not in (None, "int8"):
+        raise InvalidParameterError(f"quantize must be None or 'int8', got {quantize!r}")
+    if quantize and not calibration:
+        calibration = (getattr(model, "train_index", None) or {}).get("paths")
+        if not calibration:
+            raise InvalidParameterError(
+                "int8 export calibrates on your training images: pass --calibration DATA (a "
+                "folder of them; its train split is used)"
+            )
+    # TF-"same" padding as constants: no padding arithmetic in the graph (issue 17)
+    with warnings.catch_warnings(), static_padding(bb.model, (3, size, size)):
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         torch.onnx.export(
             module,
@@ -171,6 +189,7 @@ def export_onnx(
             dynamic_axes={"image": {0: "batch"}, "probabilities": {0: "batch"}},
             opset_version=opset,
         )
+    simplify_onnx(path)
     crop_pct = float(pre.get("crop_pct", 0.875))
     spec = {
         "model": "model.onnx",
@@ -209,6 +228,56 @@ def export_onnx(
             diff = float(np.abs(got - ref).max())
             spec["check"] = {"max_abs_diff_vs_pytorch": diff, "onnxruntime": ort.__version__}
             result["max_abs_diff"] = diff
+    if quantize:
+        spec["int8"] = result["int8"] = _quantize_export(
+            path, out / "model-int8.onnx", pre, size, calibration
+        )
+        result["onnx_int8"] = str(out / "model-int8.onnx")
     write_json(out / "preprocessing.json", spec)
     bb.model.to(memory_format=torch.channels_last)
     return result
+
+
+def _quantize_export(
+    fp32: Path, int8: Path, pre: dict[str, Any], size: int, images: Sequence[str]
+) -> dict[str, Any]:
+    """Quantise the exported model; its fidelity on held-out images, for preprocessing.json."""
+    import contextlib
+    import io
+
+    import onnxruntime as ort
+
+    from transferlab.backbones._quantize import measure_fidelity, quantize_static_int8
+    from transferlab.data._preprocess import NumpyEvalTransform
+    from transferlab.features._decode import decoded_batches
+    from transferlab.features._ort_engine import split_calibration
+
+    calib, check = split_calibration(images)
+    transform = NumpyEvalTransform({**pre, "input_size": [3, size, size]})
+
+    def batches(paths: list[str]) -> list[np.ndarray]:
+        got = decoded_batches(paths, transform, batch_size=32, max_pixels=None, threads=1)
+        return [x for _, x, _ in got if x is not None]
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints its progress
+        q = quantize_static_int8(fp32, int8, batches(calib))
+    held = batches(check)
+    fidelity = measure_fidelity(str(fp32), str(int8), held)
+    s32 = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
+    s8 = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
+    same = [
+        s32.run(None, {"image": x})[0].argmax(1) == s8.run(None, {"image": x})[0].argmax(1)
+        for x in held
+    ]
+    return {
+        "model": int8.name,
+        "calibration_images": q.calibration_images,
+        "method": q.method,
+        "kept_float_nodes": len(q.kept_float),
+        "fidelity_images": fidelity.images,
+        "fidelity_measured_on": "held out of the calibration"
+        if check is not calib
+        else "the calibration images",
+        "probability_cosine_to_fp32": fidelity.mean_cosine["probabilities"],
+        "top1_agreement_with_fp32": float(np.concatenate(same).mean()),
+    }

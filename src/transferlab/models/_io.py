@@ -18,6 +18,7 @@ from transferlab.exceptions import BackboneMismatchError, ModelFormatError, Weig
 from transferlab.features import FeatureExtractor
 from transferlab.models._base import (
     FORMAT_VERSION,
+    INT8_FILE,
     METRICS_JSON,
     MODEL_JSON,
     PROBE_FILE,
@@ -95,6 +96,13 @@ def load_model(
         weights = str(root / weights)  # weights saved inside the model folder
     if weights == "package":
         weights = "default"
+    int8 = {}
+    if meta.get("precision") == "int8":  # the probe's vectors came from this very export
+        path = root / str(meta.get("int8_model", INT8_FILE))
+        if not path.is_file():
+            raise ModelFormatError(f"{root}: its int8 export {path.name} is missing")
+        int8 = {"precision": "int8", "int8_model": str(path)}
+        device = "cpu"  # int8 runs in ONNX Runtime on CPU
     extractor = FeatureExtractor(
         bb_meta["name"],
         layer=meta["layer"],
@@ -103,6 +111,7 @@ def load_model(
         device=device,
         cache=cache,
         progress=progress,
+        **int8,
     )
     try:
         extractor.fit()

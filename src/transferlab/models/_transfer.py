@@ -16,6 +16,7 @@ from transferlab.features import FeatureExtractor
 from transferlab.models._base import (
     BACKBONE_FILE,
     FORMAT_VERSION,
+    INT8_FILE,
     METRICS_JSON,
     MODEL_JSON,
     PROBE_FILE,
@@ -82,6 +83,9 @@ class TransferModel(Predictor):
             },
             "layer": self.extractor.layer,
             "pool": self.extractor.pool,
+            # int8: the probe was trained on vectors of the int8 export saved beside it
+            "precision": self.extractor._precision(),
+            **({"int8_model": INT8_FILE} if self.extractor._precision() == "int8" else {}),
             "preprocessing": bb.preprocessing(),
             "classes": self.classes,
             "multi_label": self.multi_label,
@@ -107,6 +111,12 @@ class TransferModel(Predictor):
                 bb = self.extractor.backbone_
                 state = {k: v.detach().cpu().contiguous() for k, v in bb.model.state_dict().items()}
                 save_file(state, tmp / BACKBONE_FILE)
+            if self.extractor._precision() == "int8":
+                import shutil
+
+                src = self.extractor.quantization_["quantization"]["int8_path"]
+                shutil.copyfile(src, tmp / INT8_FILE)
+                write_json(tmp / f"{INT8_FILE}.json", self.extractor.quantization_)
             write_json(tmp / METRICS_JSON, self.metrics)
             if self.train_index is not None:  # for nearest-neighbour explanations in evaluate
                 np.savez_compressed(

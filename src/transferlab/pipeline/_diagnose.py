@@ -90,12 +90,16 @@ class DiagnoseConfig(ExtractorSettings):
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     overwrite: bool = False
     progress: bool = True
+    precision: str = "auto"
 
     transform: Callable[[Any], Any] | None = field(default=None, compare=False)
     on_step: Callable[[str], None] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
+        from transferlab.features import PRECISIONS
+
         check_choice("adabn", self.adabn, ("auto", "on", "off"), wording="auto, on or off")
+        check_choice("precision", self.precision, PRECISIONS)
         check_min("max_images", self.max_images, 8)
         check_min("bn_images", self.bn_images, 8)
         check_min("cv", self.cv, 2)
@@ -163,7 +167,9 @@ def run_diagnose(config: DiagnoseConfig) -> RunResult:
     ds, samples = labelled_sample(cfg.data, cfg.val_fraction, cfg.seed, cfg.max_images)
     ref_paths, ref_name = _reference_paths(cfg.reference)  # a bad --reference fails before work
     prepare_out(out, cfg.overwrite)
-    fx = cfg.extractor().fit()
+    # int8 calibrates on the images diagnosed (scores are cross-validated over them)
+    cal = [s.path for s in samples] if cfg.precision == "int8" else None
+    fx = cfg.extractor(calibration=cal).fit()
     bb = fx.backbone_
     layers = list(cfg.layers) if cfg.layers else default_layers(bb)
     for la in layers:
@@ -253,7 +259,7 @@ def run_diagnose(config: DiagnoseConfig) -> RunResult:
                 bb, [s.path for s in sub], batch_size=cfg.batch_size, max_pixels=cfg.max_pixels
             ),
         )
-        fx_a = cfg.extractor(adapted)
+        fx_a = cfg.extractor(adapted, calibration=cal)
         last = "pre_logits" if "pre_logits" in layers else layers[-1]
         fa, ia, _ = features_of(fx_a, [s.path for s in sub], [last])
         ya = [sub[i].label for i in ia]
@@ -276,7 +282,11 @@ def run_diagnose(config: DiagnoseConfig) -> RunResult:
                 X, yc = feats["pre_logits"], y
             else:
                 # the compared backbones with their own pretrained weights
-                fx_c = fx if name == bb.name else cfg.extractor(name, weights="default")
+                fx_c = (
+                    fx
+                    if name == bb.name
+                    else cfg.extractor(name, weights="default", calibration=cal)
+                )
                 fc, ic, _ = features_of(fx_c, paths, ["pre_logits"])
                 X, yc = fc["pre_logits"], y[ic]
             backbones[name] = {

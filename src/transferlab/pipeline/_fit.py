@@ -33,6 +33,7 @@ from transferlab.pipeline._shared import (
     check_min,
     eval_block,
     extract_splits,
+    int8_summary,
     resolve_dataset,
     skipped_rows,
 )
@@ -57,6 +58,8 @@ class FitConfig(ExtractorSettings):
         cache_dir: feature cache folder (None: the default); ``no_cache`` turns caching off.
         max_pixels: decompression-bomb limit per image.
         overwrite: allow writing into a non-empty `out`.
+        precision: feature precision (see `FeatureExtractor`); ``"int8"`` calibrates on the
+            training images and reports its fidelity to fp32 in metrics.json.
     """
 
     data: DataSource
@@ -81,11 +84,14 @@ class FitConfig(ExtractorSettings):
     progress: bool = True
     multi_label: bool = False
     adapt_bn: bool = False
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
+        from transferlab.features import PRECISIONS
         from transferlab.probe import CLASSIFIERS
 
         check_choice("pool", self.pool, POOLS)
+        check_choice("precision", self.precision, PRECISIONS)
         check_choice("classifier", self.classifier, CLASSIFIERS)
         if not 0.0 < self.val_fraction < 1.0:
             raise InvalidParameterError(
@@ -121,6 +127,8 @@ class FitMetrics(ClassifierMetrics):
     extract_images_per_second: float
     test: dict[str, Any] | None = field(default=None, metadata=OMIT_NONE)
     calibration: dict[str, Any]
+    precision: str = "fp32"
+    int8: dict[str, Any] | None = field(default=None, metadata=OMIT_NONE)
 
 
 @dataclass(kw_only=True)
@@ -158,7 +166,9 @@ def run_fit(config: FitConfig) -> RunResult:
     ds = config.dataset()
     out = Path(config.out)
     prepare_out(out, config.overwrite)
-    fx = config.extractor().fit()
+    # int8 calibrates on the training images only (the val split is scored, not looked at)
+    calibration = [s.path for s in ds.train] if config.precision == "int8" else None
+    fx = config.extractor(calibration=calibration).fit()
     adabn_images = _adapt_bn(fx, ds, config) if config.adapt_bn else 0
     t_load = time.perf_counter()
 
@@ -228,6 +238,8 @@ def run_fit(config: FitConfig) -> RunResult:
         ),
         test=eval_block(test) if test is not None else None,
         calibration=calibration,
+        precision=fx._precision(),
+        int8=int8_summary(fx),
     )
     model = TransferModel(fx, probe, metrics.to_dict())
     model.temperature = calibration["temperature"]

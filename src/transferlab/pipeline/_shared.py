@@ -55,6 +55,7 @@ def check_min(name: str, value: float | None, low: float) -> None:
 #: config fields passed to `FeatureExtractor` under the same name, by the configs that have them
 _EXTRACTOR_FIELDS = (
     "layer",
+    "precision",
     "pool",
     "weights",
     "batch_size",
@@ -261,3 +262,21 @@ def features_of(
     """Features of `paths` at `layers` (broken images skipped): features, row index, failures."""
     res = fx.extract(paths, layers=list(layers), on_error="skip")
     return res.features, res.index, res.failures
+
+
+def int8_summary(fx: FeatureExtractor) -> dict[str, Any] | None:
+    """What an int8 run's metrics say of its quantisation: the fidelity to fp32 measured when the
+    export was made, and on which images; None for other precisions."""
+    q = getattr(fx, "quantization_", None)
+    if fx.precision != "int8" or not q:
+        return None
+    fid, quant = q["fidelity"], q["quantization"]
+    return {
+        "mean_cosine_to_fp32": min(fid["mean_cosine"].values()),
+        "min_cosine_to_fp32": min(fid["min_cosine"].values()),
+        "fidelity_images": fid["images"],
+        "fidelity_measured_on": q.get("fidelity_images"),
+        "calibration_images": quant["calibration_images"],
+        "method": quant["method"],
+        "kept_float_nodes": len(quant["kept_float"]),
+    }

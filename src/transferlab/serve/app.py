@@ -85,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             cache=False,  # examples keep their vectors in the database
             progress=False,
             max_pixels=settings.max_pixels,
+            precision=settings.precision,
+            calibration=_calibration_images(settings.calibration_dir),
         ).prepare()  # ONNX Runtime on CPU from the first request (exported once per weights)
         batcher = FeatureBatcher(
             extractor,
@@ -305,3 +307,16 @@ def _version() -> str:
     from transferlab._version import __version__
 
     return __version__
+
+
+def _calibration_images(folder: Path | None) -> list[str] | None:
+    """The images under TRANSFERLAB_CALIBRATION_DIR (int8 calibration), or None."""
+    if folder is None:
+        return None
+    from transferlab.data import list_images
+    from transferlab.exceptions import InvalidParameterError
+
+    images, _ = list_images(folder)
+    if not images:
+        raise InvalidParameterError(f"TRANSFERLAB_CALIBRATION_DIR {folder} holds no images")
+    return images

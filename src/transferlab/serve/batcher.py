@@ -137,6 +137,13 @@ class BatchedExtractor:
     def _card(self) -> Any:
         return self.batcher.extractor._card()
 
+    def _precision(self) -> str:
+        return str(self.batcher.extractor._precision())
+
+    @property
+    def quantization_(self) -> Any:
+        return self.batcher.extractor.quantization_
+
     @property
     def backbone_(self) -> Any:
         return self.batcher.extractor.backbone_

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +33,14 @@ class Settings(BaseSettings):
     layer: str = Field(default="pre_logits", description="default layer of new collections")
     weights: str = "default"
     device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
+        default="auto",
+        description="feature precision; int8 (CPU) quantises the ONNX export, calibrated on "
+        "calibration_dir's images the first time (stored in the cache folder after that)",
+    )
+    calibration_dir: Path | None = Field(
+        default=None, description="a folder of your own images, to calibrate precision=int8"
+    )
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     max_pixels: int = Field(default=40_000_000, ge=1)
     max_images_per_request: int = Field(default=32, ge=1)
