@@ -86,6 +86,9 @@ class OrtTaps:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or cpu_threads()
         opts.inter_op_num_threads = 1
+        # idle ONNX Runtime threads sleep instead of spinning: the decode thread that prepares
+        # the next batch gets the core (measured faster end to end on 2 cores; RESULTS.md)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:

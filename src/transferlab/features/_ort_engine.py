@@ -172,8 +172,9 @@ class OrtEngine:
                     yield x
 
         logger.info("quantising %s to int8 on %d of your images", card.name, len(calib))
+        keep = keep_float_for(card, fp32_path)
         with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints its progress
-            result = quantize_static_int8(fp32_path, path, batches(calib))
+            result = quantize_static_int8(fp32_path, path, batches(calib), keep_float=keep)
         fidelity = measure_fidelity(fp32_path, path, batches(check))
         self.quantization_ = {
             "quantization": result.to_dict(),
@@ -198,6 +199,29 @@ class OrtEngine:
                 INT8_MIN_COSINE,
             )
         return path
+
+
+def keep_float_for(card: BackboneCard, fp32_path: str) -> tuple[str, ...]:
+    """Nodes to keep in float: every node through the backbone's second stage (for lite0 the
+    stem and blocks 0-1, at 112 and 56 px), where the int8 error was measured to be born; the
+    quantiser's default where the graph does not name its stages."""
+    import onnx
+
+    from transferlab.backbones._quantize import DEFAULT_KEEP_FLOAT
+
+    taps = {t.name: t.module for t in card.tap_info()}
+    if "stage2" not in taps:
+        return DEFAULT_KEEP_FLOAT
+    stage = taps["stage2"]  # e.g. "blocks.1": node names read "/blocks/blocks.1/..."
+    convs = [
+        n.name
+        for n in onnx.load(fp32_path, load_external_data=False).graph.node
+        if n.op_type == "Conv"
+    ]
+    inside = [i for i, name in enumerate(convs) if f"/{stage}/" in name]
+    if not inside:
+        return DEFAULT_KEEP_FLOAT
+    return (f"first_convs:{inside[-1] + 1}",)
 
 
 def split_calibration(images: Sequence[str]) -> tuple[list[str], list[str]]:

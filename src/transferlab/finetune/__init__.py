@@ -18,7 +18,8 @@ Two choices differ from fastai's defaults, on evidence measured here (see benchm
 Modules: `_config` (FinetuneConfig, FinetuneResult), `_groups` (layer groups, freezing,
 discriminative LRs), `_callbacks`, `_tuner` (the loop), `_checkpoint` (last.pt, best.pt,
 resume), `_lr_find`, `_losses`, `_images` (decode once, in memory), `_predict` (the one TTA
-prediction step, which `transferlab.models` uses too).
+prediction step, which `transferlab.models` uses too), `_precision` (CPU bf16 training keeps
+depthwise convolutions in fp32).
 """
 
 from transferlab.backbones import PRECISIONS as PRECISIONS

@@ -47,6 +47,7 @@ from transferlab.finetune._images import (
 )
 from transferlab.finetune._losses import make_loss
 from transferlab.finetune._lr_find import LRFindResult, sweep
+from transferlab.finetune._precision import fp32_depthwise
 from transferlab.finetune._predict import loss_and_score, predict_loader
 
 __all__ = ["FineTuner"]
@@ -121,6 +122,8 @@ class FineTuner:
         nn.init.zeros_(head.bias)
         model.to(self.backbone_.device, memory_format=torch.channels_last)
         self.bf16_ = use_bf16(cfg.precision, self.backbone_.device)
+        # CPU bf16: depthwise convolutions stay fp32 (their bf16 backward is the slow part)
+        self.fp32_depthwise_ = self.bf16_ and self.backbone_.device.type == "cpu"
         self.groups_ = layer_groups(model)
         self.size_ = cfg.image_size or int(self.backbone_.data_config["input_size"][-1])
 
@@ -250,7 +253,11 @@ class FineTuner:
     def _train_batch(self, model: nn.Module, opt: Any, sched: Any) -> None:
         """One optimiser step on ``self.xb, self.yb`` with the events around it."""
         self._event("before_batch")
-        with torch.autocast(self.xb.device.type, torch.bfloat16, enabled=self.bf16_):
+        kind = self.xb.device.type
+        with (
+            torch.autocast(kind, torch.bfloat16, enabled=self.bf16_),
+            fp32_depthwise(model, kind, enabled=self.fp32_depthwise_),
+        ):
             self.pred = model(self.xb)
         self.loss = self.loss_func(self.pred.float(), self.yb)
         self._event("after_loss")
