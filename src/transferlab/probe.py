@@ -21,12 +21,12 @@ from sklearn.svm import LinearSVC
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
 
+from transferlab._internal.choices import CLASSIFIERS
 from transferlab._internal.numeric import softmax
 from transferlab.exceptions import InvalidParameterError
 
 __all__ = ["CLASSIFIERS", "LinearProbe", "MultiLabelProbe"]
 
-CLASSIFIERS = ("logreg", "svm", "centroid")
 #: Grid searched when ``C="auto"``.
 C_GRID = np.logspace(-4, 2, 13)
 

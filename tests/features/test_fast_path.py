@@ -26,7 +26,8 @@ _PROBE = (
     "    code = exc.code\n"
     "else:\n"
     "    code = 0\n"
-    "print('TORCH_IMPORTED', 'torch' in sys.modules, 'TIMM_IMPORTED', 'timm' in sys.modules)\n"
+    "print('TORCH_IMPORTED', 'torch' in sys.modules, 'TIMM_IMPORTED', 'timm' in sys.modules,\n"
+    "      'SKLEARN_IMPORTED', 'sklearn' in sys.modules)\n"
     "sys.exit(code)\n"
 )
 
@@ -91,8 +92,9 @@ def test_default_extract_is_onnxruntime_then_torch_free(folders):
 
 
 def test_warm_fit_loads_no_model(folders):
-    """A second `fit` whose vectors are all cached imports no torch or timm and gives the same
-    model: the card stands in for the backbone in the cache keys and model.json."""
+    """A second `fit` of the same data and settings restores the first one's outputs from its
+    memo: no torch, timm or scikit-learn import, the same model files and figures. Any change
+    (a setting, a label) computes again, from the cached vectors and with no model load."""
     root, big, _ = folders
     cache = root / "fit-cache"
     cold = _cli("fit", str(big), "--out", str(root / "cold"), "--cache-dir", str(cache))
@@ -100,7 +102,7 @@ def test_warm_fit_loads_no_model(folders):
     assert "TORCH_IMPORTED True" in cold.stdout  # the first run loads and exports the model
     warm = _cli("fit", str(big), "--out", str(root / "warm"), "--cache-dir", str(cache))
     assert warm.returncode == 0, warm.stderr
-    assert "TORCH_IMPORTED False TIMM_IMPORTED False" in warm.stdout
+    assert "TORCH_IMPORTED False TIMM_IMPORTED False SKLEARN_IMPORTED False" in warm.stdout
     a = json.loads((root / "cold" / "metrics.json").read_text())
     b = json.loads((root / "warm" / "metrics.json").read_text())
     assert b["n_cached"] == a["n_train"] + a["n_val"] and a["n_cached"] == 0
@@ -109,6 +111,27 @@ def test_warm_fit_loads_no_model(folders):
     mb = json.loads((root / "warm" / "model" / "model.json").read_text())
     for key in ("backbone", "layer", "pool", "preprocessing", "classes"):
         assert ma[key] == mb[key]
+    assert "reused_run" in b and "reused_run" not in a
+    for name in ("probe.joblib", "train_index.npz"):
+        assert (root / "cold" / "model" / name).read_bytes() == (
+            root / "warm" / "model" / name
+        ).read_bytes()
+    assert (root / "warm" / "report.html").is_file()
+    # another setting: computed again (scikit-learn), from cached vectors (no torch)
+    other = _cli(
+        "fit", str(big), "--out", str(root / "c05"), "--cache-dir", str(cache), "--C", "0.5"
+    )
+    assert other.returncode == 0, other.stderr
+    assert "TORCH_IMPORTED False" in other.stdout and "SKLEARN_IMPORTED True" in other.stdout
+    c = json.loads((root / "c05" / "metrics.json").read_text())
+    assert "reused_run" not in c and c["C"] == 0.5 and c["n_cached"] == a["n_train"] + a["n_val"]
+    # a relabelled image changes the key too
+    moved = next((big / "hstripes").glob("*.png"))
+    moved.rename(big / "vstripes" / moved.name)
+    relabelled = _cli("fit", str(big), "--out", str(root / "relab"), "--cache-dir", str(cache))
+    assert relabelled.returncode == 0, relabelled.stderr
+    assert "reused_run" not in json.loads((root / "relab" / "metrics.json").read_text())
+    (big / "vstripes" / moved.name).rename(moved)
     # and the warm run's model predicts like the cold one's
     pred = _cli("predict", str(root / "warm" / "model"), str(big / "hstripes"), cache=cache)
     assert pred.returncode == 0, pred.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from transferlab._internal.choices import TORCH_PRECISIONS
 from transferlab.exceptions import InvalidParameterError
 
 if TYPE_CHECKING:  # torch is imported where a device is resolved, not to read PRECISIONS
@@ -13,7 +14,7 @@ if TYPE_CHECKING:  # torch is imported where a device is resolved, not to read P
 __all__ = ["PRECISIONS", "resolve_device", "use_bf16"]
 
 #: Accepted `precision` values: ``"auto"`` picks per device (see `use_bf16`).
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = TORCH_PRECISIONS
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -16,7 +16,7 @@ _NAMES = {
     "cache_setting": "_cache",
     "file_digest": "_cache",
     "ENGINES": "_extractor",
-    "FEATURE_FORMAT": "_extractor",
+    "FEATURE_FORMAT": "_cache",
     "ONNX_AUTO_MIN_IMAGES": "_extractor",
     "PRECISIONS": "_extractor",
     "ExtractionResult": "_extractor",

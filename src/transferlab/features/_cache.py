@@ -24,6 +24,10 @@ from transferlab.exceptions import ImageLoadError, InvalidParameterError
 __all__ = ["FeatureCache", "default_cache_dir", "file_digest"]
 
 
+#: Bump when the meaning of a stored vector changes (pooling code, dtype...): old entries then miss.
+FEATURE_FORMAT = 1
+
+
 def default_cache_dir() -> Path:
     """`$TRANSFERLAB_CACHE_DIR`, else the platform's user cache dir (e.g. ~/.cache/transferlab)."""
     env = os.environ.get("TRANSFERLAB_CACHE_DIR")

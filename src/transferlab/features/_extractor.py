@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from transferlab._internal.choices import FEATURE_ENGINES, FEATURE_PRECISIONS
 from transferlab._internal.progress import progress as _progress
 from transferlab.backbones._card import POOLS, BackboneCard, cuda_may_be_present
-from transferlab.backbones._device import PRECISIONS as _TORCH_PRECISIONS
+from transferlab.backbones._ort import cpu_threads
 from transferlab.data._images import DEFAULT_MAX_PIXELS
 from transferlab.exceptions import ImageLoadError, InvalidParameterError
-from transferlab.features._cache import FeatureCache, default_cache_dir, file_digest
+from transferlab.features._cache import FEATURE_FORMAT, FeatureCache, default_cache_dir, file_digest
 from transferlab.features._ort_engine import ONNX_AUTO_MIN_IMAGES, OrtEngine
 
 if TYPE_CHECKING:  # torch and timm load only where a model is needed (issue 17)
@@ -46,11 +47,9 @@ logger = logging.getLogger("transferlab.features")
 T = TypeVar("T")
 K = TypeVar("K")
 
-#: Bump when the meaning of a stored vector changes (pooling code, dtype...): old entries then miss.
-FEATURE_FORMAT = 1
-ENGINES = ("auto", "torch", "onnx")
+ENGINES = FEATURE_ENGINES
 #: ``int8``: the ONNX export statically quantised (CPU, ONNX Runtime only).
-PRECISIONS = (*_TORCH_PRECISIONS, "int8")
+PRECISIONS = FEATURE_PRECISIONS
 
 
 @dataclass
@@ -498,8 +497,8 @@ class FeatureExtractor(OrtEngine, TransformerMixin, BaseEstimator):
                 runner = None  # a crop mode only the torchvision transform has
             else:
                 threads = self.num_workers
-                if threads is None:
-                    threads = 1 if len(todo) > self._batch_size() else 0
+                if threads is None:  # 2 threads measured best on 2 cores (RESULTS.md, issue 17)
+                    threads = min(2, cpu_threads()) if len(todo) > self._batch_size() else 0
                 batches = decoded_batches(
                     [paths[i] for i in todo],
                     transform,

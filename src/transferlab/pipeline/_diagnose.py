@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from transferlab._internal.choices import FEATURE_PRECISIONS
 from transferlab._internal.deprecation import warn_once
 from transferlab._internal.rundir import prepare_out
 from transferlab.data import DEFAULT_MAX_PIXELS, list_images
@@ -96,10 +97,8 @@ class DiagnoseConfig(ExtractorSettings):
     on_step: Callable[[str], None] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        from transferlab.features import PRECISIONS
-
         check_choice("adabn", self.adabn, ("auto", "on", "off"), wording="auto, on or off")
-        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("precision", self.precision, FEATURE_PRECISIONS)
         check_min("max_images", self.max_images, 8)
         check_min("bn_images", self.bn_images, 8)
         check_min("cv", self.cv, 2)

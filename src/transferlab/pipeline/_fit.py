@@ -9,18 +9,17 @@ import logging
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from transferlab._internal.choices import CLASSIFIERS, FEATURE_PRECISIONS
 from transferlab._internal.deprecation import warn_once
 from transferlab._internal.rundir import prepare_out
 from transferlab.backbones import POOLS
 from transferlab.data import DEFAULT_MAX_PIXELS, Dataset
-from transferlab.evaluate import EvalReport, evaluate_predictions
 from transferlab.exceptions import DatasetError, InvalidParameterError
-from transferlab.features import FeatureExtractor
-from transferlab.models import MAX_TRAIN_INDEX, TransferModel
+from transferlab.pipeline._memo import RunMemo
 from transferlab.pipeline._results import FLATTEN, OMIT_NONE, Metrics, RunResult
 from transferlab.pipeline._shared import (
     ClassifierMetrics,
@@ -37,6 +36,10 @@ from transferlab.pipeline._shared import (
     resolve_dataset,
     skipped_rows,
 )
+
+if TYPE_CHECKING:  # scikit-learn comes with these: imported where they run (issue 17)
+    from transferlab.evaluate import EvalReport
+    from transferlab.features import FeatureExtractor
 
 __all__ = ["FitConfig", "FitMetrics", "MultiLabelFitMetrics", "fit", "run_fit"]
 
@@ -87,11 +90,9 @@ class FitConfig(ExtractorSettings):
     precision: str = "auto"
 
     def __post_init__(self) -> None:
-        from transferlab.features import PRECISIONS
-        from transferlab.probe import CLASSIFIERS
 
         check_choice("pool", self.pool, POOLS)
-        check_choice("precision", self.precision, PRECISIONS)
+        check_choice("precision", self.precision, FEATURE_PRECISIONS)
         check_choice("classifier", self.classifier, CLASSIFIERS)
         if not 0.0 < self.val_fraction < 1.0:
             raise InvalidParameterError(
@@ -166,6 +167,10 @@ def run_fit(config: FitConfig) -> RunResult:
     ds = config.dataset()
     out = Path(config.out)
     prepare_out(out, config.overwrite)
+    memo = _fit_memo(config, ds)
+    restored = memo.restore(out, _MEMO_FILES) if memo is not None else None
+    if memo is not None and restored is not None:
+        return _restored(config, ds, out, memo, restored, t0)
     # int8 calibrates on the training images only (the val split is scored, not looked at)
     calibration = [s.path for s in ds.train] if config.precision == "int8" else None
     fx = config.extractor(calibration=calibration).fit()
@@ -192,6 +197,8 @@ def run_fit(config: FitConfig) -> RunResult:
         raise DatasetError(
             f"after skipping {len(skipped)} broken images, no validation image is left"
         )
+    from transferlab.evaluate import evaluate_predictions
+    from transferlab.models import MAX_TRAIN_INDEX, TransferModel
     from transferlab.probe import LinearProbe
 
     probe = LinearProbe(
@@ -255,9 +262,87 @@ def run_fit(config: FitConfig) -> RunResult:
     cm_png = plot_report_confusion(val, out, split="validation")
     metrics.seconds = round(time.perf_counter() - t0, 3)
     report = write_fit_report(out, ds, metrics, cm_png)
+    memo = memo or _fit_memo(config, ds)  # the first run made the card the key needs
+    if memo is not None:
+        memo.store(out, _MEMO_FILES, metrics.to_dict())
     logger.info("fit done: accuracy %.4f on %d validation images", val.accuracy, val.n)
     return RunResult.written(
         metrics, out, model_dir=model_dir, report=report, confusion_png=cm_png, skipped=skipped
+    )
+
+
+#: what a fit's memo keeps besides its metrics (report.html is written again: it shows times)
+_MEMO_FILES = ["model", "confusion_matrix.png"]
+
+
+def _fit_memo(config: FitConfig, ds: Dataset) -> RunMemo | None:
+    """The memo of this fit (see `RunMemo`), or None where it does not apply: no feature cache,
+    AdaBN, multi-label, a precision other than fp32, a GPU, no backbone card yet, or an image
+    that cannot be read."""
+    from transferlab.backbones._card import BackboneCard, cuda_may_be_present
+    from transferlab.exceptions import ImageLoadError
+    from transferlab.features._cache import FEATURE_FORMAT, default_cache_dir, file_digest
+
+    if config.no_cache or config.adapt_bn or ds.multi_label:
+        return None
+    if config.precision not in ("auto", "fp32"):
+        return None
+    if config.device != "cpu" and (config.device != "auto" or cuda_may_be_present()):
+        return None
+    folder = Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    card = BackboneCard.load(folder, config.backbone, config.weights)
+    if card is None or config.layer not in card.layers:
+        return None
+    splits: dict[str, list[list[str]]] = {}
+    for name, samples in (("train", ds.train), ("val", ds.val), ("test", ds.test)):
+        try:
+            splits[name] = [[s.path, file_digest(s.path), str(s.label)] for s in samples]
+        except ImageLoadError:
+            return None
+    settings = ("backbone", "weights", "layer", "pool", "classifier", "C", "class_weight")
+    inputs = {
+        "settings": {k: getattr(config, k) for k in settings},
+        "strict": config.strict,
+        "max_pixels": config.max_pixels,
+        "backbone": card.fingerprint(),
+        "preprocessing": card.preprocessing(),
+        "feature_format": FEATURE_FORMAT,
+        "dataset": [ds.root, ds.source, ds.split_note, len(ds.ignored), list(ds.classes)],
+        "splits": splits,
+    }
+    return RunMemo.of(folder, "fit", inputs)
+
+
+def _restored(
+    config: FitConfig, ds: Dataset, out: Path, memo: RunMemo, metrics: dict[str, Any], t0: float
+) -> RunResult:
+    """`run_fit`'s result from its memo: the same model, metrics and plot as the run that made
+    it, with this run's times; report.html written again."""
+    from transferlab._internal.json import write_json
+    from transferlab.report import write_fit_report
+
+    n = metrics["n_train"] + metrics["n_val"] + metrics.get("n_test", 0)
+    t = round(time.perf_counter() - t0, 3)
+    metrics.update(
+        n_cached=n,
+        seconds=t,
+        stage_seconds={"load_backbone": 0.0, "extract": t, "probe": 0.0, "evaluate": 0.0},
+        extract_images_per_second=0.0,
+        reused_run=memo.key,  # which memo: the figures are that computation's, unchanged
+    )
+    metrics_file = write_json(out / "metrics.json", metrics)
+    cm_png = out / "confusion_matrix.png"
+    report = write_fit_report(out, ds, metrics, cm_png)
+    skipped = [(s["path"], s["reason"]) for s in metrics.get("skipped", [])]
+    logger.info("fit restored from its memo %s", memo.key)
+    return RunResult(
+        metrics=metrics,
+        out=out,
+        model_dir=out / "model",
+        report=report,
+        confusion_png=cm_png,
+        skipped=skipped,
+        metrics_file=metrics_file,
     )
 
 
@@ -293,6 +378,7 @@ def _fit_multilabel(
 ) -> RunResult:
     """Multi-label branch of `run_fit`: one-vs-rest probe, per-label thresholds tuned on val."""
     from transferlab.evaluate import evaluate_multilabel, tune_thresholds
+    from transferlab.models import TransferModel
     from transferlab.probe import MultiLabelProbe
     from transferlab.report import write_fit_multilabel_report
 

@@ -7,14 +7,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from transferlab.data import Dataset, Sample, load_dataset, stratified_subsample
-from transferlab.evaluate import EvalReport
 from transferlab.exceptions import InvalidParameterError
-from transferlab.features import FeatureExtractor, cache_setting
+from transferlab.features._cache import cache_setting
+
+if TYPE_CHECKING:  # scikit-learn comes with these: imported where they run (issue 17)
+    from transferlab.evaluate import EvalReport
+    from transferlab.features import FeatureExtractor
 from transferlab.pipeline._results import FLATTEN, Metrics, json_key
 
 __all__ = [
@@ -79,6 +82,8 @@ class ExtractorSettings:
         kwargs = {name: given[name] for name in _EXTRACTOR_FIELDS if name in given}
         if "cache_dir" in given:
             kwargs["cache"] = cache_setting(given["cache_dir"], bool(given.get("no_cache")))
+        from transferlab.features import FeatureExtractor
+
         return FeatureExtractor(
             given["backbone"] if backbone is None else backbone, **{**kwargs, **overrides}
         )
