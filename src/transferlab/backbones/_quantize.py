@@ -8,7 +8,7 @@ say what int8 cost before anyone trusts it.
 
 Only numpy, onnx and onnxruntime are imported here (never torch or timm): quantising and checking
 run in torch-free processes. The defaults are the ones benchmarks/bench_int8.py measured best on
-training and validation images (benchmarks/notes_int8.md).
+training and validation images (benchmarks/RESULTS.md, issue 17).
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ __all__ = [
 #: Calibration methods: how an activation's int8 range is chosen from the calibration images.
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile", "distribution")
 
-#: Default calibration method and percentile (see benchmarks/notes_int8.md).
+#: Default calibration method and percentile (see benchmarks/RESULTS.md, issue 17).
 DEFAULT_METHOD = "percentile"
 DEFAULT_PERCENTILE = 99.999
 #: Default nodes kept in float (tokens of `resolve_keep_float`): for lite0, the stem and stages
-#: 0-1 (the 112x112 and 56x56 layers); measured in benchmarks/notes_int8.md.
+#: 0-1 (the 112x112 and 56x56 layers); measured in benchmarks/RESULTS.md, issue 17.
 DEFAULT_KEEP_FLOAT: tuple[str, ...] = ("first_convs:9",)
 
 

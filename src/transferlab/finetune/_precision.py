@@ -1,7 +1,7 @@
 """The bf16 autocast policy of training on CPU: depthwise convolutions stay fp32.
 
 Under CPU bf16 autocast every convolution runs in bf16. On an AVX-512-BF16 CPU (issue 17,
-benchmarks/notes_finetune_speed.md) that speeds up the dense and 1x1 convolutions (their backward
+benchmarks/RESULTS.md, issue 17) that speeds up the dense and 1x1 convolutions (their backward
 about 2x) but slows the backward of depthwise convolutions 2-5x (oneDNN's bf16 depthwise
 weight-gradient kernels), so plain bf16 autocast trained EfficientNet-Lite0 *slower* than fp32.
 Keeping the depthwise convolutions in fp32 takes the gain without that loss, and keeps the
