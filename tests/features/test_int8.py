@@ -86,6 +86,9 @@ def test_fit_int8_model_round_trip_and_export(hym, tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["precision"] == "int8" and metrics["int8"]["mean_cosine_to_fp32"] >= 0.98
     assert metrics["accuracy"] >= 0.8
+    # the same probe on the val images' fp32 vectors: how often int8 changes its answer
+    assert 0.9 <= metrics["int8"]["probe_agreement_val"] <= 1.0
+    assert "same answer for" in run.stdout
     model_dir = tmp_path / "run" / "model"
     meta = json.loads((model_dir / "model.json").read_text())
     assert meta["precision"] == "int8" and (model_dir / meta["int8_model"]).is_file()

@@ -90,6 +90,27 @@ def test_run_fit_returns_typed_metrics_equal_to_metrics_json(tmp_path):
     assert old.metrics["dataset"]["path"] == ds.root
 
 
+def test_a_repeated_fit_is_restored_with_the_same_typed_result(tmp_path):
+    """The second identical fit comes from the first one's memo: the same typed metrics (only
+    the times, the cache count and `reused_run` differ) and the same model files."""
+    data = make_data(tmp_path / "data")
+    cfg = {"data": str(data), "cache_dir": str(tmp_path / "cache"), "progress": False}
+    first = run_fit(FitConfig(out=str(tmp_path / "a"), **cfg))
+    again = run_fit(FitConfig(out=str(tmp_path / "b"), **cfg))
+    assert isinstance(again.metrics, FitMetrics) and again.metrics.reused_run
+    a, b = first.metrics.to_dict(), again.metrics.to_dict()
+    moved = {"seconds", "stage_seconds", "n_cached", "extract_images_per_second", "reused_run"}
+    assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} <= moved
+    assert json.loads(again.metrics_file.read_text())["reused_run"] == again.metrics.reused_run
+    for name in ("probe.joblib", "model.json"):
+        assert (tmp_path / "a" / "model" / name).read_bytes() == (
+            tmp_path / "b" / "model" / name
+        ).read_bytes()
+    # another classifier is another computation
+    other = run_fit(FitConfig(out=str(tmp_path / "c"), classifier="centroid", **cfg))
+    assert other.metrics.reused_run is None and other.metrics.classifier == "centroid"
+
+
 def _count_deprecations(call, n=2):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 pytest.importorskip("fastapi")
 pytest.importorskip("sqlalchemy")
@@ -219,3 +220,25 @@ def test_openapi_operations_are_stable(tmp_path: Path) -> None:
         for op in ops.values():
             declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
             assert declared == set(re.findall(r"{(\w+)}", path)), (path, op["operationId"])
+
+
+def test_int8_precision_setting(tmp_path, monkeypatch):
+    """TRANSFERLAB_PRECISION is checked when the settings load, and an int8 service needs a
+    calibration folder that holds images (a clear error at start-up, not at the first request)."""
+    import pydantic
+
+    from transferlab.exceptions import InvalidParameterError
+    from transferlab.serve.app import _calibration_images
+
+    monkeypatch.setenv("TRANSFERLAB_PRECISION", "int8")
+    monkeypatch.setenv("TRANSFERLAB_CALIBRATION_DIR", str(tmp_path))
+    s = Settings(data_dir=tmp_path)
+    assert s.precision == "int8" and s.calibration_dir == tmp_path
+    with pytest.raises(InvalidParameterError, match="holds no images"):
+        _calibration_images(s.calibration_dir)
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    assert _calibration_images(tmp_path) == [str(tmp_path / "a.png")]
+    assert _calibration_images(None) is None
+    monkeypatch.setenv("TRANSFERLAB_PRECISION", "int4")
+    with pytest.raises(pydantic.ValidationError):
+        Settings(data_dir=tmp_path)

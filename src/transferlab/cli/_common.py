@@ -161,6 +161,12 @@ def print_fit_summary(result: Any) -> None:
                 f"  int8 features: mean cosine to fp32 {q['mean_cosine_to_fp32']:.4f} on "
                 f"{q['fidelity_images']} training images {q['fidelity_measured_on']}"
             )
+            if "probe_agreement_val" in q:
+                out.print(
+                    f"  the probe on int8 vs fp32 features of the val images: same answer for "
+                    f"{q['probe_agreement_val']:.1%} (val accuracy with fp32 features "
+                    f"{q['val_accuracy_same_probe_fp32_features']:.4f})"
+                )
         if "stage_seconds" in m:
             st = m["stage_seconds"]
             out.print(

@@ -5,6 +5,7 @@ The CLI's `fit` and `demo` and the service call it; nothing here prints.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field, replace
@@ -130,6 +131,8 @@ class FitMetrics(ClassifierMetrics):
     calibration: dict[str, Any]
     precision: str = "fp32"
     int8: dict[str, Any] | None = field(default=None, metadata=OMIT_NONE)
+    #: the memo this run's figures were restored from (the computation that made them)
+    reused_run: str | None = field(default=None, metadata=OMIT_NONE)
 
 
 @dataclass(kw_only=True)
@@ -246,7 +249,7 @@ def run_fit(config: FitConfig) -> RunResult:
         test=eval_block(test) if test is not None else None,
         calibration=calibration,
         precision=fx._precision(),
-        int8=int8_summary(fx),
+        int8=_with_probe_agreement(int8_summary(fx), config, probe, kept["val"], X["val"]),
     )
     model = TransferModel(fx, probe, metrics.to_dict())
     model.temperature = calibration["temperature"]
@@ -264,11 +267,38 @@ def run_fit(config: FitConfig) -> RunResult:
     report = write_fit_report(out, ds, metrics, cm_png)
     memo = memo or _fit_memo(config, ds)  # the first run made the card the key needs
     if memo is not None:
-        memo.store(out, _MEMO_FILES, metrics.to_dict())
+        memo.store(out, _MEMO_FILES, metrics)
     logger.info("fit done: accuracy %.4f on %d validation images", val.accuracy, val.n)
     return RunResult.written(
         metrics, out, model_dir=model_dir, report=report, confusion_png=cm_png, skipped=skipped
     )
+
+
+def _with_probe_agreement(
+    summary: dict[str, Any] | None,
+    config: FitConfig,
+    probe: Any,
+    val: list[Any],
+    X_val: np.ndarray,
+) -> dict[str, Any] | None:
+    """An int8 fit's quantisation summary plus the probe's agreement: the same probe on the
+    validation images' fp32 vectors against their int8 ones (what int8 changes in its answers)."""
+    if summary is None or not len(val):
+        return summary
+    fp32 = config.extractor(precision="fp32").extract([s.path for s in val], on_error="skip")
+    X32 = fp32.features[config.layer]
+    rows = {p: i for i, p in enumerate(fp32.paths)}
+    both = [i for i, s in enumerate(val) if s.path in rows]
+    same = probe.predict(X_val[both]) == probe.predict(X32[[rows[val[i].path] for i in both]])
+    labels = np.asarray([str(val[i].label) for i in both], dtype=object)
+    fp32_acc = float(
+        np.mean(probe.predict(X32[[rows[val[i].path] for i in both]]).astype(str) == labels)
+    )
+    return {
+        **summary,
+        "probe_agreement_val": float(np.mean(same)),
+        "val_accuracy_same_probe_fp32_features": fp32_acc,
+    }
 
 
 #: what a fit's memo keeps besides its metrics (report.html is written again: it shows times)
@@ -309,40 +339,35 @@ def _fit_memo(config: FitConfig, ds: Dataset) -> RunMemo | None:
         "feature_format": FEATURE_FORMAT,
         "dataset": [ds.root, ds.source, ds.split_note, len(ds.ignored), list(ds.classes)],
         "splits": splits,
+        # a changed metrics schema must not restore an object of the old one
+        "schema": [f.name for f in dataclasses.fields(FitMetrics)],
     }
     return RunMemo.of(folder, "fit", inputs)
 
 
 def _restored(
-    config: FitConfig, ds: Dataset, out: Path, memo: RunMemo, metrics: dict[str, Any], t0: float
+    config: FitConfig, ds: Dataset, out: Path, memo: RunMemo, metrics: FitMetrics, t0: float
 ) -> RunResult:
     """`run_fit`'s result from its memo: the same model, metrics and plot as the run that made
-    it, with this run's times; report.html written again."""
-    from transferlab._internal.json import write_json
+    it, with this run's times; metrics.json and report.html written again."""
     from transferlab.report import write_fit_report
 
-    n = metrics["n_train"] + metrics["n_val"] + metrics.get("n_test", 0)
     t = round(time.perf_counter() - t0, 3)
-    metrics.update(
-        n_cached=n,
-        seconds=t,
-        stage_seconds={"load_backbone": 0.0, "extract": t, "probe": 0.0, "evaluate": 0.0},
-        extract_images_per_second=0.0,
-        reused_run=memo.key,  # which memo: the figures are that computation's, unchanged
-    )
-    metrics_file = write_json(out / "metrics.json", metrics)
+    metrics.n_cached = metrics.n_train + metrics.n_val + metrics.n_test
+    metrics.seconds = t
+    metrics.stage_seconds = {"load_backbone": 0.0, "extract": t, "probe": 0.0, "evaluate": 0.0}
+    metrics.extract_images_per_second = 0.0
+    metrics.reused_run = memo.key
     cm_png = out / "confusion_matrix.png"
     report = write_fit_report(out, ds, metrics, cm_png)
-    skipped = [(s["path"], s["reason"]) for s in metrics.get("skipped", [])]
     logger.info("fit restored from its memo %s", memo.key)
-    return RunResult(
-        metrics=metrics,
-        out=out,
+    return RunResult.written(
+        metrics,
+        out,
         model_dir=out / "model",
         report=report,
         confusion_png=cm_png,
-        skipped=skipped,
-        metrics_file=metrics_file,
+        skipped=[(s["path"], s["reason"]) for s in metrics.skipped],
     )
 
 

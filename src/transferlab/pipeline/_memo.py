@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ __all__ = ["RunMemo"]
 
 #: Bump when what a memo holds, or what its key covers, changes.
 MEMO_FORMAT = 1
-_METRICS = "memo.json"
+_METRICS = "metrics.pickle"  # the run's typed metrics object, as the run returns it
 
 
 def _version(dist: str) -> str:
@@ -59,15 +60,18 @@ class RunMemo:
         key = hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
         return cls(Path(folder) / "runs" / f"{kind}-{key[:32]}", key[:32])
 
-    def restore(self, out: Path, files: list[str]) -> dict[str, Any] | None:
-        """Copy the memo's `files` into `out` and return its metrics; None when there is none
-        (or it is incomplete: then the run is computed and the memo written again)."""
+    def restore(self, out: Path, files: list[str]) -> Any | None:
+        """Copy the memo's `files` into `out` and return its metrics object; None when there is
+        none (or it is unreadable: then the run is computed and the memo written again).
+
+        The metrics are pickled: the memo lives in the user's own cache folder, written by this
+        library only (like the feature cache), and the run must return the same typed object."""
         metrics = self.directory / _METRICS
         if not metrics.is_file() or not all((self.directory / f).exists() for f in files):
             return None
         try:
-            loaded = json.loads(metrics.read_text())
-        except (OSError, ValueError):
+            loaded = pickle.loads(metrics.read_bytes())
+        except Exception:  # another version's classes, a truncated file: compute again
             return None
         for name in files:
             src, dst = self.directory / name, out / name
@@ -79,9 +83,9 @@ class RunMemo:
                 shutil.copytree(src, dst)
             else:
                 shutil.copy2(src, dst)
-        return dict(loaded)
+        return loaded
 
-    def store(self, out: Path, files: list[str], metrics: dict[str, Any]) -> None:
+    def store(self, out: Path, files: list[str], metrics: Any) -> None:
         """Keep `files` of `out` and `metrics` as this memo (atomically; a failure to write it
         only costs the next run its shortcut)."""
         tmp: Path | None = None
@@ -94,7 +98,7 @@ class RunMemo:
                     shutil.copytree(src, tmp / name)
                 else:
                     shutil.copy2(src, tmp / name)
-            (tmp / _METRICS).write_text(json.dumps(metrics, default=str))
+            (tmp / _METRICS).write_bytes(pickle.dumps(metrics))
             if self.directory.exists():
                 shutil.rmtree(self.directory)
             os.replace(tmp, self.directory)
