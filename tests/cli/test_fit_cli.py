@@ -178,8 +178,18 @@ def test_cli_cache_info_and_clear(data, tmp_path):
         runner.invoke(app, ["cache", "info", "--cache-dir", str(cache), "--json"]).stdout
     )
     assert info["entries"] == 24
+    assert info["parts"]["cards"]["files"] == 1 and info["parts"]["runs"]["files"] > 0
     res = runner.invoke(app, ["cache", "clear", "--cache-dir", str(cache), "--yes"])
     assert res.exit_code == 0 and "removed 24" in res.stdout
+    assert not (cache / "runs").exists() and (cache / "cards").is_dir()  # memos go, cards stay
+    again = runner.invoke(
+        app, ["fit", str(data), "--out", str(tmp_path / "r2"), "--cache-dir", str(cache)]
+    )
+    assert again.exit_code == 0 and "reused_run" not in json.loads(
+        (tmp_path / "r2" / "metrics.json").read_text()
+    )
+    res = runner.invoke(app, ["cache", "clear", "--cache-dir", str(cache), "--yes", "--all"])
+    assert res.exit_code == 0 and not (cache / "cards").exists() and not (cache / "onnx").exists()
 
 
 def test_help_has_examples():
