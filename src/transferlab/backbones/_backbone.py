@@ -7,7 +7,6 @@ logits) read with forward hooks, never by cutting children.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 from collections.abc import Callable, Iterable
@@ -16,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from transferlab.backbones._card import POOLS, BackboneCard, TapInfo
+from transferlab.backbones._card import POOLS, BackboneCard, TapInfo, check_layer
 from transferlab.backbones._device import resolve_device
 from transferlab.backbones._registry import (
     WEIGHT_SOURCES,
@@ -32,7 +31,7 @@ from transferlab.backbones._weights import (
     _weights_digest,
 )
 from transferlab.data import eval_transform, train_transform
-from transferlab.exceptions import InvalidParameterError, UnknownLayerError, WeightsNotFoundError
+from transferlab.exceptions import InvalidParameterError, WeightsNotFoundError
 
 __all__ = ["POOLS", "Backbone", "TapInfo", "load_backbone", "pool_features"]
 
@@ -144,13 +143,7 @@ class Backbone:
         return eval_transform(self, size)  # type: ignore[arg-type]
 
     def check_layer(self, layer: str) -> str:
-        if layer not in self._taps:
-            close = difflib.get_close_matches(layer, self.layers, n=3)
-            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            raise UnknownLayerError(
-                f"backbone {self.name!r} has no layer {layer!r}; layers: {', '.join(self.layers)}.{hint}"
-            )
-        return layer
+        return check_layer(self.name, self.layers, layer)
 
     def tap_info(self) -> list[TapInfo]:
         """Each tap's module and output shape, measured by one forward pass at the input size."""

@@ -89,13 +89,7 @@ class BackboneCard:
         return list(self.taps)
 
     def check_layer(self, layer: str) -> str:
-        if layer not in self.layers:
-            close = difflib.get_close_matches(layer, self.layers, n=3)
-            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            raise UnknownLayerError(
-                f"backbone {self.name!r} has no layer {layer!r}; layers: {', '.join(self.layers)}.{hint}"
-            )
-        return layer
+        return check_layer(self.name, self.layers, layer)
 
     # -- on disk --------------------------------------------------------------------------------
     @staticmethod
@@ -148,6 +142,18 @@ class BackboneCard:
             if tmp.exists():
                 tmp.unlink()
         return path
+
+
+def check_layer(backbone: str, layers: list[str], layer: str) -> str:
+    """`layer` if `backbone` has it, else `UnknownLayerError` naming the layers and close ones
+    (one message for loaded backbones and cards)."""
+    if layer not in layers:
+        close = difflib.get_close_matches(layer, layers, n=3)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise UnknownLayerError(
+            f"backbone {backbone!r} has no layer {layer!r}; layers: {', '.join(layers)}.{hint}"
+        )
+    return layer
 
 
 def _versions() -> str:
