@@ -6,17 +6,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import warnings
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from tests._helpers import shared_dataset
-from transferlab.backbones import _TapGraph, load_backbone
+from transferlab.backbones import OnnxTaps, load_backbone
 from transferlab.backbones._quantize import (
     FidelityReport,
     QuantizationResult,
@@ -24,7 +22,6 @@ from transferlab.backbones._quantize import (
     quantize_static_int8,
     resolve_keep_float,
 )
-from transferlab.backbones._static_pad import simplify_onnx, static_padding
 from transferlab.data import list_images, load_image
 from transferlab.exceptions import InvalidParameterError
 
@@ -45,22 +42,8 @@ def graphs(tmp_path_factory):
             files += list_images(root / split / cls)[0][: n // 2]
         return np.stack([tf(load_image(f)).numpy() for f in files])
 
-    path = tmp_path_factory.mktemp("int8") / "lite0.onnx"
-    bb.model.to(memory_format=torch.contiguous_format)
-    graph = _TapGraph(bb, ["pre_logits"], "avg").eval()
-    with warnings.catch_warnings(), torch.no_grad(), static_padding(bb.model, (3, 224, 224)):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            graph,
-            (torch.zeros(2, 3, 224, 224),),
-            str(path),
-            dynamo=False,
-            input_names=["image"],
-            output_names=["pre_logits"],
-            dynamic_axes={"image": {0: "batch"}, "pre_logits": {0: "batch"}},
-            opset_version=17,
-        )
-    simplify_onnx(path)
+    # the export the fp32 engine runs: static padding, pads folded into the convs
+    path = OnnxTaps(bb, ["pre_logits"], "avg", tmp_path_factory.mktemp("int8")).path
     return path, images("train", 16), images("val", 12)
 
 
