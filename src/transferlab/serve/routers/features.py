@@ -48,7 +48,7 @@ _OPENAPI_BODY: dict[str, Any] = {
 
 def check_model(services: Services, backbone: str | None, layer: str | None) -> str:
     """The layer to read; 400 naming the choices for a backbone or layer this server lacks."""
-    bb = services.extractor.backbone_
+    bb = services.extractor.card_  # identity and layers: no model load for them
     if backbone not in (None, "", services.settings.backbone, bb.name):
         raise ApiError(
             400,

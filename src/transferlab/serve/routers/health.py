@@ -17,7 +17,7 @@ router = APIRouter(tags=["health"])
 def health(services: ServicesDep) -> HealthResponse:
     from transferlab._version import __version__
 
-    bb = services.extractor.backbone_
+    bb = services.extractor.card_  # identity and layers: no model load for them
     return HealthResponse(
         version=__version__,
         backbone=services.settings.backbone,
