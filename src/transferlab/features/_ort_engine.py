@@ -10,8 +10,9 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from transferlab.backbones import Backbone
+    from transferlab.backbones._quantize import FidelityReport, QuantizationResult
 
 __all__ = ["ONNX_AUTO_MIN_IMAGES", "OrtEngine"]
 
@@ -125,10 +127,13 @@ class OrtEngine:
 
     def _int8_identity(self, layer: str) -> str:
         """sha256 of the int8 export serving `layer` (made by `extract` before it is asked)."""
+        digests = self.__dict__.setdefault("_int8_digests", {})  # hashed once per export
         for (_, lays, _, prec), runner in self.__dict__.get("_onnx_runners", {}).items():
             if prec == "int8" and layer in lays:
-                with open(runner.path, "rb") as fh:
-                    return hashlib.sha256(fh.read()).hexdigest()[:24]
+                if runner.path not in digests:
+                    with open(runner.path, "rb") as fh:
+                        digests[runner.path] = hashlib.sha256(fh.read()).hexdigest()[:24]
+                return digests[runner.path]
         raise InvalidParameterError("the int8 export is made on the first extraction")
 
     def _int8_export(
@@ -157,32 +162,21 @@ class OrtEngine:
                 "precision='int8' calibrates on your own images the first time: pass "
                 "calibration=[training image paths] (or extract some images first)"
             )
-        from transferlab.backbones._quantize import measure_fidelity, quantize_static_int8
-        from transferlab.data._preprocess import NumpyEvalTransform
-        from transferlab.features._decode import decoded_batches
-
-        calib, check = split_calibration(images)
-        transform = NumpyEvalTransform(card.data_config)
-
-        def batches(paths: list[str]) -> Iterator[np.ndarray]:
-            for _, x, _ in decoded_batches(
-                paths, transform, batch_size=32, max_pixels=self.max_pixels, threads=1
-            ):
-                if x is not None:  # broken files are reported by the extraction itself
-                    yield x
-
-        logger.info("quantising %s to int8 on %d of your images", card.name, len(calib))
-        keep = keep_float_for(card, fp32_path)
-        with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints its progress
-            result = quantize_static_int8(fp32_path, path, batches(calib), keep_float=keep)
-        fidelity = measure_fidelity(fp32_path, path, batches(check))
+        logger.info("quantising %s to int8 on your images", card.name)
+        q = quantize_on_images(
+            fp32_path,
+            path,
+            card.data_config,
+            images,
+            keep_float=keep_float_for(card, fp32_path),
+            max_pixels=self.max_pixels,
+        )
+        result, fidelity = q.result, q.fidelity
         self.quantization_ = {
             "quantization": result.to_dict(),
             "fidelity": fidelity.to_dict(),
-            "fidelity_images": "held out of the calibration"
-            if check is not calib
-            else "the calibration images",
-            "calibration_images": len(calib),
+            "fidelity_images": q.measured_on,
+            "calibration_images": result.calibration_images,
         }
         tmp = f"{record}.{os.getpid()}.tmp"
         with open(tmp, "w") as fh:
@@ -199,6 +193,51 @@ class OrtEngine:
                 INT8_MIN_COSINE,
             )
         return path
+
+
+@dataclass(frozen=True)
+class ImageQuantization:
+    """What `quantize_on_images` did: the quantiser's result, the fidelity it measured, the
+    preprocessed images it measured on (for further checks), and which images those were."""
+
+    result: QuantizationResult
+    fidelity: FidelityReport
+    held_out: list[np.ndarray]
+    measured_on: str
+
+
+def quantize_on_images(
+    fp32_path: str | os.PathLike[str],
+    int8_path: str | os.PathLike[str],
+    data_config: Mapping[str, Any],
+    images: Sequence[str],
+    *,
+    keep_float: Sequence[str],
+    max_pixels: int | None,
+) -> ImageQuantization:
+    """Quantise `fp32_path` into `int8_path`, calibrated on `images` (the user's own) preprocessed
+    as `data_config` says, and measure the fidelity on images held out of the calibration (see
+    `split_calibration`): the one way the feature engine and `export --quantize` do it."""
+    from transferlab.backbones._quantize import measure_fidelity, quantize_static_int8
+    from transferlab.data._preprocess import NumpyEvalTransform
+    from transferlab.features._decode import decoded_batches
+
+    calib, check = split_calibration(images)
+    transform = NumpyEvalTransform(data_config)
+
+    def batches(paths: list[str]) -> Iterator[np.ndarray]:
+        for _, x, _ in decoded_batches(
+            paths, transform, batch_size=32, max_pixels=max_pixels, threads=1
+        ):
+            if x is not None:  # broken files are reported by the extraction itself
+                yield x
+
+    with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints its progress
+        result = quantize_static_int8(fp32_path, int8_path, batches(calib), keep_float=keep_float)
+    held = list(batches(check))
+    fidelity = measure_fidelity(os.fspath(fp32_path), os.fspath(int8_path), held)
+    on = "held out of the calibration" if check is not calib else "the calibration images"
+    return ImageQuantization(result, fidelity, held, on)
 
 
 def keep_float_for(card: BackboneCard, fp32_path: str) -> tuple[str, ...]:

@@ -230,7 +230,7 @@ def export_onnx(
             result["max_abs_diff"] = diff
     if quantize:
         spec["int8"] = result["int8"] = _quantize_export(
-            path, out / "model-int8.onnx", pre, size, calibration
+            path, out / "model-int8.onnx", bb, pre, size, calibration
         )
         result["onnx_int8"] = str(out / "model-int8.onnx")
     write_json(out / "preprocessing.json", spec)
@@ -239,45 +239,36 @@ def export_onnx(
 
 
 def _quantize_export(
-    fp32: Path, int8: Path, pre: dict[str, Any], size: int, images: Sequence[str]
+    fp32: Path, int8: Path, bb: Any, pre: dict[str, Any], size: int, images: Sequence[str]
 ) -> dict[str, Any]:
-    """Quantise the exported model; its fidelity on held-out images, for preprocessing.json."""
-    import contextlib
-    import io
-
+    """Quantise the exported model as the feature engine quantises its exports (same
+    calibration split, preprocessing and float-kept layers); its fidelity on held-out images
+    and top-1 agreement with fp32, for preprocessing.json."""
     import onnxruntime as ort
 
-    from transferlab.backbones._quantize import measure_fidelity, quantize_static_int8
-    from transferlab.data._preprocess import NumpyEvalTransform
-    from transferlab.features._decode import decoded_batches
-    from transferlab.features._ort_engine import split_calibration
+    from transferlab.features._ort_engine import keep_float_for, quantize_on_images
 
-    calib, check = split_calibration(images)
-    transform = NumpyEvalTransform({**pre, "input_size": [3, size, size]})
-
-    def batches(paths: list[str]) -> list[np.ndarray]:
-        got = decoded_batches(paths, transform, batch_size=32, max_pixels=None, threads=1)
-        return [x for _, x, _ in got if x is not None]
-
-    with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints its progress
-        q = quantize_static_int8(fp32, int8, batches(calib))
-    held = batches(check)
-    fidelity = measure_fidelity(str(fp32), str(int8), held)
+    q = quantize_on_images(
+        fp32,
+        int8,
+        {**pre, "input_size": [3, size, size]},
+        images,
+        keep_float=keep_float_for(bb.card(), str(fp32)),
+        max_pixels=None,
+    )
     s32 = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
     s8 = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
     same = [
         s32.run(None, {"image": x})[0].argmax(1) == s8.run(None, {"image": x})[0].argmax(1)
-        for x in held
+        for x in q.held_out
     ]
     return {
         "model": int8.name,
-        "calibration_images": q.calibration_images,
-        "method": q.method,
-        "kept_float_nodes": len(q.kept_float),
-        "fidelity_images": fidelity.images,
-        "fidelity_measured_on": "held out of the calibration"
-        if check is not calib
-        else "the calibration images",
-        "probability_cosine_to_fp32": fidelity.mean_cosine["probabilities"],
+        "calibration_images": q.result.calibration_images,
+        "method": q.result.method,
+        "kept_float_nodes": len(q.result.kept_float),
+        "fidelity_images": q.fidelity.images,
+        "fidelity_measured_on": q.measured_on,
+        "probability_cosine_to_fp32": q.fidelity.mean_cosine["probabilities"],
         "top1_agreement_with_fp32": float(np.concatenate(same).mean()),
     }

@@ -289,11 +289,10 @@ def _with_probe_agreement(
     X32 = fp32.features[config.layer]
     rows = {p: i for i, p in enumerate(fp32.paths)}
     both = [i for i, s in enumerate(val) if s.path in rows]
-    same = probe.predict(X_val[both]) == probe.predict(X32[[rows[val[i].path] for i in both]])
+    on_fp32 = probe.predict(X32[[rows[val[i].path] for i in both]])
+    same = probe.predict(X_val[both]) == on_fp32
     labels = np.asarray([str(val[i].label) for i in both], dtype=object)
-    fp32_acc = float(
-        np.mean(probe.predict(X32[[rows[val[i].path] for i in both]]).astype(str) == labels)
-    )
+    fp32_acc = float(np.mean(on_fp32.astype(str) == labels))
     return {
         **summary,
         "probe_agreement_val": float(np.mean(same)),
