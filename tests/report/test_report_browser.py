@@ -52,7 +52,7 @@ def test_fit_and_evaluate_reports_load_every_image(tmp_path):
     ev = run_evaluate(
         EvaluateConfig(model_dir=res.model_dir, data=root, out=tmp_path / "eval", progress=False)
     )
-    for report, expected in ((res.report, 1), (ev.report, 5)):
+    for report, expected in ((res.report, 4), (ev.report, 5)):
         images = open_report(report, tmp_path / "shot.png")
         assert len(images) >= expected, report
         assert all(complete and width > 0 for complete, width in images), images

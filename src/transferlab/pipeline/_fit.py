@@ -37,6 +37,7 @@ from transferlab.pipeline._shared import (
     resolve_dataset,
     skipped_rows,
 )
+from transferlab.pipeline._views import VIEW_FILES, training_views, written_views
 
 if TYPE_CHECKING:  # scikit-learn comes with these: imported where they run (issue 17)
     from transferlab.evaluate import EvalReport
@@ -260,13 +261,24 @@ def run_fit(config: FitConfig) -> RunResult:
             "paths": [s.path for s in kept["train"]],
         }
     model_dir = model.save(out / "model", overwrite=config.overwrite)
-    from transferlab.report import plot_report_confusion, write_fit_report
+    from transferlab.report import write_fit_report
 
-    cm_png = plot_report_confusion(val, out, split="validation")
+    images = training_views(
+        out,
+        [s.path for s in kept["val"]],
+        [str(v) for v in y["val"]],
+        probas["val"][0],
+        [str(c) for c in probe.classes_],
+        temperature=calibration["temperature"],
+        features=X["val"],
+        layer=config.layer,
+    )
+    cm_png = images[0][1]
     metrics.seconds = round(time.perf_counter() - t0, 3)
-    report = write_fit_report(out, ds, metrics, cm_png)
+    report = write_fit_report(out, ds, metrics, images)
     memo = memo or _fit_memo(config, ds)  # the first run made the card the key needs
-    if memo is not None:
+    # under 3 validation images there is no map to keep: such a fit is computed every time
+    if memo is not None and all((out / f).exists() for f in _MEMO_FILES):
         memo.store(out, _MEMO_FILES, metrics)
     logger.info("fit done: accuracy %.4f on %d validation images", val.accuracy, val.n)
     return RunResult.written(
@@ -300,8 +312,9 @@ def _with_probe_agreement(
     }
 
 
-#: what a fit's memo keeps besides its metrics (report.html is written again: it shows times)
-_MEMO_FILES = ["model", "confusion_matrix.png"]
+#: what a fit's memo keeps besides its metrics (report.html is written again: it shows times):
+#: the model and every view `training_views` draws
+_MEMO_FILES = ["model", *(f for f, _ in VIEW_FILES)]
 
 
 def _fit_memo(config: FitConfig, ds: Dataset) -> RunMemo | None:
@@ -357,15 +370,15 @@ def _restored(
     metrics.stage_seconds = {"load_backbone": 0.0, "extract": t, "probe": 0.0, "evaluate": 0.0}
     metrics.extract_images_per_second = 0.0
     metrics.reused_run = memo.key
-    cm_png = out / "confusion_matrix.png"
-    report = write_fit_report(out, ds, metrics, cm_png)
+    images = written_views(out)
+    report = write_fit_report(out, ds, metrics, images)
     logger.info("fit restored from its memo %s", memo.key)
     return RunResult.written(
         metrics,
         out,
         model_dir=out / "model",
         report=report,
-        confusion_png=cm_png,
+        confusion_png=out / "confusion_matrix.png",
         skipped=[(s["path"], s["reason"]) for s in metrics.skipped],
     )
 

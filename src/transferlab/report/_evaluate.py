@@ -30,8 +30,13 @@ def evaluation_plots(
     rep: Any,
     threshold: float | None,
     grid_size: int,
+    *,
+    split: str = "",
+    examples: bool = True,
 ) -> list[tuple[str, Path]]:
-    """Confusion matrix, reliability and accuracy-coverage, top losses, a grid of predictions."""
+    """Confusion matrix, reliability and accuracy-coverage, top losses and (with `examples`) a
+    grid of correct and incorrect predictions; `split` names the images in the confusion plot's
+    title. Training runs draw these too (`transferlab.pipeline._views`), without the grid."""
     from transferlab.evaluate._plots import (
         AccuracyCoverageDisplay,
         ImageGridDisplay,
@@ -42,7 +47,7 @@ def evaluation_plots(
     images = [
         (
             "Confusion matrix",
-            plot_report_confusion(rep, out),
+            plot_report_confusion(rep, out, split=split),
         )
     ]
     fig, axes = plt.subplots(1, 2, figsize=(11, 5), constrained_layout=True)
@@ -57,6 +62,8 @@ def evaluation_plots(
         g.figure_.savefig(out / "top_losses.png", dpi=90)
         plt.close(g.figure_)
         images.append(("Top losses", out / "top_losses.png"))
+    if not examples:
+        return images
     rows = interp.examples(grid_size // 2, correct=True) + interp.examples(
         grid_size // 2, correct=False
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +13,14 @@ __all__ = ["write_finetune_multilabel_report", "write_finetune_report"]
 
 
 def write_finetune_report(
-    out: Path, ds: Any, m: Mapping[str, Any], curves: Path, cm_png: Path
+    out: Path,
+    ds: Any,
+    m: Mapping[str, Any],
+    curves: Path,
+    images: Sequence[tuple[str, Path]],
 ) -> Path:
-    """report.html of a single-label `finetune` from its metrics."""
+    """report.html of a single-label `finetune` from its metrics: the training curves, then
+    `images` ((caption, PNG) pairs: the views of the validation images)."""
     cfg = m["config"]
     summary = {
         "validation accuracy (final model)": m["accuracy"],
@@ -71,7 +76,7 @@ def write_finetune_report(
         title=f"transferlab finetune — {Path(ds.root).name}",
         summary=summary,
         sections=sections,
-        images=[("Training curves", curves), ("Confusion matrix (validation)", cm_png)],
+        images=[("Training curves", curves), *images],
     )
 
 

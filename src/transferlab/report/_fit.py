@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,11 @@ from transferlab.report._html import html_table, per_class_table, per_label_tabl
 __all__ = ["write_fit_multilabel_report", "write_fit_report"]
 
 
-def write_fit_report(out: Path, ds: Any, m: Mapping[str, Any], cm_png: Path) -> Path:
-    """report.html of a single-label `fit` from its metrics."""
+def write_fit_report(
+    out: Path, ds: Any, m: Mapping[str, Any], images: Sequence[tuple[str, Path]]
+) -> Path:
+    """report.html of a single-label `fit` from its metrics, with `images` ((caption, PNG)
+    pairs: the run's views of its validation images) after the tables."""
     summary = {
         "validation accuracy": m["accuracy"],
         "balanced accuracy": m["balanced_accuracy"],
@@ -55,7 +58,7 @@ def write_fit_report(out: Path, ds: Any, m: Mapping[str, Any], cm_png: Path) -> 
         title=f"transferlab fit — {Path(ds.root).name}",
         summary=summary,
         sections=sections,
-        images=[("Confusion matrix (validation)", cm_png)],
+        images=images,
     )
 
 
