@@ -60,6 +60,8 @@ _LAZY = {
     "RankConfig": "transferlab.pipeline",
     "run_adapt_bn": "transferlab.pipeline",
     "AdaptBNConfig": "transferlab.pipeline",
+    "run_auto": "transferlab.pipeline",
+    "AutoConfig": "transferlab.pipeline",
 }
 # old names that still resolve (each warns once), kept out of __all__ and dir()
 _DEPRECATED = {"fit": "transferlab.pipeline", "FitResult": "transferlab.pipeline"}

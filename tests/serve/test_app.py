@@ -15,7 +15,7 @@ pytest.importorskip("sqlalchemy")
 
 from fastapi.testclient import TestClient
 
-from tests.serve._client import make_keys, pattern, settings_for
+from tests.serve._client import FAST_AUTO, make_keys, pattern, settings_for
 from transferlab.serve import Settings, create_app
 
 
@@ -78,7 +78,8 @@ def test_inflight_bound_answers_503_at_once() -> None:
 
 
 def test_web_page_end_to_end(tmp_path: Path) -> None:
-    """The page at / in headless Chromium: create, add examples per label, train, predict."""
+    """The page at / in headless Chromium: create, add examples per label, train (auto),
+    predict."""
     import shutil
     import socket
     import threading
@@ -99,7 +100,7 @@ def test_web_page_end_to_end(tmp_path: Path) -> None:
         port = sock.getsockname()[1]
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(settings_for(tmp_path / "data")),
+            create_app(settings_for(tmp_path / "data", **FAST_AUTO)),
             host="127.0.0.1",
             port=port,
             log_config=None,
@@ -134,10 +135,20 @@ def test_web_page_end_to_end(tmp_path: Path) -> None:
                         ".textContent.startsWith('3 ')",
                         timeout=30_000,
                     )
+                # the button trains kind='auto' (the default choice), within the budget given
+                assert page.input_value("#train-kind") == "auto"
+                assert page.locator("#train-kind option[value=linear_probe]").count() == 1
+                page.fill("#budget", "90")
                 page.click("#train")
                 page.wait_for_function(
                     "document.getElementById('job-status').textContent.startsWith('succeeded')",
-                    timeout=60_000,
+                    timeout=120_000,
+                )
+                # what auto kept is shown when the job ends, and in the collection's summary
+                assert "chose probe test_resnet/" in page.text_content("#job-status")
+                page.wait_for_function(
+                    "document.getElementById('summary').textContent.includes('chosen: probe')",
+                    timeout=30_000,
                 )
                 page.wait_for_selector("#confusion td", timeout=30_000)
                 page.set_input_files("#predict-file", str(tmp_path / "query.png"))

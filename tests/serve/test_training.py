@@ -1,9 +1,11 @@
-"""Training jobs (probe and fine-tune), their split, queues and the cross-validated metrics."""
+"""Training jobs (probe, fine-tune and auto), their split, queues and the cross-validated
+metrics."""
 
 from __future__ import annotations
 
 import io
 import itertools
+import json
 import time
 import zipfile
 from pathlib import Path
@@ -261,3 +263,213 @@ def test_metrics_of_a_trained_collection(
     m = client.get(f"/v1/collections/{cid}/metrics", headers=auth(a)).json()
     assert m["classes"] == ["hstripes", "vstripes"] and m["accuracy"] >= 0.75
     assert np.sum(m["confusion"]) == 8
+
+
+def _fast_auto(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point the shared server's auto jobs at the random-weight test network (`FAST_AUTO`)."""
+    from tests.serve._client import FAST_AUTO
+
+    settings = client.app.state.services.settings  # type: ignore[attr-defined]
+    for name, value in FAST_AUTO.items():
+        monkeypatch.setattr(settings, name, value)
+
+
+def test_auto_job(server: tuple[TestClient, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """kind='auto' runs `run_auto` on the collection's images within budget_s, shows its stages
+    as the job's message, names what it kept, and leaves that model as the collection's:
+    predict answers as the exported model does, and the export is the run's model folder."""
+    from transferlab.models import load_model
+
+    client, (a, b, _) = server
+    _fast_auto(client, monkeypatch)
+    cid = client.post("/v1/collections", headers=auth(a), json={"name": "auto"}).json()["id"]
+    for i in range(4):
+        for kind in ("hstripes", "vstripes"):
+            assert add_example(client, cid, a, pattern(kind, 700 + i), kind).status_code == 201
+    r = client.post(
+        f"/v1/collections/{cid}/train", headers=auth(a), json={"kind": "auto", "budget_s": 90}
+    )
+    assert r.status_code == 202, r.text
+    assert r.json()["kind"] == "auto" and r.json()["result"] is None
+    job_id = r.json()["id"]
+    messages = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}", headers=auth(a)).json()
+        messages.append(job["message"])
+        if job["status"] in ("succeeded", "failed"):
+            break
+        time.sleep(0.05)
+    assert job["status"] == "succeeded", job
+    assert any(m and m.startswith("auto [") and "/ 90 s]" in m for m in messages), messages
+    result = job["result"]
+    chosen = result["chosen"]
+    # 3 training images a label: too few to fine-tune, so a probe on one of the network's taps
+    assert chosen["kind"] == "probe" and chosen["name"].startswith("probe test_resnet/")
+    assert f"chose {chosen['name']}" in job["message"] and 0 <= result["accuracy"] <= 1
+    store: Store = client.app.state.services.store  # type: ignore[attr-defined]
+    with store.session() as s:
+        assert s.get(Job, job_id).params == {
+            "budget_s": 90.0,
+            "backbones": ["test_resnet"],
+            "weights": "random",
+        }
+    coll = client.get(f"/v1/collections/{cid}", headers=auth(a)).json()
+    assert coll["model"]["job_id"] == job_id and coll["model"]["id"] == result["model_id"]
+    assert coll["model"]["chosen"] == chosen and coll["model"]["accuracy"] == result["accuracy"]
+
+    r = client.get(f"/v1/collections/{cid}/model", headers=auth(a))
+    assert r.status_code == 200
+    out = Path(store.data_dir) / "tmp" / "auto-export-test"
+    zipfile.ZipFile(io.BytesIO(r.content)).extractall(out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "auto" and metrics["chosen"]["name"] == chosen["name"]
+    assert metrics["n_val"] == 2 and metrics["budget"]["budget_s"] == 90  # 1 a label held out
+    ft = [c for c in metrics["candidates"] if c["kind"] == "finetune"]
+    assert ft and all("not started" in c["why"] for c in ft)
+
+    query = store.data_dir / "tmp" / "auto-query.png"
+    query.write_bytes(pattern("vstripes", 990))
+    r = client.post(
+        f"/v1/collections/{cid}/predict",
+        headers=auth(a),
+        files={"file": ("q.png", query.read_bytes(), "image/png")},
+        data={"top_k": "2"},
+    )
+    assert r.status_code == 200, r.text
+    pred = r.json()
+    assert pred["model_id"] == result["model_id"]
+    assert abs(sum(t["probability"] for t in pred["top"]) - 1) < 1e-6
+    try:  # the service predicts with the model it saved: as the library does with the export
+        (lib,) = load_model(out, progress=False).predict_paths([str(query)], top_k=2)
+        assert [t["label"] for t in pred["top"]] == [c for c, _ in lib.top]
+        assert np.allclose([t["probability"] for t in pred["top"]], [p for _, p in lib.top])
+    finally:
+        import shutil
+
+        shutil.rmtree(out)
+        query.unlink()
+    assert client.get(f"/v1/jobs/{job_id}", headers=auth(b)).status_code == 404
+
+
+def test_auto_job_failures_are_the_jobs(
+    server: tuple[TestClient, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Data auto cannot use ends the job as failed, saying why: a label with fewer than 3
+    images (one is held out), or a multi-label collection."""
+    client, (a, _, _) = server
+    _fast_auto(client, monkeypatch)
+    cid = client.post("/v1/collections", headers=auth(a), json={"name": "few"}).json()["id"]
+    for i, kind in enumerate(("hstripes", "vstripes", "hstripes", "vstripes", "vstripes")):
+        assert add_example(client, cid, a, pattern(kind, 800 + i), kind).status_code == 201
+    r = client.post(f"/v1/collections/{cid}/train", headers=auth(a), json={"kind": "auto"})
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["id"], a)
+    assert job["status"] == "failed" and job["result"] is None, job
+    assert "at least 3 images of each label" in job["error"], job
+    assert "'hstripes' has 2" in job["error"] and "vstripes" not in job["error"], job
+    assert client.get(f"/v1/collections/{cid}", headers=auth(a)).json()["model"] is None
+
+    r = client.post("/v1/collections", headers=auth(a), json={"name": "ml", "multi_label": True})
+    mid = r.json()["id"]
+    for i, (kind, labels) in enumerate((("hstripes", "h"), ("vstripes", "v"), ("checker", "h;v"))):
+        r = client.post(
+            f"/v1/collections/{mid}/examples",
+            headers=auth(a),
+            files={"file": ("x.png", pattern(kind, 850 + i), "image/png")},
+            data={"labels": labels},
+        )
+        assert r.status_code == 201, r.text
+    r = client.post(f"/v1/collections/{mid}/train", headers=auth(a), json={"kind": "auto"})
+    assert r.status_code == 202, r.text
+    job = wait_job(client, r.json()["id"], a)
+    assert job["status"] == "failed" and "single-label" in job["error"], job
+
+
+def test_bad_budget_is_422(server: tuple[TestClient, list[str]], trained: str) -> None:
+    """budget_s must be a positive number of seconds within the server's max_auto_budget_s,
+    and is for kind='auto' only; each refusal is a 422 naming the field and starts no job."""
+    client, (a, _, _) = server
+    store: Store = client.app.state.services.store  # type: ignore[attr-defined]
+    from sqlalchemy import func, select
+
+    def n_jobs() -> int:
+        with store.session() as s:
+            return int(s.scalar(select(func.count()).where(Job.collection_id == trained)) or 0)
+
+    before = n_jobs()
+    cases = {
+        "zero": ({"kind": "auto", "budget_s": 0}, "greater than 0"),
+        "negative": ({"kind": "auto", "budget_s": -5}, "greater than 0"),
+        "over the cap": ({"kind": "auto", "budget_s": 3601}, "at most 3600 seconds"),
+        "not a number": ({"kind": "auto", "budget_s": "soon"}, "number"),
+        "another kind": ({"kind": "linear_probe", "budget_s": 60}, "kind='auto' only"),
+    }
+    for what, (body, needle) in cases.items():
+        r = client.post(f"/v1/collections/{trained}/train", headers=auth(a), json=body)
+        assert r.status_code == 422, (what, r.text)
+        err = r.json()
+        assert err["error"] == "invalid_request" and err["detail"].startswith("budget_s"), what
+        assert needle in err["detail"], (what, err)
+    assert n_jobs() == before
+
+    spec = client.get("/openapi.json").json()["components"]["schemas"]
+    train = spec["TrainRequest"]
+    assert "auto" in train["properties"]["kind"]["enum"]
+    budget = train["properties"]["budget_s"]
+    assert {"type": "number", "exclusiveMinimum": 0.0} in budget["anyOf"]
+    assert "max_auto_budget_s" in budget["description"]
+    assert "chosen" in spec["JobResult"]["properties"]
+
+
+def test_auto_params_follow_the_settings(tmp_path: Path) -> None:
+    """No budget_s: the server's default, never above its cap; no auto_backbones: the
+    collection's own backbone with the server's weights."""
+    from transferlab.serve import Settings
+    from transferlab.serve.errors import ApiError
+    from transferlab.serve.routers.training import auto_params
+    from transferlab.serve.schemas import TrainRequest
+    from transferlab.serve.store import Collection
+
+    coll = Collection(backbone="efficientnet_lite0")
+    req = TrainRequest(kind="auto")
+    assert auto_params(req, Settings(data_dir=tmp_path), coll) == {
+        "budget_s": 600.0,
+        "backbones": ["efficientnet_lite0"],
+        "weights": "default",
+    }
+    capped = Settings(data_dir=tmp_path, max_auto_budget_s=120, auto_backbones=["a", "b"])
+    assert auto_params(req, capped, coll)["budget_s"] == 120
+    assert auto_params(req, capped, coll)["backbones"] == ["a", "b"]
+    with pytest.raises(ApiError, match="at most 120 seconds"):
+        auto_params(TrainRequest(kind="auto", budget_s=121), capped, coll)
+
+
+def test_auto_job_stops_at_the_next_stage_on_shutdown(server: tuple[TestClient, list[str]]) -> None:
+    """A server shutting down stops an auto run at its next stage line (then the job is marked
+    interrupted, as a fine-tune is); no model is recorded."""
+    import threading
+    from types import SimpleNamespace
+
+    from sqlalchemy import select
+
+    from transferlab.serve.jobs import Interrupted, auto_collection
+    from transferlab.serve.store import Collection, StoredModel
+
+    client, (a, _, _) = server
+    cid = client.post("/v1/collections", headers=auth(a), json={"name": "stop"}).json()["id"]
+    for i in range(3):
+        for kind in ("hstripes", "vstripes"):
+            assert add_example(client, cid, a, pattern(kind, 880 + i), kind).status_code == 201
+    store: Store = client.app.state.services.store  # type: ignore[attr-defined]
+    with store.session() as s:
+        coll = s.get(Collection, cid)
+        examples = list(coll.examples)
+    stopping = threading.Event()
+    stopping.set()
+    runner = SimpleNamespace(stopping=stopping, device="cpu")
+    params = {"budget_s": 60.0, "backbones": ["test_resnet"], "weights": "random"}
+    with pytest.raises(Interrupted):
+        auto_collection(store, coll, examples, "0" * 32, params, runner)
+    with store.session() as s:
+        assert not list(s.scalars(select(StoredModel).where(StoredModel.collection_id == cid)))

@@ -2,7 +2,7 @@
 
 Layer-wise probing, transferability scores (LogME, LEEP/N-LEEP, NCE, H-score, kNN), domain gap to
 a reference set, BatchNorm statistics shift and AdaBN, preprocessing checks, and the findings with
-advice built from them. Public names are re-exported here; the code lives in private modules.
+advice built from them, and the fine-tuning recipe each kind of shift calls for. Public names are re-exported here; the code lives in private modules.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from transferlab.diagnose._advice import SEVERITIES as SEVERITIES
 from transferlab.diagnose._advice import Finding as Finding
 from transferlab.diagnose._advice import advise as advise
+from transferlab.diagnose._advice import significant_peak as significant_peak
 from transferlab.diagnose._advice import stage_after as stage_after
 from transferlab.diagnose._bn import BNShift as BNShift
 from transferlab.diagnose._bn import adapt_bn as adapt_bn
@@ -31,6 +32,11 @@ from transferlab.diagnose._layers import layer_probe as layer_probe
 from transferlab.diagnose._preprocess import PreprocessingIssue as PreprocessingIssue
 from transferlab.diagnose._preprocess import check_input_tensors as check_input_tensors
 from transferlab.diagnose._preprocess import check_preprocessing as check_preprocessing
+from transferlab.diagnose._recipes import Recipe as Recipe
+from transferlab.diagnose._recipes import Shift as Shift
+from transferlab.diagnose._recipes import larger_size as larger_size
+from transferlab.diagnose._recipes import locate_shift as locate_shift
+from transferlab.diagnose._recipes import recipes_for as recipes_for
 from transferlab.diagnose._scores import SCORES as SCORES
 from transferlab.diagnose._scores import hscore as hscore
 from transferlab.diagnose._scores import kendall_tau as kendall_tau
@@ -51,6 +57,8 @@ __all__ = [
     "LayerProbeResult",
     "LayerProfileDisplay",
     "PreprocessingIssue",
+    "Recipe",
+    "Shift",
     "adapt_bn",
     "advise",
     "bn_layers",
@@ -66,13 +74,17 @@ __all__ = [
     "image_statistics",
     "kendall_tau",
     "knn_accuracy",
+    "larger_size",
     "layer_probe",
     "leep",
+    "locate_shift",
     "logme",
     "mmd_rbf",
     "nce",
     "pseudo_source_probs",
+    "recipes_for",
     "save_backbone_weights",
+    "significant_peak",
     "softmax",
     "stage_after",
 ]

@@ -8,15 +8,28 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["LOW_TAPS", "Finding", "advise", "stage_after"]
+from transferlab.diagnose._recipes import (
+    LOW_TAPS,
+    SHIFT_FLOOR,
+    SHIFT_RATIO,
+    locate_shift,
+    recipes_for,
+    stage_after,
+)
 
-# taps that hold low-level features (colour, edges, textures) in stem/stage naming
-LOW_TAPS = ("stem", "stage1", "stage2")
+__all__ = [
+    "LOW_TAPS",
+    "SHIFT_FLOOR",
+    "SHIFT_RATIO",
+    "Finding",
+    "advise",
+    "significant_peak",
+    "stage_after",
+]
+
 SEVERITIES = ("problem", "warning", "info", "ok")
 
 # thresholds, named so the report can quote them
-SHIFT_RATIO = 1.8  # target BN shift / reference BN shift that counts as a domain shift
-SHIFT_FLOOR = 0.35  # ... and the absolute W2 shift it must also exceed
 FEW_SHOT = 20  # images per class below which fine-tuning is not advised
 IMBALANCE = 3.0  # largest / smallest class count
 
@@ -42,20 +55,12 @@ def _mean_over(d: dict[str, float], keys: tuple[str, ...] | list[str]) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def stage_after(tap: str, n_stages: int) -> int | None:
-    """The ``--freeze-to`` that keeps everything up to `tap` frozen and trains from the stage
-    after it (``stageK`` -> K + 1, the last stage at most); None when `tap` is not a stage."""
-    if tap.startswith("stage") and tap[5:].isdigit():
-        return min(int(tap[5:]) + 1, max(1, n_stages))
-    return None
-
-
 def _deepest(layers: dict[str, Any]) -> str:
     """The layer a default probe reads: pre_logits when probed, else the last one listed."""
     return "pre_logits" if "pre_logits" in layers else list(layers)[-1]
 
 
-def _significant_peak(layer_probe: dict[str, Any] | None) -> str | None:
+def significant_peak(layer_probe: dict[str, Any] | None) -> str | None:
     """The layer where the probe peaks, if it beats the deepest layer by more than one standard
     deviation (and 1 point); None otherwise. The same rule as the `earlier_layer_better`
     finding, so the advice never acts on a peak that is noise."""
@@ -103,8 +108,7 @@ def advise(
     shift_cmd: str | None = None  # the fine-tuning command the shift finding gives
     if bn_target and bn_reference:
         taps = [t for t in bn_target if t in bn_reference]
-        ratios = {t: bn_target[t] / max(bn_reference[t], 1e-6) for t in taps}
-        shifted = [t for t in taps if ratios[t] >= SHIFT_RATIO and bn_target[t] >= SHIFT_FLOOR]
+        shift, n_stages = locate_shift(bn_target, bn_reference)
         low = [t for t in LOW_TAPS if t in taps]
         low_t, low_r = _mean_over(bn_target, low), _mean_over(bn_reference, low)
         evidence = {
@@ -116,9 +120,9 @@ def advise(
             evidence["domain_classifier_accuracy"] = {
                 la: v["classifier_accuracy"] for la, v in domain_gap["layers"].items()
             }
-        if shifted:
-            shifted_from = shifted[0]
-            is_low = shifted_from in LOW_TAPS
+        if shift is not None:
+            shifted_from = shift.first_tap
+            is_low = shift.low
             kind = "low-level" if is_low else "mid/high-level"
             grey = target_stats.get("greyscale_fraction", 0) >= 0.5 and (
                 reference_stats is None or reference_stats.get("greyscale_fraction", 0) < 0.5
@@ -133,51 +137,18 @@ def advise(
                     "than any ImageNet photo"
                 )
             because = f" ({'; '.join(causes)})" if causes else ""
-            n_stages = sum(1 for t in taps if t.startswith("stage"))
-            first = taps.index(shifted_from)
-            # Low-level shift: measured on pneumoniamnist (28 px greyscale x-rays, lite0, see
-            # benchmarks/RESULTS.md issue 4), retraining the early stages with BN trained reached
-            # val 0.907 / test 0.782, below the probe; keeping the stem and early stages frozen
-            # with their ImageNet statistics and training from the stage after the best probe
-            # layer reached val 0.978-0.985 / test 0.891-0.895, above every probe. Early filters
-            # still detect edges and blobs on x-rays; it is the deeper, ImageNet-specific
-            # combinations that need retraining.
-            peak = _significant_peak(layer_probe)  # None unless it clearly beats the last layer
-            after = stage_after(peak, n_stages) if peak else None
-            if peak == "stem":
-                train_from, why_from = 1, "every stage: the layer probe peaks at the stem"
-            elif after is not None:
-                train_from = after
-                why_from = (
-                    f"the stage after {peak}, where the layer probe peaks"
-                    if int(peak[5:]) < n_stages  # type: ignore[index]
-                    else f"the last stage: the layer probe peaks at {peak}"
-                )
-            else:  # no layer clearly better than the last (or no probe): the deepest stages
-                train_from = max(1, n_stages - 2)
-                why_from = "the last three stages; no earlier layer probes clearly better"
-            low_rec = (
-                "Low-level features are off, yet retraining the early stages does not pay: "
-                "on x-rays it scored below the probe, while keeping the stem and early stages "
-                "frozen with their ImageNet BatchNorm statistics and fine-tuning the deeper "
-                f"stages beat every probe. Fine-tune from stage {train_from} ({why_from}) with "
-                "BatchNorm statistics frozen, a 10x spread of learning rates, large crops, 10 "
-                "epochs and a moving average of the weights (--ema), which held up best on "
-                "shifted test images."
-            )
-            # tiny images (28 px x-rays): 112 px input scored as 224 did (test 0.891 vs 0.895,
-            # benchmarks/RESULTS.md issue 4) for a quarter of the compute
-            min_side = target_stats.get("median_min_side", input_size)
-            small = " --image-size 112" if min_side * 4 <= input_size and input_size > 112 else ""
-            if small:
-                low_rec += (
-                    f" The images are {min_side:.0f} px: train at 112 px, not {input_size}; "
-                    "upsampling further adds compute, not detail."
-                )
-            low_cmds = [
-                f"transferlab finetune {data}{small} --freeze-to {train_from} --bn freeze "
-                "--epochs 10 --lr 1e-3 --lr-mult 10 --crop-scale 0.6 --tta --ema 0.998"
-            ]
+            first = shift.first_index
+            # the recipe (one home: _recipes.py, which `auto` runs too); the peak counts only
+            # when it clearly beats the last layer
+            recipe = recipes_for(
+                shift,
+                n_stages=n_stages,
+                peak=significant_peak(layer_probe),
+                min_side=target_stats.get("median_min_side", input_size),
+                input_size=input_size,
+            )[0]
+            low_rec = recipe.why
+            low_cmds = [f"transferlab finetune {data} {recipe.flags()}"]
             if adabn_helps is not False:
                 low_cmds.append(f"transferlab fit {data} --adapt-bn")
             high_rec = (
@@ -258,7 +229,7 @@ def advise(
         accs = {k: v["accuracy"] for k, v in layers.items()}
         deepest = _deepest(layers)
         peak = layer_probe["peak_layer"]
-        if _significant_peak(layer_probe) is not None:
+        if significant_peak(layer_probe) is not None:
             out.append(
                 Finding(
                     "earlier_layer_better",

@@ -17,7 +17,7 @@ Two choices differ from fastai's defaults, on evidence measured here (see benchm
 
 Modules: `_config` (FinetuneConfig, FinetuneResult), `_groups` (layer groups, freezing,
 discriminative LRs), `_callbacks`, `_tuner` (the loop), `_checkpoint` (last.pt, best.pt,
-resume), `_lr_find`, `_losses`, `_images` (decode once, in memory), `_predict` (the one TTA
+resume), `_cost` (a fine-tune's time, measured before it starts), `_lr_find`, `_losses`, `_images` (decode once, in memory), `_predict` (the one TTA
 prediction step, which `transferlab.models` uses too), `_precision` (CPU bf16 training keeps
 depthwise convolutions in fp32).
 """
@@ -29,6 +29,7 @@ from transferlab.data import train_transform as train_transform
 from transferlab.finetune._callbacks import EMA as EMA
 from transferlab.finetune._callbacks import Callback as Callback
 from transferlab.finetune._callbacks import CancelFitException as CancelFitException
+from transferlab.finetune._callbacks import Deadline as Deadline
 from transferlab.finetune._callbacks import EarlyStopping as EarlyStopping
 from transferlab.finetune._callbacks import MixUp as MixUp
 from transferlab.finetune._callbacks import Progress as Progress
@@ -37,6 +38,8 @@ from transferlab.finetune._config import BN_POLICIES as BN_POLICIES
 from transferlab.finetune._config import CHECKPOINT as CHECKPOINT
 from transferlab.finetune._config import FinetuneConfig as FinetuneConfig
 from transferlab.finetune._config import FinetuneResult as FinetuneResult
+from transferlab.finetune._cost import StepCost as StepCost
+from transferlab.finetune._cost import measure_step_cost as measure_step_cost
 from transferlab.finetune._groups import layer_groups as layer_groups
 from transferlab.finetune._lr_find import LRFindResult as LRFindResult
 from transferlab.finetune._lr_find import suggest_lr as suggest_lr
@@ -50,6 +53,7 @@ __all__ = [
     "PRECISIONS",
     "Callback",
     "CancelFitException",
+    "Deadline",
     "EarlyStopping",
     "FineTuner",
     "FinetuneConfig",
@@ -57,9 +61,11 @@ __all__ = [
     "LRFindResult",
     "MixUp",
     "Progress",
+    "StepCost",
     "WiSE",
     "eval_transform",
     "layer_groups",
+    "measure_step_cost",
     "predict_batch",
     "suggest_lr",
     "train_transform",

@@ -10,6 +10,7 @@ may read and, where the event says so, replace.
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ __all__ = [
     "EMA",
     "Callback",
     "CancelFitException",
+    "Deadline",
     "EarlyStopping",
     "MixUp",
     "Progress",
@@ -301,3 +303,21 @@ def with_built_ins(
     if progress:
         cbs.append(Progress())
     return sorted(cbs, key=lambda cb: cb.order)
+
+
+class Deadline(Callback):
+    """Stop after the epoch when another epoch (as long as the slowest so far) would end past
+    `deadline` (a `time.monotonic` reading): a run given a time budget keeps its best epoch
+    instead of running over. The weights kept are still the best validated ones."""
+
+    order = 20
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.stopped = False
+
+    def after_epoch(self, tuner: Tuner) -> None:
+        longest = max(h["seconds"] for h in tuner.history)
+        if time.monotonic() + longest > self.deadline:
+            self.stopped = True
+            raise CancelFitException

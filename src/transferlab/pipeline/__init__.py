@@ -19,6 +19,9 @@ from transferlab._internal.lazy import lazy_namespace
 _NAMES = {
     "AdaptBNConfig": "_adapt_bn",
     "AdaptBNMetrics": "_adapt_bn",
+    "AutoConfig": "_auto",
+    "AutoMetrics": "_auto",
+    "run_auto": "_auto",
     "adapt_bn_run": "_adapt_bn",
     "run_adapt_bn": "_adapt_bn",
     "CurveConfig": "_curve",
@@ -65,6 +68,8 @@ _NAMES = {
 __all__ = [
     "AdaptBNConfig",
     "AdaptBNMetrics",
+    "AutoConfig",
+    "AutoMetrics",
     "CurveConfig",
     "CurveMetrics",
     "DiagnoseConfig",
@@ -99,6 +104,7 @@ __all__ = [
     "launch_finetune",
     "rank_run",
     "run_adapt_bn",
+    "run_auto",
     "run_curve",
     "run_diagnose",
     "run_embed",

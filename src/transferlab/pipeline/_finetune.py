@@ -29,6 +29,7 @@ from transferlab.pipeline._shared import (
     resolve_dataset,
     skipped_rows,
 )
+from transferlab.pipeline._views import training_views
 
 __all__ = [
     "FinetuneMetrics",
@@ -39,6 +40,7 @@ __all__ = [
     "finetune",
     "finish_finetune",
     "run_finetune",
+    "tie_margin",
 ]
 
 
@@ -148,6 +150,7 @@ class FinishedFinetune:
         calibration: `calibrate`'s summary (single-label) or None.
         val_index: positions in the validation samples of the images that decoded.
         skipped: (path, reason) of test images that did not decode.
+        val_proba: the uncalibrated probabilities of those images (rows follow `val_index`).
     """
 
     model: Any
@@ -156,6 +159,7 @@ class FinishedFinetune:
     calibration: dict[str, Any] | None = None
     val_index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    val_proba: np.ndarray | None = None
 
 
 def finish_finetune(
@@ -179,7 +183,7 @@ def finish_finetune(
         y_val = label_matrix(kept, classes)
         model.thresholds = tune_thresholds(y_val, proba)
         report = evaluate_multilabel(y_val, proba, classes, model.thresholds)
-        return FinishedFinetune(model, report, val_index=index)
+        return FinishedFinetune(model, report, val_index=index, val_proba=proba)
     labels = np.asarray([s.label for s in kept], dtype=object)
     probas = {"val": (proba, labels)}
     reports = {"val": evaluate_predictions(list(labels), proba, classes)}
@@ -194,7 +198,15 @@ def finish_finetune(
         reports["test"] = evaluate_predictions(t_labels, t_proba, classes)
     calibration = calibrate(probas, classes)
     model.temperature = calibration["temperature"]
-    return FinishedFinetune(model, reports["val"], reports.get("test"), calibration, index, skipped)
+    return FinishedFinetune(
+        model, reports["val"], reports.get("test"), calibration, index, skipped, proba
+    )
+
+
+def tie_margin(n_val: int) -> float:
+    """The smallest score difference that is not a tie on `n_val` images: one image, or half a
+    point. A tie goes to the probe (seconds to train, nothing of the backbone to overfit)."""
+    return max(0.005, 1.0 / max(n_val, 1))
 
 
 def advice_probe_vs_finetune(probe_acc: float | None, finetuned_acc: float, n_val: int) -> str:
@@ -205,7 +217,7 @@ def advice_probe_vs_finetune(probe_acc: float | None, finetuned_acc: float, n_va
     """
     if probe_acc is None:
         return "No linear-probe baseline was measured (head_init='random')."
-    margin = max(0.005, 1.0 / max(n_val, 1))
+    margin = tie_margin(n_val)
     diff = finetuned_acc - probe_acc
     if diff > margin:
         return (
@@ -287,11 +299,7 @@ def _run_finetune(config: FinetuneRunConfig, *, prepare: bool) -> RunResult:
     }
     if ds.multi_label:
         return _save_multilabel(done, ds, out, {**common, "n_train": n_train}, skipped, t0)
-    from transferlab.report import (
-        plot_report_confusion,
-        plot_training_curves,
-        write_finetune_report,
-    )
+    from transferlab.report import plot_training_curves, write_finetune_report
 
     skipped += done.skipped
     val = done.val
@@ -317,12 +325,52 @@ def _run_finetune(config: FinetuneRunConfig, *, prepare: bool) -> RunResult:
     curves = plot_training_curves(
         result.history, out / "training_curves.png", baseline=result.probe_val_score
     )
-    cm_png = plot_report_confusion(val, out, split="validation")
+    kept = [ds.val[i] for i in done.val_index]
+    paths = [s.path for s in kept]
+    images = training_views(
+        out,
+        paths,
+        [s.label for s in kept],
+        done.val_proba,  # type: ignore[arg-type]
+        list(tuner.classes_),
+        temperature=done.model.temperature,
+        features=lambda rows: _pre_logits(done.model, [paths[i] for i in rows]),
+        layer="the fine-tuned network's pre-logits",
+    )
+    cm_png = images[0][1]
     metrics.seconds = round(time.perf_counter() - t0, 3)
-    report = write_finetune_report(out, ds, metrics, curves, cm_png)
+    report = write_finetune_report(out, ds, metrics, curves, images)
     return RunResult.written(
         metrics, out, model_dir=model_dir, report=report, confusion_png=cm_png, skipped=skipped
     )
+
+
+def _pre_logits(model: Any, paths: Sequence[str]) -> np.ndarray:
+    """A `FinetunedModel`'s embedding of each image: the pooled input of its new head (timm's
+    ``forward_head(forward_features(x), pre_logits=True)``, the backbone's ``pre_logits`` tap),
+    one row per path; NaN for an image that does not decode. Computed only for the images the
+    embedding map shows, so it costs at most one pass over the validation images."""
+    import torch
+
+    from transferlab.data import ImageFileDataset, collate_skipping_failures, eval_transform
+
+    bb = model.backbone
+    loader = torch.utils.data.DataLoader(
+        ImageFileDataset(list(paths), eval_transform(bb, model.image_size), None),
+        batch_size=model.batch_size,
+        collate_fn=collate_skipping_failures,
+    )
+    bb.model.eval()
+    X: np.ndarray | None = None
+    for idx, x, _ in loader:
+        if x is None:
+            continue
+        x = x.to(bb.device).contiguous(memory_format=torch.channels_last)
+        v = bb.forward_taps(x, ["pre_logits"])["pre_logits"].float().cpu().numpy()
+        if X is None:
+            X = np.full((len(paths), v.shape[1]), np.nan, dtype=np.float32)
+        X[idx] = v
+    return X if X is not None else np.full((len(paths), 1), np.nan, dtype=np.float32)
 
 
 def _save_multilabel(

@@ -11,6 +11,7 @@ from transferlab._internal.lazy import lazy_namespace
 
 # name -> the private module that defines it (imported on first use: see _internal.lazy)
 _NAMES = {
+    "write_auto_report": "_auto",
     "write_curve_report": "_curve",
     "diagnosis_plots": "_diagnose",
     "findings_html": "_diagnose",
@@ -51,6 +52,7 @@ __all__ = [
     "plot_report_confusion",
     "plot_training_curves",
     "rank_table",
+    "write_auto_report",
     "write_curve_report",
     "write_diagnosis_report",
     "write_embed_report",

@@ -1,4 +1,4 @@
-"""Training jobs with a bounded queue: a linear probe on stored features, or a fine-tune.
+"""Training jobs with a bounded queue: a linear probe on stored features, a fine-tune, or auto.
 
 `JobRunner` runs training jobs one at a time in a worker thread, from a bounded queue (full: 429).
 Job state lives in the database, so a restart sees it; see `Store.recover_jobs`. Feature
@@ -22,6 +22,7 @@ import numpy as np
 from transferlab._internal.json import json_default
 from transferlab.exceptions import DatasetError, ImageLoadError, InvalidParameterError
 from transferlab.finetune import Callback
+from transferlab.serve.auto import run_auto_job
 from transferlab.serve.batcher import BatchedExtractor, FeatureBatcher
 from transferlab.serve.errors import ApiError
 from transferlab.serve.store import (
@@ -37,6 +38,7 @@ from transferlab.serve.store import (
 __all__ = [
     "Interrupted",
     "JobRunner",
+    "auto_collection",
     "check_trainable",
     "collection_metrics",
     "finetune_collection",
@@ -194,8 +196,9 @@ def collection_metrics(
 def train_collection(
     store: Store, batcher: FeatureBatcher, job_id: str, runner: JobRunner | None = None
 ) -> None:
-    """Run one job: a linear probe on the stored features, or a fine-tune of the backbone on
-    the stored images; save the model, record the outcome in the job row."""
+    """Run one job: a linear probe on the stored features, a fine-tune of the backbone on the
+    stored images, or auto (`transferlab.serve.auto`); save the model, record the outcome in
+    the job row."""
     with store.session() as s:
         job = s.get(Job, job_id)
         if job is None:
@@ -207,15 +210,18 @@ def train_collection(
         examples = list(coll.examples)
         kind, params = job.kind, dict(job.params or {})
     t0 = time.perf_counter()
+    done = "model ready"
     try:
         if kind == "finetune":
             finetune_collection(store, coll, examples, job_id, params, runner)
+        elif kind == "auto":
+            done = auto_collection(store, coll, examples, job_id, params, runner)
         else:
             probe_collection(store, batcher, coll, examples, job_id)
         with store.session() as s:
             job = s.get(Job, job_id)
             if job is not None:
-                job.status, job.progress, job.message = "succeeded", 1.0, "model ready"
+                job.status, job.progress, job.message = "succeeded", 1.0, done
                 job.updated = utcnow()
         logger.info(
             "job succeeded",
@@ -268,6 +274,29 @@ def probe_collection(
     model.temperature = temperature
     path = model.save(store.model_dir(coll_id, job_id), overwrite=True)
     _record_model(store, coll_id, job_id, path, classes, metrics)
+
+
+def auto_collection(
+    store: Store,
+    coll: Collection,
+    examples: list[Example],
+    job_id: str,
+    params: dict[str, Any],
+    runner: Any = None,
+) -> str:
+    """kind='auto': `run_auto` on the collection's images, its stage lines as the job's progress
+    (stopping at the next stage when the server shuts down); the model it keeps is recorded as
+    the collection's. Returns the job's closing message (what was chosen)."""
+
+    def report(progress: float, message: str) -> None:
+        if runner is not None and runner.stopping.is_set():
+            raise Interrupted
+        _set(store, job_id, progress=progress, message=message)
+
+    device = getattr(runner, "device", "auto")
+    done = run_auto_job(store, coll, examples, job_id, params, device=device, report=report)
+    _record_model(store, coll.id, job_id, done.model_dir, done.classes, done.metrics)
+    return done.message
 
 
 def _record_model(

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
+    "ChosenCandidate",
     "CollectionCreate",
     "CollectionPublic",
     "ExamplePublic",
@@ -18,6 +19,7 @@ __all__ = [
     "FeaturesResponse",
     "HealthResponse",
     "JobPublic",
+    "JobResult",
     "PredictResponse",
     "TrainRequest",
 ]
@@ -105,6 +107,7 @@ class CollectionPublic(_CollectionRow):
                 "classes": model.classes,
                 "created": model.created.isoformat(),
                 "accuracy": model.metrics.get("accuracy"),
+                "chosen": _chosen(model.metrics),
             },
         )
 
@@ -118,16 +121,38 @@ class ExamplePublic(BaseModel):
 
 
 class TrainRequest(BaseModel):
-    """``linear_probe`` (default: seconds, on the stored features) or ``finetune`` (minutes:
-    the backbone itself is trained on the stored images; the other fields apply to it only)."""
+    """``linear_probe`` (default: seconds, on the stored features), ``finetune`` (minutes: the
+    backbone itself is trained on the stored images; `epochs` and `image_size` apply to it only)
+    or ``auto`` (`transferlab auto`: ranks backbone layers, tries the fine-tune recipes that fit
+    `budget_s`, keeps the best on held-out images; single-label, 3+ images of each label)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["linear_probe", "finetune"] = "linear_probe"
+    kind: Literal["linear_probe", "finetune", "auto"] = "linear_probe"
     epochs: int | None = Field(default=None, ge=1, le=50, description="finetune: default 3")
     image_size: int | None = Field(
         default=None, ge=32, le=512, description="finetune: input size (default: the backbone's)"
     )
+    budget_s: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="auto: wall-clock seconds for the whole run (default: the server's "
+        "auto_budget_s, 600; at most its max_auto_budget_s, 3600, else 422)",
+    )
+
+
+class ChosenCandidate(BaseModel):
+    name: str = Field(description="e.g. 'probe efficientnet_lite0/stage5'")
+    kind: Literal["probe", "finetune"]
+
+
+class JobResult(BaseModel):
+    """The model a succeeded job trained (the collection's model until the next one)."""
+
+    model_id: int
+    accuracy: float | None = Field(description="validation (or cross-validated) accuracy")
+    chosen: ChosenCandidate | None = Field(default=None, description="auto: what it kept")
 
 
 class JobPublic(BaseModel):
@@ -140,6 +165,28 @@ class JobPublic(BaseModel):
     error: str | None
     created: dt.datetime
     updated: dt.datetime
+    result: JobResult | None = Field(default=None, description="when succeeded")
+
+    @classmethod
+    def of(cls, job: Any, model: Any | None = None) -> JobPublic:
+        """The response for the ORM row `job`, with the `StoredModel` row it trained, if any."""
+        out = cls.model_validate(job, from_attributes=True)
+        if model is not None:
+            chosen = _chosen(model.metrics)
+            out.result = JobResult(
+                model_id=model.id,
+                accuracy=model.metrics.get("accuracy"),
+                chosen=ChosenCandidate.model_validate(chosen) if chosen else None,
+            )
+        return out
+
+
+def _chosen(metrics: dict[str, Any]) -> dict[str, str] | None:
+    """An auto model's chosen candidate (name and kind) from its metrics; None for the others."""
+    chosen = metrics.get("chosen")
+    if not isinstance(chosen, dict):
+        return None
+    return {"name": str(chosen.get("name")), "kind": str(chosen.get("kind"))}
 
 
 class LabelProbability(BaseModel):

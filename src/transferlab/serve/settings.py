@@ -55,4 +55,19 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=32, ge=1)
     batch_wait_ms: float = Field(default=5.0, ge=0)
     request_timeout_s: float = Field(default=120.0, gt=0)
+    auto_budget_s: float = Field(
+        default=600.0, gt=0, description="kind='auto': seconds when a request names no budget_s"
+    )
+    max_auto_budget_s: float = Field(
+        default=3600.0, gt=0, description="kind='auto': the largest budget_s a request may ask"
+    )
+    auto_backbones: list[str] = Field(
+        default_factory=list,
+        description="kind='auto': the backbones it ranks (a JSON list in the environment); "
+        "empty: the collection's own backbone only, whose probe predictions then share the "
+        "server's batched extractor",
+    )
+    auto_weights: str | None = Field(
+        default=None, description="kind='auto': those backbones' weights (default: `weights`)"
+    )
     log_level: str = "INFO"

@@ -7,7 +7,7 @@ from sqlalchemy import select
 
 from transferlab.serve.deps import CurrentKey, ServicesDep, one_or_404
 from transferlab.serve.schemas import JobPublic
-from transferlab.serve.store import Collection, Job
+from transferlab.serve.store import Collection, Job, StoredModel
 
 __all__ = ["router"]
 
@@ -16,7 +16,8 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 @router.get("/{job_id}", response_model=JobPublic)
 def get_job(job_id: str, services: ServicesDep, key: CurrentKey) -> JobPublic:
-    """Status (queued, running, succeeded, failed), progress 0-1, message and error."""
+    """Status (queued, running, succeeded, failed), progress 0-1, message and error; once
+    succeeded, ``result``: the model it trained (accuracy; kind='auto': the chosen candidate)."""
     with services.store.session() as s:
         job = one_or_404(
             s,
@@ -25,4 +26,12 @@ def get_job(job_id: str, services: ServicesDep, key: CurrentKey) -> JobPublic:
             .where(Job.id == job_id, Collection.owner_id == key.id),
             f"job {job_id!r} not found",
         )
-    return JobPublic.model_validate(job, from_attributes=True)
+        model = None
+        if job.status == "succeeded":
+            model = s.scalar(
+                select(StoredModel)
+                .where(StoredModel.job_id == job.id)
+                .order_by(StoredModel.id.desc())
+                .limit(1)
+            )
+        return JobPublic.of(job, model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import uuid
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,7 +29,8 @@ MAX_LOADED_MODELS = 16
 
 
 def _load_model(services: Services, row: StoredModel, layer: str) -> Any:
-    """A `TransferModel` for a stored model, using the shared batched extractor (LRU-cached)."""
+    """A predictor for a stored model (LRU-cached): a probe on the server's backbone shares
+    the batched extractor; a fine-tune, or a probe on another backbone, loads its own."""
     import joblib
 
     from transferlab.exceptions import TransferlabError
@@ -39,15 +41,22 @@ def _load_model(services: Services, row: StoredModel, layer: str) -> Any:
             services.models.move_to_end(row.id)
             return services.models[row.id]
     root = Path(row.path)
+    model: Any
     try:
         meta = json.loads((root / "model.json").read_text())
         if meta.get("kind") == "finetuned":
             # a whole network of its own: it runs in the request's thread, not the batcher
             model = load_model(root, device=services.settings.device, progress=False)
+        elif not _reads_batcher(meta, services):
+            # a probe on another backbone, precision or pool (kind='auto' may pick one): its
+            # own extractor, one request at a time (its layer hooks are not thread-safe)
+            model = _OneAtATime(load_model(root, device=services.settings.device, progress=False))
         else:
             probe = joblib.load(root / meta["probe"]["file"])
+            timeout = services.settings.request_timeout_s
+            shared = BatchedExtractor(services.batcher, meta.get("layer", layer), timeout)
             model = TransferModel(
-                BatchedExtractor(services.batcher, layer, services.settings.request_timeout_s),  # type: ignore[arg-type]
+                shared,  # type: ignore[arg-type]
                 probe,
                 row.metrics,
                 classes=meta["classes"],
@@ -57,12 +66,38 @@ def _load_model(services: Services, row: StoredModel, layer: str) -> Any:
         raise ApiError(
             409, f"the trained model's files are missing or damaged ({exc}); train again"
         ) from None
-    model.collection_id = row.collection_id  # type: ignore[attr-defined]
+    model.collection_id = row.collection_id
     with services.models_lock:
         services.models[row.id] = model
         while len(services.models) > MAX_LOADED_MODELS:
             services.models.popitem(last=False)
     return model
+
+
+def _reads_batcher(meta: dict[str, Any], services: Services) -> bool:
+    """Whether a saved probe reads exactly the vectors the server's batched extractor computes
+    (same backbone and weights, precision and pool; any of its layers): then it shares it."""
+    fx = services.batcher.extractor
+    card = fx._card()
+    bb = meta.get("backbone", {})
+    return (
+        bb.get("name") == card.name
+        and bb.get("weights_sha256") == card.weights_sha256
+        and meta.get("precision", "fp32") == fx._precision()
+        and meta.get("pool") == fx.pool
+    )
+
+
+class _OneAtATime:
+    """A loaded model whose `predict_paths` runs for one request at a time."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self._lock = threading.Lock()
+
+    def predict_paths(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return self.model.predict_paths(*args, **kwargs)
 
 
 @router.post("/{collection_id}/predict", response_model=PredictResponse)

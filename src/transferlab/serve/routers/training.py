@@ -1,5 +1,5 @@
-"""Training a collection: start a background job (probe or fine-tune), and the cross-validated
-metrics that a probe on the stored features reaches (computed without training a model)."""
+"""Training a collection: start a background job (probe, fine-tune or auto), and the
+cross-validated metrics that a probe on the stored features reaches (no model trained)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from transferlab.serve.errors import ApiError
 from transferlab.serve.jobs import check_trainable, collection_metrics, jsonable
 from transferlab.serve.routers._common import active_job, check_backbone
 from transferlab.serve.schemas import JobPublic, TrainRequest
+from transferlab.serve.settings import Settings
 from transferlab.serve.store import Example, Job
 
 __all__ = ["router"]
@@ -30,7 +31,12 @@ def train(
     services: ServicesDep,
     body: Annotated[TrainRequest | None, Body()] = None,
 ) -> JobPublic:
-    """Start a background training job; poll ``GET /v1/jobs/{id}``."""
+    """Start a background training job; poll ``GET /v1/jobs/{id}``.
+
+    ``{"kind": "auto", "budget_s": 600}`` runs `transferlab auto` on the collection's images
+    within the budget; the job's message follows its stages, and its ``result`` names the
+    candidate kept (a probe on a layer, or a fine-tune recipe) and its validation accuracy.
+    """
     req = body or TrainRequest()
     kind = req.kind
     params: dict[str, Any] = {}
@@ -38,6 +44,10 @@ def train(
         params = {k: v for k, v in (("epochs", req.epochs), ("image_size", req.image_size)) if v}
     elif req.epochs is not None or req.image_size is not None:
         raise ApiError(422, "epochs and image_size apply to kind='finetune' only")
+    if kind == "auto":
+        params = auto_params(req, services.settings, coll)
+    elif req.budget_s is not None:
+        raise ApiError(422, "budget_s: applies to kind='auto' only")
     check_backbone(services, coll)
     # one job per collection: the check and the insert must not interleave with another train
     # or a delete of the same collection (a single process serves a database)
@@ -62,7 +72,25 @@ def train(
                 if row is not None:
                     s.delete(row)
             raise
-    return JobPublic.model_validate(job, from_attributes=True)
+    return JobPublic.of(job)
+
+
+def auto_params(req: TrainRequest, settings: Settings, coll: Any) -> dict[str, Any]:
+    """What an auto job runs with, fixed when it is queued (and kept in its row): the budget,
+    checked against the server's cap, and the backbones ranked with their weights."""
+    cap = settings.max_auto_budget_s
+    budget = req.budget_s if req.budget_s is not None else min(settings.auto_budget_s, cap)
+    if budget > cap:
+        raise ApiError(
+            422,
+            f"budget_s: must be at most {cap:g} seconds (this server's max_auto_budget_s), "
+            f"got {budget:g}",
+        )
+    return {
+        "budget_s": float(budget),
+        "backbones": list(settings.auto_backbones or [coll.backbone]),
+        "weights": settings.auto_weights or settings.weights,
+    }
 
 
 @router.get("/{collection_id}/metrics")

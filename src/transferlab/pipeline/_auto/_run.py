@@ -1,0 +1,523 @@
+"""`run_auto`: the transfer decision made for the user, within a time budget, every choice on
+the training images alone (an inner split and cross-validation); ``val/`` and ``test/`` are
+scored once, at the end, with the model kept."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from transferlab._internal.rundir import prepare_out
+from transferlab.data import Dataset, Sample, stratified_split
+from transferlab.exceptions import DatasetError, InvalidParameterError
+from transferlab.pipeline._auto._config import AutoConfig, AutoMetrics, Candidate
+from transferlab.pipeline._auto._probe import (
+    FEW_SHOT,
+    BackboneFeatures,
+    check_data,
+    oof_proba,
+    rank_and_probe,
+    score,
+)
+from transferlab.pipeline._finetune import tie_margin
+from transferlab.pipeline._results import RunResult
+from transferlab.pipeline._shared import eval_block, resolve_dataset
+
+__all__ = ["run_auto"]
+
+logger = logging.getLogger(__name__)
+
+#: share of the time left that ranking backbones may use (the probes' features)
+RANK_SHARE = 0.35
+#: seconds kept back for the final scoring, plots and report
+RESERVE_S = 30.0
+#: reference images for the BatchNorm shift (each side)
+BN_IMAGES = 128
+
+
+def run_auto(config: AutoConfig) -> RunResult:
+    """Check the data, rank backbones x layers, measure the domain shift, try the fine-tune
+    recipes it calls for that fit the budget, keep the best model on the inner validation
+    images, and save it with one report (decision log, then evaluation on ``val/``).
+
+    Raises:
+        InvalidParameterError: multi-label data (use `fit`/`finetune` with multi_label).
+        DatasetError: a class with fewer than 2 training images (nothing to hold out).
+    """
+    t0 = time.perf_counter()
+    deadline = time.monotonic() + config.budget_s
+    step = _stepper(config, t0)
+    ds = resolve_dataset(config.data, val_fraction=config.val_fraction, seed=config.seed)
+    if ds.multi_label:
+        raise InvalidParameterError(
+            "auto handles single-label data; for multi-label use fit or finetune --multi-label"
+        )
+    out = Path(config.out)
+    prepare_out(out, config.overwrite)
+    stages: dict[str, float] = {}
+
+    def stage_done(name: str, since: float) -> float:
+        now = time.perf_counter()
+        stages[name] = round(now - since, 2)
+        return now
+
+    step("checking the data")
+    t = time.perf_counter()
+    data_check = check_data(ds)
+    counts = data_check["class_counts"]
+    if len(counts) < 2 or min(counts.values()) < 2:
+        raise DatasetError(
+            f"{ds.root}: auto needs at least 2 training images in each of 2 classes; got {counts}"
+        )
+    inner_train, inner_val = stratified_split(ds.train, config.inner_val_fraction, config.seed)
+    inner_train_paths = {s.path for s in inner_train}
+    t = stage_done("data_check", t)
+
+    ranked, candidates = rank_and_probe(
+        config, list(ds.train), inner_train_paths, deadline, RANK_SHARE, step
+    )
+    t = stage_done("rank_and_probe", t)
+    probes = [c for c in candidates if c.status == "kept"]
+    best_probe = max(probes, key=lambda c: (c.cv_score or 0.0, c.inner_score or 0.0))
+    by_name = {bf.name: bf for bf in ranked}
+
+    step("domain shift: BatchNorm statistics against natural photos")
+    shift_info, recipes = _shift_and_recipes(config, by_name[best_probe.backbone], data_check)
+    t = stage_done("domain_shift", t)
+
+    tuned = None
+    smallest = min(counts.values())
+    if not config.finetune:
+        why_none = "fine-tuning turned off (finetune=False)"
+    elif smallest < FEW_SHOT:
+        why_none = f"the smallest class has {smallest} training images (< {FEW_SHOT})"
+    else:
+        why_none = ""
+        tuned = _finetunes(
+            config,
+            ds,
+            inner_train,
+            inner_val,
+            recipes,
+            ranked,
+            best_probe,
+            candidates,
+            deadline,
+            step,
+        )
+        candidates += tuned[1]
+        t = stage_done("finetune", t)
+    if why_none:
+        for r in recipes:
+            candidates.append(
+                Candidate(
+                    f"finetune {r.name}",
+                    "finetune",
+                    best_probe.backbone,
+                    recipe=r.name,
+                    settings=r.settings,
+                    why=f"not started: {why_none}",
+                )
+            )
+
+    # the decision: probes by their cross-validated score; a fine-tune by that of its
+    # backbone's probe plus its gain over its own start, which must exceed a tie (one inner
+    # validation image or half a point) over the best probe
+    margin = tie_margin(len(inner_val))
+    winner: Candidate = best_probe
+    tuner = None
+    if tuned is not None and tuned[0] is not None:
+        ft_row, ft_tuner = tuned[0]
+        if (ft_row.expected_score or 0.0) > (best_probe.cv_score or 0.0) + margin:
+            winner, tuner = ft_row, ft_tuner
+    for c in candidates:
+        if c is winner:
+            c.status = "chosen"
+    _explain(winner, best_probe, candidates, margin)
+
+    step(f"scoring the chosen model ({winner.name}) once on the held-out splits")
+    if tuner is None:
+        model, reports, calibration, views_in = _final_probe(
+            config, ds, by_name[winner.backbone], str(winner.layer)
+        )
+    else:
+        model, reports, calibration, views_in = _final_finetune(ds, tuner, inner_val)
+    t = stage_done("final", t)
+    val, test = reports["val"], reports.get("test")
+    metrics = AutoMetrics(
+        **AutoMetrics.scores(
+            val, n_train=len(ds.train), test=test, skipped=[], classes=model.classes
+        ),
+        backbone=winner.backbone,
+        weights_sha256=_weights_sha(model),
+        layer=str(winner.layer) if winner.kind == "probe" else "finetuned",
+        chosen={
+            "name": winner.name,
+            "kind": winner.kind,
+            "inner_score": winner.inner_score,
+            "cv_score": winner.cv_score,
+            "expected_score": winner.expected_score,
+            "rule": f"probes by {config.cv}-fold cross-validated {config.metric} on the training "
+            "images; a fine-tune by its backbone's probe score plus its gain over its own start "
+            f"on the {len(inner_val)} inner validation images, which must beat the best probe "
+            f"by more than {margin:.3f} (ties go to the probe)",
+        },
+        metric=config.metric,
+        data_check=data_check,
+        shift=shift_info,
+        candidates=[c.to_dict() for c in candidates],
+        images_used=_images_used(ds, inner_train, inner_val, config),
+        budget={"budget_s": config.budget_s, "stages": stages},
+        dataset={"path": ds.root, "source": ds.source, "split": ds.split_note},
+        calibration=calibration,
+        test=eval_block(test) if test is not None else None,
+    )
+    model.metrics = metrics.to_dict()
+    model_dir = model.save(out / "model", overwrite=True)
+    from transferlab.pipeline._views import training_views
+    from transferlab.report import write_auto_report
+
+    images = training_views(out, **views_in, split="validation")
+    metrics.seconds = round(time.perf_counter() - t0, 2)
+    metrics.budget["seconds"] = metrics.seconds
+    metrics.budget["within_budget"] = metrics.seconds <= config.budget_s * 1.1
+    model.metrics = metrics.to_dict()
+    report = write_auto_report(out, ds, metrics, images)
+    step(f"done in {metrics.seconds:.0f} s: {winner.name}, validation accuracy {val.accuracy:.4f}")
+    return RunResult.written(
+        metrics,
+        out,
+        model_dir=model_dir,
+        report=report,
+        confusion_png=images[0][1] if images else None,
+    )
+
+
+def _stepper(config: AutoConfig, t0: float) -> Any:
+    """The progress line per stage: elapsed time and budget left, to `on_step` or the log."""
+
+    def step(text: str) -> None:
+        spent = time.perf_counter() - t0
+        line = f"[{spent:5.0f} s / {config.budget_s:.0f} s] {text}"
+        (config.on_step or logger.info)(line)
+
+    return step
+
+
+def _shift_and_recipes(
+    config: AutoConfig, bf: BackboneFeatures, data_check: dict[str, Any]
+) -> tuple[dict[str, Any], list[Any]]:
+    """BatchNorm shift of the training images against the built-in natural photos, located by
+    depth, and the recipes it calls for (`diagnose.recipes_for`). Networks without BatchNorm
+    get the near-ImageNet recipes, with the reason said."""
+    from transferlab.diagnose import (
+        bn_shift,
+        default_reference,
+        image_batches,
+        layer_probe,
+        locate_shift,
+        recipes_for,
+        significant_peak,
+    )
+
+    bb = bf.extractor.backbone_
+    rng = np.random.default_rng(config.seed)
+    paths = [s.path for s in bf.samples]
+    pick = sorted(rng.choice(len(paths), min(BN_IMAGES, len(paths)), replace=False))
+    ref = default_reference()
+    ref = ref[:: max(1, len(ref) // BN_IMAGES)][:BN_IMAGES]
+    info: dict[str, Any] = {"backbone": bf.name, "measured_on": f"{len(pick)} training images"}
+    try:
+        t = bn_shift(bb, image_batches(bb, [paths[i] for i in pick], batch_size=32))
+        r = bn_shift(bb, image_batches(bb, ref, batch_size=32))
+        shift, n_stages = locate_shift(t.by_tap(), r.by_tap())
+    except InvalidParameterError as e:  # no BatchNorm layer: the measure does not apply
+        shift, n_stages = None, sum(1 for la in bf.features if la.startswith("stage"))
+        info["skipped"] = str(e)
+    peak = None
+    if shift is not None and shift.low:
+        y = [str(s.label) for s in bf.samples]
+        layers = {la: X for la, X in bf.features.items() if la != "logits"}
+        peak = significant_peak(layer_probe(layers, y, cv=config.cv, seed=config.seed).to_dict())
+    stats = data_check["image_stats"]
+    recipes = recipes_for(
+        shift,
+        n_stages=n_stages,
+        peak=peak,
+        min_side=float(stats.get("median_min_side", bf.input_size)),
+        input_size=bf.input_size,
+    )
+    info.update(
+        kind="none" if shift is None else "low_level" if shift.low else "high_level",
+        first_shifted_tap=shift.first_tap if shift else None,
+        probe_peak_layer=peak,
+        recipes=[r.name for r in recipes],
+    )
+    return info, recipes
+
+
+def _finetunes(
+    config: AutoConfig,
+    ds: Dataset,
+    inner_train: list[Sample],
+    inner_val: list[Sample],
+    recipes: list[Any],
+    ranked: list[BackboneFeatures],
+    best_probe: Candidate,
+    candidates: list[Candidate],
+    deadline: float,
+    step: Any,
+) -> tuple[tuple[Candidate, Any] | None, list[Candidate]]:
+    """Each recipe on the best probe's backbone, or the next cheaper one, when its estimate
+    (measured step time x the data) fits the time left; trained on the inner training images,
+    its epoch and WiSE blend chosen on the inner validation images. The best (row, tuner)."""
+    from transferlab.diagnose import larger_size
+    from transferlab.finetune import Deadline, FinetuneConfig, FineTuner, measure_step_cost
+
+    rows: list[Candidate] = []
+    best: tuple[Candidate, Any] | None = None
+    sizes = {b.name: b.input_size for b in ranked}
+    by_name = {b.name: b for b in ranked}
+    for recipe in recipes:
+        row = None
+        for name in _cheaper_first_fallback(best_probe.backbone, ranked):
+            settings = dict(recipe.settings)
+            if recipe.family == "near_imagenet" and "image_size" in settings:
+                settings["image_size"] = larger_size(sizes[name])  # of this backbone's input
+            cfg = FinetuneConfig(
+                backbone=name,
+                weights=config.weights,
+                seed=config.seed,
+                device=config.device,
+                max_pixels=config.max_pixels,
+                num_workers=config.num_workers,
+                **settings,
+            )
+            row = Candidate(
+                f"finetune {recipe.name} ({name})",
+                "finetune",
+                name,
+                recipe=recipe.name,
+                settings=settings,
+            )
+            left = deadline - time.monotonic() - _reserve(ds)
+            if left <= 0:
+                row.why = "not started: no time left in the budget"
+                break
+            step(f"measuring a training step of {row.name}")
+            cost = measure_step_cost(cfg, list(ds.classes))
+            row.estimated_s = round(cost.estimate_seconds(cfg, len(inner_train), len(inner_val)))
+            left = deadline - time.monotonic() - _reserve(ds)
+            if row.estimated_s > left:
+                row.why = (
+                    f"not started: estimated {row.estimated_s:.0f} s "
+                    f"({cost.train_step_s:.2f} s per step of {cost.batch_size} at "
+                    f"{cost.image_size} px) > {left:.0f} s left"
+                )
+                rows.append(row)
+                row = None
+                continue
+            step(f"{row.name}: about {row.estimated_s:.0f} s of {left:.0f} s left")
+            t = time.perf_counter()
+            tuner = FineTuner(
+                cfg, callbacks=[Deadline(deadline - _reserve(ds))], progress=config.progress
+            )
+            result = tuner.fit(inner_train, inner_val, ds.classes, on_error="skip")
+            proba, y = tuner.predict_proba_loader(tuner.loaders_["val"])
+            classes = np.asarray(tuner.classes_, dtype=object)
+            row.inner_score = round(score(config.metric, classes[y], classes[proba.argmax(1)]), 4)
+            row.seconds = round(time.perf_counter() - t, 1)
+            row.status = "kept"
+            start = float(result.probe_val_score or 0.0)
+            row.start_score = round(start, 4)
+            base = _base_cv(config, by_name[name], candidates)
+            row.expected_score = round(base + row.inner_score - start, 4)
+            stopped = " (stopped early by the budget)" if result.stopped_early else ""
+            row.why = (
+                f"{len(result.history)} epochs{stopped}, best epoch {result.best_epoch}, WiSE "
+                f"alpha {result.wise_alpha:g}: {row.inner_score:.3f} on the inner validation "
+                f"images against {start:.3f} for its own probe start; expected "
+                f"{row.expected_score:.3f} = {name}/pre_logits probe {base:.3f} "
+                f"{row.inner_score - start:+.3f}; {recipe.why}"
+            )
+            if best is None or row.expected_score > (best[0].expected_score or 0.0):
+                best = (row, tuner)
+            break
+        if row is not None:
+            rows.append(row)
+    return best, rows
+
+
+def _base_cv(config: AutoConfig, bf: BackboneFeatures, candidates: list[Candidate]) -> float:
+    """The cross-validated score of `bf`'s pre_logits probe on the training images (from the
+    probes already run, else measured now)."""
+    for c in candidates:
+        if c.backbone == bf.name and c.layer == "pre_logits" and c.cv_score is not None:
+            return c.cv_score
+    y = _split_labels(bf.samples)
+    proba, cls = oof_proba(bf.features["pre_logits"], y, config.cv, config.seed)
+    return round(score(config.metric, y, cls[proba.argmax(1)]), 4)
+
+
+def _cheaper_first_fallback(first: str, ranked: list[BackboneFeatures]) -> list[str]:
+    """The best probe's backbone, then the others from the cheapest (smallest input) up."""
+    sizes = {b.name: b.input_size for b in ranked}
+    rest = sorted((n for n in sizes if n != first), key=lambda n: sizes[n])
+    return [first, *rest]
+
+
+def _reserve(ds: Dataset) -> float:
+    """Seconds kept for scoring val/test, the plots and the report."""
+    return RESERVE_S + 0.05 * (len(ds.val) + len(ds.test))
+
+
+def _explain(
+    winner: Candidate, best_probe: Candidate, rows: list[Candidate], margin: float
+) -> None:
+    """Each run candidate's status line says how it compared with the winner."""
+    for c in rows:
+        if c is winner:
+            c.why = f"chosen: {c.why}"
+        elif c.status == "kept" and c.kind == "finetune":
+            c.why = (
+                f"not kept: expected {c.expected_score:.3f} does not beat the best probe "
+                f"({best_probe.cv_score:.3f}) by more than {margin:.3f}; {c.why}"
+                if winner is best_probe
+                else f"not kept: below {winner.name} ({winner.expected_score:.3f}); {c.why}"
+            )
+        elif c.status == "kept" and c.kind == "probe" and c is not best_probe:
+            c.why = f"not kept: a lower cross-validated score than {best_probe.name}; {c.why}"
+        elif c is best_probe:
+            c.why = f"best probe, not kept: {winner.name} scored higher; {c.why}"
+
+
+def _split_labels(samples: list[Sample]) -> np.ndarray:
+    return np.asarray([str(s.label) for s in samples], dtype=object)
+
+
+def _final_probe(
+    config: AutoConfig, ds: Dataset, bf: BackboneFeatures, layer: str
+) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The chosen probe refitted on every training image; its temperature fitted on the
+    training images' out-of-fold probabilities; val (and test) scored once."""
+    from transferlab.evaluate import calibrate, evaluate_predictions
+    from transferlab.models import MAX_TRAIN_INDEX, TransferModel
+    from transferlab.probe import LinearProbe
+
+    X, y = bf.features[layer], _split_labels(bf.samples)
+    probe = LinearProbe().fit(X, y)
+    oof, cls = oof_proba(X, y, config.cv, config.seed)
+    oof = oof[:, [list(cls).index(c) for c in probe.classes_]]  # columns in the probe's order
+    index = {c: i for i, c in enumerate(probe.classes_)}
+    fx = config.extractor(bf.name, weights=config.weights, layer=layer).fit()
+    reports, probas, views = {}, {}, {}
+    for name, samples in (("val", ds.val), ("test", ds.test)):
+        if not samples:
+            continue
+        res = fx.extract([s.path for s in samples], on_error="skip")
+        kept = [samples[i] for i in res.index]
+        p = probe.predict_proba(res.features[layer])
+        labels = _split_labels(kept)
+        probas[name] = (p, np.array([index[v] for v in labels]))
+        reports[name] = evaluate_predictions(list(labels), p, probe.classes_)
+        if name == "val":
+            views = {
+                "paths": [s.path for s in kept],
+                "labels": list(labels),
+                "raw_proba": p,
+                "classes": [str(c) for c in probe.classes_],
+                "features": res.features[layer],
+                "layer": layer,
+            }
+    if "val" not in reports:
+        raise DatasetError(f"{ds.root}: no validation image could be read")
+    cal = calibrate(
+        oof,
+        np.array([index[v] for v in y]),
+        fitted_on="out-of-fold",
+        name="train_out_of_fold",
+        also=probas,
+    )
+    model = TransferModel(fx, probe, {})
+    model.temperature = cal.temperature
+    if len(y) <= MAX_TRAIN_INDEX:
+        model.train_index = {"X": X, "labels": list(y), "paths": [s.path for s in bf.samples]}
+    views["temperature"] = cal.temperature
+    return model, reports, cal.to_dict(), views
+
+
+def _final_finetune(
+    ds: Dataset, tuner: Any, inner_val: list[Sample]
+) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The chosen fine-tune as trained on the inner training images; its temperature fitted
+    on the inner validation images; val (and test) scored once."""
+    from transferlab.evaluate import calibrate, evaluate_predictions
+    from transferlab.models import FinetunedModel
+
+    model = FinetunedModel.from_tuner(tuner, progress=False)
+    classes = list(tuner.classes_)
+    index = {c: i for i, c in enumerate(classes)}
+
+    def predict(samples: list[Sample]) -> tuple[np.ndarray, list[Sample]]:
+        p, idx, _ = model.predict_proba_paths([s.path for s in samples], calibrated=False)
+        return p, [samples[i] for i in idx]
+
+    p_in, kept_in = predict(inner_val)
+    reports, probas, views = {}, {}, {}
+    for name, samples in (("val", ds.val), ("test", ds.test)):
+        if not samples:
+            continue
+        p, kept = predict(samples)
+        labels = _split_labels(kept)
+        probas[name] = (p, np.array([index[v] for v in labels]))
+        reports[name] = evaluate_predictions(list(labels), p, classes)
+        if name == "val":
+            views = {
+                "paths": [s.path for s in kept],
+                "labels": list(labels),
+                "raw_proba": p,
+                "classes": classes,
+            }
+    if "val" not in reports:
+        raise DatasetError(f"{ds.root}: no validation image could be read")
+    cal = calibrate(
+        p_in,
+        np.array([index[v] for v in _split_labels(kept_in)]),
+        fitted_on="inner validation",
+        name="inner_val",
+        also=probas,
+    )
+    model.temperature = cal.temperature
+    views["temperature"] = cal.temperature
+    return model, reports, cal.to_dict(), views
+
+
+def _weights_sha(model: Any) -> str | None:
+    fx = getattr(model, "extractor", None)
+    if fx is not None:
+        return fx.card_.weights_sha256
+    return getattr(getattr(model, "backbone", None), "weights_sha256", None)
+
+
+def _images_used(
+    ds: Dataset, inner_train: list[Sample], inner_val: list[Sample], config: AutoConfig
+) -> dict[str, str]:
+    """Which images each figure came from, as the report states it."""
+    return {
+        "ranking_and_probes": f"the {len(ds.train)} training images: LogME, and "
+        f"{config.cv}-fold cross-validated probes",
+        "comparison": f"{len(inner_val)} inner validation images held out of the training "
+        f"images ({config.inner_val_fraction:.0%}, stratified, seed {config.seed}); fine-tunes "
+        f"trained on the other {len(inner_train)}, their epoch and WiSE blend chosen on these",
+        "final_probe": "a chosen probe is refitted on every training image; its temperature "
+        "fitted on their out-of-fold probabilities",
+        "final_finetune": "a chosen fine-tune is the one trained on the inner training images; "
+        "its temperature fitted on the inner validation images",
+        "reported": f"validation figures: the {len(ds.val)} images of the validation split "
+        f"({ds.split_note}), scored once with the chosen model and never used for a choice"
+        + (f"; test figures: the {len(ds.test)} test images, likewise" if ds.test else ""),
+    }
