@@ -81,15 +81,15 @@ def _xray_folder(root: Path, n: int = 24, seed: int = 0) -> Path:
 
 
 def test_shifted_domain_gets_the_partial_freeze_recipe(tmp_path: Path) -> None:
-    data = _xray_folder(tmp_path / "xray")
+    # 16 images a class (< 20): the recipe is chosen and logged, but not run
+    data = _xray_folder(tmp_path / "xray", n=16)
     res = run_auto(
         AutoConfig(
             data=str(data),
             out=str(tmp_path / "run"),
             backbones=("efficientnet_lite0",),
-            finetune=False,
             progress=False,
-            budget_s=120,
+            budget_s=600,
         )
     )
     m = res.metrics
@@ -98,6 +98,7 @@ def test_shifted_domain_gets_the_partial_freeze_recipe(tmp_path: Path) -> None:
     ft = [c for c in m.candidates if c["kind"] == "finetune"]
     assert [c["recipe"] for c in ft] == ["partial-freeze-ema"]
     assert ft[0]["settings"]["image_size"] == 112 and ft[0]["status"] == "dropped"
+    assert "smallest class has" in ft[0]["why"]
     assert m.chosen["kind"] == "probe"
 
 

@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 RANK_SHARE = 0.35
 #: seconds kept back for the final scoring, plots and report
 RESERVE_S = 30.0
+#: the least time a fine-tune can use (measuring its step alone takes seconds): with less left
+#: after the probes, the shift and the fine-tunes are not tried
+MIN_FINETUNE_S = 60.0
 #: reference images for the BatchNorm shift (each side)
 BN_IMAGES = 128
 
@@ -85,8 +88,29 @@ def run_auto(config: AutoConfig) -> RunResult:
     best_probe = max(probes, key=lambda c: (c.cv_score or 0.0, c.inner_score or 0.0))
     by_name = {bf.name: bf for bf in ranked}
 
-    step("domain shift: BatchNorm statistics against natural photos")
-    shift_info, recipes = _shift_and_recipes(config, by_name[best_probe.backbone], data_check)
+    if config.finetune and deadline - time.monotonic() - _reserve(ds) >= MIN_FINETUNE_S:
+        step("domain shift: BatchNorm statistics against natural photos")
+        shift_info, recipes = _shift_and_recipes(config, by_name[best_probe.backbone], data_check)
+    else:  # no fine-tune can fit: the shift would choose a recipe that cannot run
+        left = max(0.0, deadline - time.monotonic())
+        shift_info = {
+            "kind": "not measured",
+            "skipped": f"{left:.0f} s left in the budget: no fine-tune fits, so the shift that "
+            "picks its recipe was not measured"
+            if config.finetune
+            else "fine-tuning turned off",
+            "recipes": [],
+        }
+        recipes = []
+        if config.finetune:
+            candidates.append(
+                Candidate(
+                    "finetune (no recipe chosen)",
+                    "finetune",
+                    best_probe.backbone,
+                    why=f"not started: {shift_info['skipped']}",
+                )
+            )
     t = stage_done("domain_shift", t)
 
     tuned = None
