@@ -16,9 +16,10 @@ from transferlab.finetune._predict import predict_batch
 __all__ = ["OVERHEAD", "StepCost", "measure_step_cost"]
 
 #: time a fine-tune spends beyond its measured steps and evaluations (decoding and augmenting
-#: the images on the training thread, checkpoints, the one-cycle schedule): measured as the
-#: ratio of actual to estimated seconds on hymenoptera and trashnet (benchmarks/RESULTS.md,
-#: issue 18); the estimate uses it so that a run started within budget ends within it
+#: the images on the training thread, checkpoints, the one-cycle schedule). A first figure, not
+#: yet fitted: the actual / estimated ratios measured so far range 0.7-4.3, because the step is
+#: timed once, and other work sharing the cores later slows training (benchmarks/RESULTS.md,
+#: issue 18); the `Deadline` callback holds the budget when the estimate is short
 OVERHEAD = 1.3
 
 
