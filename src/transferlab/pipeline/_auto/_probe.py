@@ -16,7 +16,16 @@ from transferlab.data import Dataset, Sample
 from transferlab.pipeline._auto._config import AutoConfig, Candidate
 from transferlab.pipeline._shared import default_layers, features_of
 
-__all__ = ["FEW_SHOT", "BackboneFeatures", "check_data", "oof_proba", "rank_and_probe", "score"]
+__all__ = [
+    "FEW_SHOT",
+    "BackboneFeatures",
+    "check_data",
+    "cv_score",
+    "labels_of",
+    "oof_proba",
+    "rank_and_probe",
+    "score",
+]
 
 #: images per class below which no fine-tune is tried (the `diagnose` rule)
 FEW_SHOT = 20
@@ -116,6 +125,17 @@ def oof_proba(X: np.ndarray, y: np.ndarray, cv: int, seed: int) -> tuple[np.ndar
     return proba, np.unique(y)
 
 
+def labels_of(samples: Sequence[Sample]) -> np.ndarray:
+    """The samples' labels as text (the probes' targets)."""
+    return np.asarray([str(s.label) for s in samples], dtype=object)
+
+
+def cv_score(config: AutoConfig, X: np.ndarray, y: np.ndarray) -> float:
+    """The cross-validated `AutoConfig.metric` of a probe on `X`, `y` (out-of-fold)."""
+    proba, cls = oof_proba(X, y, config.cv, config.seed)
+    return round(score(config.metric, y, cls[proba.argmax(1)]), 4)
+
+
 def _extract(config: AutoConfig, name: str, train: list[Sample]) -> BackboneFeatures:
     t = time.perf_counter()
     fx = config.extractor(name, weights=config.weights).fit()
@@ -165,7 +185,7 @@ def rank_and_probe(
         step(f"features of {len(train)} training images from {name} (every tap)")
         bf = _extract(config, name, train)
         done.append(bf)
-        y = np.asarray([str(s.label) for s in bf.samples], dtype=object)
+        y = labels_of(bf.samples)
         for layer, X in bf.features.items():
             rows.append(
                 Candidate(
@@ -188,9 +208,8 @@ def rank_and_probe(
         t = time.perf_counter()
         bf = by_name[row.backbone]
         X = bf.features[str(row.layer)]
-        y = np.asarray([str(s.label) for s in bf.samples], dtype=object)
-        proba, cls = oof_proba(X, y, config.cv, config.seed)
-        row.cv_score = round(score(config.metric, y, cls[proba.argmax(1)]), 4)
+        y = labels_of(bf.samples)
+        row.cv_score = cv_score(config, X, y)
         fit_rows = np.array([s.path in inner_train for s in bf.samples])
         probe = LinearProbe().fit(X[fit_rows], y[fit_rows])
         row.inner_score = round(score(config.metric, y[~fit_rows], probe.predict(X[~fit_rows])), 4)

@@ -19,6 +19,8 @@ from transferlab.pipeline._auto._probe import (
     FEW_SHOT,
     BackboneFeatures,
     check_data,
+    cv_score,
+    labels_of,
     oof_proba,
     rank_and_probe,
     score,
@@ -382,9 +384,7 @@ def _base_cv(config: AutoConfig, bf: BackboneFeatures, candidates: list[Candidat
     for c in candidates:
         if c.backbone == bf.name and c.layer == "pre_logits" and c.cv_score is not None:
             return c.cv_score
-    y = _split_labels(bf.samples)
-    proba, cls = oof_proba(bf.features["pre_logits"], y, config.cv, config.seed)
-    return round(score(config.metric, y, cls[proba.argmax(1)]), 4)
+    return cv_score(config, bf.features["pre_logits"], labels_of(bf.samples))
 
 
 def _cheaper_first_fallback(first: str, ranked: list[BackboneFeatures]) -> list[str]:
@@ -419,10 +419,6 @@ def _explain(
             c.why = f"best probe, not kept: {winner.name} scored higher; {c.why}"
 
 
-def _split_labels(samples: list[Sample]) -> np.ndarray:
-    return np.asarray([str(s.label) for s in samples], dtype=object)
-
-
 def _final_probe(
     config: AutoConfig, ds: Dataset, bf: BackboneFeatures, layer: str
 ) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -432,7 +428,7 @@ def _final_probe(
     from transferlab.models import MAX_TRAIN_INDEX, TransferModel
     from transferlab.probe import LinearProbe
 
-    X, y = bf.features[layer], _split_labels(bf.samples)
+    X, y = bf.features[layer], labels_of(bf.samples)
     probe = LinearProbe().fit(X, y)
     oof, cls = oof_proba(X, y, config.cv, config.seed)
     oof = oof[:, [list(cls).index(c) for c in probe.classes_]]  # columns in the probe's order
@@ -445,7 +441,7 @@ def _final_probe(
         res = fx.extract([s.path for s in samples], on_error="skip")
         kept = [samples[i] for i in res.index]
         p = probe.predict_proba(res.features[layer])
-        labels = _split_labels(kept)
+        labels = labels_of(kept)
         probas[name] = (p, np.array([index[v] for v in labels]))
         reports[name] = evaluate_predictions(list(labels), p, probe.classes_)
         if name == "val":
@@ -496,7 +492,7 @@ def _final_finetune(
         if not samples:
             continue
         p, kept = predict(samples)
-        labels = _split_labels(kept)
+        labels = labels_of(kept)
         probas[name] = (p, np.array([index[v] for v in labels]))
         reports[name] = evaluate_predictions(list(labels), p, classes)
         if name == "val":
@@ -510,7 +506,7 @@ def _final_finetune(
         raise DatasetError(f"{ds.root}: no validation image could be read")
     cal = calibrate(
         p_in,
-        np.array([index[v] for v in _split_labels(kept_in)]),
+        np.array([index[v] for v in labels_of(kept_in)]),
         fitted_on="inner validation",
         name="inner_val",
         also=probas,
