@@ -27,6 +27,17 @@ def test_parse_budget() -> None:
             parse_budget(bad)
 
 
+def test_a_weak_start_does_not_inflate_the_fine_tunes_gain() -> None:
+    # trashnet, measured: a 288 px fine-tune rose from a 0.726 start to 0.798 on the inner
+    # images, where the same backbone's plain probe scored 0.80: no gain over the probe
+    from transferlab.pipeline._auto._run import expected_score
+
+    assert expected_score(0.812, 0.800, 0.726, 0.798) < 0.812
+    # the gain over a start at least as good as the probe counts in full
+    assert expected_score(0.93, 0.90, 0.92, 0.97) == pytest.approx(0.98)
+    assert expected_score(0.93, 0.90, 0.85, 0.97) == pytest.approx(1.0)
+
+
 def _bn(low: float, high: float) -> dict[str, float]:
     taps = ["stem", "stage1", "stage2", "stage3", "stage4", "stage5", "stage6"]
     return {t: (low if t in ("stem", "stage1", "stage2") else high) for t in taps}

@@ -151,8 +151,9 @@ def run_auto(config: AutoConfig) -> RunResult:
             )
 
     # the decision: probes by their cross-validated score; a fine-tune by that of its
-    # backbone's probe plus its gain over its own start, which must exceed a tie (one inner
-    # validation image or half a point) over the best probe
+    # backbone's probe plus its gain over the better of its own start and that probe on the
+    # inner images, which must exceed a tie (one inner validation image or half a point) over
+    # the best probe
     margin = tie_margin(len(inner_val))
     winner: Candidate = best_probe
     tuner = None
@@ -188,9 +189,10 @@ def run_auto(config: AutoConfig) -> RunResult:
             "cv_score": winner.cv_score,
             "expected_score": winner.expected_score,
             "rule": f"probes by {config.cv}-fold cross-validated {config.metric} on the training "
-            "images; a fine-tune by its backbone's probe score plus its gain over its own start "
-            f"on the {len(inner_val)} inner validation images, which must beat the best probe "
-            f"by more than {margin:.3f} (ties go to the probe)",
+            "images; a fine-tune by its backbone's pre_logits probe score plus its gain over the "
+            "better of its own start and that probe, both scored on the "
+            f"{len(inner_val)} inner validation images; it must beat the best probe by more "
+            f"than {margin:.3f} (ties go to the probe)",
         },
         metric=config.metric,
         data_check=data_check,
@@ -358,17 +360,22 @@ def _finetunes(
             row.inner_score = round(score(config.metric, classes[y], classes[proba.argmax(1)]), 4)
             row.seconds = round(time.perf_counter() - t, 1)
             row.status = "kept"
-            start = float(result.probe_val_score or 0.0)
+            own_start = float(result.probe_val_score or 0.0)
+            base, base_inner = _base_scores(config, by_name[name], inner_train, candidates)
+            # the gain is over the better of its own start and the plain probe of the same
+            # backbone, both on these inner images: a start weakened by a different input size
+            # must not inflate it (trashnet: a 0.726 start at 288 px against a 0.80 probe)
+            start = max(own_start, base_inner)
             row.start_score = round(start, 4)
-            base = _base_cv(config, by_name[name], candidates)
-            row.expected_score = round(base + row.inner_score - start, 4)
+            row.expected_score = expected_score(base, base_inner, own_start, row.inner_score)
             stopped = " (stopped early by the budget)" if result.stopped_early else ""
             row.why = (
                 f"{len(result.history)} epochs{stopped}, best epoch {result.best_epoch}, WiSE "
                 f"alpha {result.wise_alpha:g}: {row.inner_score:.3f} on the inner validation "
-                f"images against {start:.3f} for its own probe start; expected "
-                f"{row.expected_score:.3f} = {name}/pre_logits probe {base:.3f} "
-                f"{row.inner_score - start:+.3f}; {recipe.why}"
+                f"images against {start:.3f}, the better of its own probe start "
+                f"({own_start:.3f}) and {name}/pre_logits probed on the same images "
+                f"({base_inner:.3f}); expected {row.expected_score:.3f} = that probe's "
+                f"cross-validated {base:.3f} {row.inner_score - start:+.3f}; {recipe.why}"
             )
             if best is None or row.expected_score > (best[0].expected_score or 0.0):
                 best = (row, tuner)
@@ -378,13 +385,31 @@ def _finetunes(
     return best, rows
 
 
-def _base_cv(config: AutoConfig, bf: BackboneFeatures, candidates: list[Candidate]) -> float:
-    """The cross-validated score of `bf`'s pre_logits probe on the training images (from the
-    probes already run, else measured now)."""
+def expected_score(base_cv: float, base_inner: float, own_start: float, tuned: float) -> float:
+    """A fine-tune's score on the scale of the probes' cross-validated ones: its backbone's
+    pre_logits probe CV score plus what the fine-tune gained on the inner validation images
+    over the better of its own start (the probe-initialised network, perhaps at another input
+    size) and that same probe there. Both terms of the gain are scored on the same images, so
+    the split's noise cancels; a start weakened by a new input size cannot inflate it."""
+    return round(base_cv + tuned - max(own_start, base_inner), 4)
+
+
+def _base_scores(
+    config: AutoConfig, bf: BackboneFeatures, inner_train: list[Sample], candidates: list[Candidate]
+) -> tuple[float, float]:
+    """`bf`'s pre_logits probe on the training images: its cross-validated score and its score
+    on the inner validation images (from the probes already run, else measured now)."""
     for c in candidates:
         if c.backbone == bf.name and c.layer == "pre_logits" and c.cv_score is not None:
-            return c.cv_score
-    return cv_score(config, bf.features["pre_logits"], labels_of(bf.samples))
+            return c.cv_score, float(c.inner_score or 0.0)
+    from transferlab.probe import LinearProbe
+
+    X, y = bf.features["pre_logits"], labels_of(bf.samples)
+    inner = {s.path for s in inner_train}
+    fit_rows = np.array([s.path in inner for s in bf.samples])
+    probe = LinearProbe().fit(X[fit_rows], y[fit_rows])
+    inner_score = score(config.metric, y[~fit_rows], probe.predict(X[~fit_rows]))
+    return cv_score(config, X, y), round(inner_score, 4)
 
 
 def _cheaper_first_fallback(first: str, ranked: list[BackboneFeatures]) -> list[str]:
