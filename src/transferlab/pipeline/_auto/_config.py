@@ -126,14 +126,14 @@ class Candidate:
         recipe: (fine-tunes) the recipe name; settings: its `FinetuneConfig` fields.
         logme: (probes) LogME of the training features.
         cv_score: (probes) cross-validated score on the training images.
-        inner_score: score on the inner validation images (held out of the training images),
-            what probes and fine-tunes are compared by.
-        start_score: (fine-tunes) the score, on the same inner validation images, of the probe
-            its head started from (its own backbone's last layer, at its input size).
+        inner_score: score on the inner validation images (held out of the training images).
+        start_score: (fine-tunes) what its gain is measured from, on the same inner validation
+            images: the better of the probe its head started from (at the fine-tune's input
+            size) and its backbone's pre_logits probe at the native size.
         expected_score: (fine-tunes) what it is compared with the probes' cross-validated
             scores by: the cross-validated score of its backbone's pre_logits probe plus its
-            gain over its own start on the inner validation images. The gain is measured on
-            the same images as the start, so the noise of a small inner split cancels in it.
+            gain over `start_score`. Both terms of the gain are scored on the same images, so
+            the noise of a small inner split cancels in it.
         estimated_s: (fine-tunes) the cost estimated before starting, from measured step time.
         seconds: what it took (0 when not run).
         status: ``chosen``, ``kept`` (run, not best), ``dropped`` (not run) or ``failed``.
