@@ -36,6 +36,8 @@ def test_a_weak_start_does_not_inflate_the_fine_tunes_gain() -> None:
     # the gain over a start at least as good as the probe counts in full
     assert expected_score(0.93, 0.90, 0.92, 0.97) == pytest.approx(0.98)
     assert expected_score(0.93, 0.90, 0.85, 0.97) == pytest.approx(1.0)
+    # hymenoptera, measured: 1.000 on 49 inner images over a 0.959 start; still a score
+    assert expected_score(0.9713, 0.9592, 0.9592, 1.0) == 1.0
 
 
 def _bn(low: float, high: float) -> dict[str, float]:

@@ -390,8 +390,9 @@ def expected_score(base_cv: float, base_inner: float, own_start: float, tuned: f
     pre_logits probe CV score plus what the fine-tune gained on the inner validation images
     over the better of its own start (the probe-initialised network, perhaps at another input
     size) and that same probe there. Both terms of the gain are scored on the same images, so
-    the split's noise cancels; a start weakened by a new input size cannot inflate it."""
-    return round(base_cv + tuned - max(own_start, base_inner), 4)
+    the split's noise cancels; a start weakened by a new input size cannot inflate it. Capped
+    at 1, the scale of the scores it is compared with."""
+    return round(min(1.0, base_cv + tuned - max(own_start, base_inner)), 4)
 
 
 def _base_scores(
