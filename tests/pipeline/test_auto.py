@@ -167,6 +167,8 @@ def test_choices_never_read_the_validation_split(
 
     monkeypatch.setattr(FeatureExtractor, "extract", extract)
     monkeypatch.setattr(FineTuner, "fit", fit)
+    # the fine-tune wins whatever it scores, so that its final path (scoring, views) runs too
+    monkeypatch.setattr("transferlab.pipeline._auto._run.expected_score", lambda *a: 1.0)
 
     def on_step(text: str) -> None:
         final[0] = final[0] or "scoring the chosen model" in text
@@ -192,6 +194,9 @@ def test_choices_never_read_the_validation_split(
     ran = [c for c in m.candidates if c["kind"] == "finetune" and c["status"] != "dropped"]
     assert ran and all(isinstance(c["inner_score"], float) for c in ran)
     assert m.n_val == 16 and "scored once" in m.images_used["reported"]
+    assert m.chosen["kind"] == "finetune"
+    # the report's embedding map of val through the fine-tuned network (issue 18, deliverable 5)
+    assert (tmp_path / "run" / "feature_map.png").is_file()
     from transferlab.models import load_model
 
     model = load_model(res.model_dir)

@@ -38,6 +38,7 @@ __all__ = [
     "MultiLabelFinetuneMetrics",
     "advice_probe_vs_finetune",
     "finetune",
+    "finetuned_embedding",
     "finish_finetune",
     "run_finetune",
     "tie_margin",
@@ -334,7 +335,7 @@ def _run_finetune(config: FinetuneRunConfig, *, prepare: bool) -> RunResult:
         done.val_proba,  # type: ignore[arg-type]
         list(tuner.classes_),
         temperature=done.model.temperature,
-        features=lambda rows: _pre_logits(done.model, [paths[i] for i in rows]),
+        features=lambda rows: finetuned_embedding(done.model, [paths[i] for i in rows]),
         layer="the fine-tuned network's pre-logits",
     )
     cm_png = images[0][1]
@@ -345,7 +346,7 @@ def _run_finetune(config: FinetuneRunConfig, *, prepare: bool) -> RunResult:
     )
 
 
-def _pre_logits(model: Any, paths: Sequence[str]) -> np.ndarray:
+def finetuned_embedding(model: Any, paths: Sequence[str]) -> np.ndarray:
     """A `FinetunedModel`'s embedding of each image: the pooled input of its new head (timm's
     ``forward_head(forward_features(x), pre_logits=True)``, the backbone's ``pre_logits`` tap),
     one row per path; NaN for an image that does not decode. Computed only for the images the

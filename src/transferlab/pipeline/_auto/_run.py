@@ -25,7 +25,7 @@ from transferlab.pipeline._auto._probe import (
     rank_and_probe,
     score,
 )
-from transferlab.pipeline._finetune import tie_margin
+from transferlab.pipeline._finetune import finetuned_embedding, tie_margin
 from transferlab.pipeline._results import RunResult
 from transferlab.pipeline._shared import eval_block, resolve_dataset
 
@@ -522,11 +522,16 @@ def _final_finetune(
         probas[name] = (p, np.array([index[v] for v in labels]))
         reports[name] = evaluate_predictions(list(labels), p, classes)
         if name == "val":
+            paths = [s.path for s in kept]
             views = {
-                "paths": [s.path for s in kept],
+                "paths": paths,
                 "labels": list(labels),
                 "raw_proba": p,
                 "classes": classes,
+                # the map's images only, through the fine-tuned network (as `finetune` does)
+                "features": lambda rows, paths=paths: finetuned_embedding(
+                    model, [paths[i] for i in rows]
+                ),
             }
     if "val" not in reports:
         raise DatasetError(f"{ds.root}: no validation image could be read")
