@@ -2,7 +2,8 @@
 
 Layer-wise probing, transferability scores (LogME, LEEP/N-LEEP, NCE, H-score, kNN), domain gap to
 a reference set, BatchNorm statistics shift and AdaBN, preprocessing checks, and the findings with
-advice built from them, and the fine-tuning recipe each kind of shift calls for. Public names are re-exported here; the code lives in private modules.
+advice built from them, the fine-tuning recipe each kind of shift calls for, and duplicates
+within and across splits. Public names are re-exported here; the code lives in private modules.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from transferlab.diagnose._domain import domain_classifier_accuracy as domain_cl
 from transferlab.diagnose._domain import domain_gap as domain_gap
 from transferlab.diagnose._domain import image_statistics as image_statistics
 from transferlab.diagnose._domain import mmd_rbf as mmd_rbf
+from transferlab.diagnose._duplicates import NEAR_DUPLICATE_SIMILARITY as NEAR_DUPLICATE_SIMILARITY
+from transferlab.diagnose._duplicates import DuplicateGroup as DuplicateGroup
+from transferlab.diagnose._duplicates import exact_duplicates as exact_duplicates
+from transferlab.diagnose._duplicates import near_duplicates as near_duplicates
 from transferlab.diagnose._layers import LayerProbeResult as LayerProbeResult
 from transferlab.diagnose._layers import LayerProfileDisplay as LayerProfileDisplay
 from transferlab.diagnose._layers import cv_probe_accuracy as cv_probe_accuracy
@@ -48,10 +53,12 @@ from transferlab.diagnose._scores import pseudo_source_probs as pseudo_source_pr
 from transferlab.diagnose._scores import softmax as softmax
 
 __all__ = [
+    "NEAR_DUPLICATE_SIMILARITY",
     "SCORES",
     "SEVERITIES",
     "BNShift",
     "DomainGap",
+    "DuplicateGroup",
     "Finding",
     "ImageStats",
     "LayerProbeResult",
@@ -69,6 +76,7 @@ __all__ = [
     "default_reference",
     "domain_classifier_accuracy",
     "domain_gap",
+    "exact_duplicates",
     "hscore",
     "image_batches",
     "image_statistics",
@@ -81,6 +89,7 @@ __all__ = [
     "logme",
     "mmd_rbf",
     "nce",
+    "near_duplicates",
     "pseudo_source_probs",
     "recipes_for",
     "save_backbone_weights",

@@ -1,0 +1,157 @@
+"""Duplicates within and across splits (issue 19): the same picture twice in the training images
+weighs it double; the same picture in train and val/test (leakage) inflates the measured score.
+
+Exact duplicates are images with the same decoded pixels (so a re-saved PNG is still caught);
+near-duplicates are images whose feature vectors have a cosine similarity at or above a
+threshold (resized, re-compressed or slightly cropped copies).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from transferlab.data import Sample, load_image
+from transferlab.exceptions import ImageLoadError, InvalidParameterError
+
+__all__ = ["NEAR_DUPLICATE_SIMILARITY", "DuplicateGroup", "exact_duplicates", "near_duplicates"]
+
+#: cosine similarity of pre_logits features at or above which two images count as
+#: near-duplicates (first figure; to be measured against re-encoded and resized copies)
+NEAR_DUPLICATE_SIMILARITY = 0.95
+
+
+@dataclass
+class DuplicateGroup:
+    """Images that are the same picture.
+
+    Attributes:
+        kind: ``exact`` (same pixels) or ``near`` (feature similarity >= the threshold).
+        paths, splits, labels: one entry per image, sorted by split then path.
+        similarity: the lowest pairwise cosine similarity that joined the group (1.0 for exact).
+    """
+
+    kind: str
+    paths: list[str]
+    splits: list[str]
+    labels: list[str]
+    similarity: float = 1.0
+
+    @property
+    def cross_split(self) -> bool:
+        """Leakage: the group spans more than one split."""
+        return len(set(self.splits)) > 1
+
+    @property
+    def label_conflict(self) -> bool:
+        """The copies carry different labels (at least one of them is wrong)."""
+        return len(set(self.labels)) > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "cross_split": self.cross_split,
+                "label_conflict": self.label_conflict}  # fmt: skip
+
+
+def _pixel_digest(path: str) -> str:
+    """Digest of the decoded RGB pixels and size: equal for byte-different encodings of one
+    picture (PNG re-saved, other metadata)."""
+    img = load_image(path)
+    h = hashlib.blake2b(digest_size=20)
+    h.update(f"{img.size[0]}x{img.size[1]}".encode())
+    h.update(img.tobytes())
+    return h.hexdigest()
+
+
+def _group(
+    kind: str,
+    members: list[list[int]],
+    rows: Sequence[tuple[str, str, str]],
+    similarity: Sequence[float] | None = None,
+) -> list[DuplicateGroup]:
+    groups = []
+    for i, m in enumerate(members):
+        m = sorted(m, key=lambda k: (rows[k][1], rows[k][0]))
+        groups.append(
+            DuplicateGroup(
+                kind,
+                [rows[k][0] for k in m],
+                [rows[k][1] for k in m],
+                [rows[k][2] for k in m],
+                round(float(similarity[i]), 4) if similarity is not None else 1.0,
+            )
+        )
+    # leakage first, then the largest groups
+    return sorted(groups, key=lambda g: (not g.cross_split, -len(g.paths), g.paths[0]))
+
+
+def _rows(splits: Mapping[str, Sequence[Sample]]) -> list[tuple[str, str, str]]:
+    return [(s.path, name, str(s.label)) for name, samples in splits.items() for s in samples]
+
+
+def exact_duplicates(
+    splits: Mapping[str, Sequence[Sample]],
+) -> tuple[list[DuplicateGroup], list[tuple[str, str]]]:
+    """Groups of images with identical pixels, within and across `splits` (name -> samples).
+
+    Returns:
+        The groups (cross-split ones first) and (path, reason) of each image that would not
+        decode (not grouped).
+    """
+    rows = _rows(splits)
+    by_digest: dict[str, list[int]] = {}
+    broken: list[tuple[str, str]] = []
+    for k, (path, _, _) in enumerate(rows):
+        try:
+            by_digest.setdefault(_pixel_digest(path), []).append(k)
+        except ImageLoadError as e:
+            broken.append((path, e.reason))
+    return _group("exact", [m for m in by_digest.values() if len(m) > 1], rows), broken
+
+
+def near_duplicates(
+    X: np.ndarray,
+    samples: Sequence[tuple[Sample, str]],
+    *,
+    threshold: float = NEAR_DUPLICATE_SIMILARITY,
+    exclude: Sequence[DuplicateGroup] = (),
+) -> list[DuplicateGroup]:
+    """Groups of images whose feature rows (`X`, one per (sample, split) in `samples`) have a
+    cosine similarity >= `threshold`, joined transitively; pairs already in an `exclude` group
+    (e.g. the exact duplicates) are not reported again.
+
+    Raises:
+        InvalidParameterError: `X` and `samples` differ in length, or `threshold` is not in (0, 1].
+    """
+    from scipy.sparse.csgraph import connected_components
+    from sklearn.neighbors import radius_neighbors_graph
+
+    if len(X) != len(samples):
+        raise InvalidParameterError(
+            f"near_duplicates needs one feature row per sample, got {len(X)} rows "
+            f"and {len(samples)} samples"
+        )
+    if not 0 < threshold <= 1:
+        raise InvalidParameterError(f"threshold must be in (0, 1], got {threshold}")
+    rows = [(s.path, split, str(s.label)) for s, split in samples]
+    if len(rows) < 2:
+        return []
+    Z = np.asarray(X, dtype=np.float64)
+    Z = Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
+    # cosine similarity >= t  <=>  euclidean distance of unit vectors <= sqrt(2 - 2t)
+    graph = radius_neighbors_graph(Z, np.sqrt(max(0.0, 2 - 2 * threshold)) + 1e-9, mode="distance")
+    n, label = connected_components(graph, directed=False)
+    done = {frozenset(g.paths) for g in exclude}
+    members, sims = [], []
+    for c in range(n):
+        m = np.flatnonzero(label == c)
+        if len(m) < 2 or frozenset(rows[k][0] for k in m) in done:
+            continue
+        S = Z[m] @ Z[m].T
+        # the weakest link that holds the group together
+        sims.append(float(np.min(np.where(threshold - 1e-9 <= S, S, np.inf).min(axis=1))))
+        members.append(list(m))
+    return _group("near", members, rows, sims)

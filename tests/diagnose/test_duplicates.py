@@ -1,0 +1,96 @@
+"""Duplicates within and across splits (issue 19): exact by decoded pixels, near by features."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests._helpers import build_image_folder, shared_dataset
+from transferlab.data import load_dataset
+from transferlab.diagnose import NEAR_DUPLICATE_SIMILARITY, exact_duplicates, near_duplicates
+from transferlab.exceptions import InvalidParameterError
+
+
+def _splits(root: Path) -> dict:
+    ds = load_dataset(root)
+    return {"train": ds.train, "val": ds.val}
+
+
+def test_exact_duplicates_by_pixels_within_and_across_splits(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    build_image_folder(root / "train", n_per_class=5, seed=1)
+    build_image_folder(root / "val", n_per_class=3, seed=2)
+    a = root / "train" / "hstripes" / "hstripes_0.png"
+    # leakage: the same file in val, under the right label
+    shutil.copy(a, root / "val" / "hstripes" / "copy_of_0.png")
+    # the same pixels re-encoded (other bytes: a text chunk and another compression level)
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("comment", "re-saved")
+    Image.open(root / "train" / "vstripes" / "vstripes_1.png").save(
+        root / "train" / "vstripes" / "resaved_1.png", pnginfo=info, compress_level=9
+    )
+    assert (root / "train/vstripes/resaved_1.png").read_bytes() != (
+        root / "train/vstripes/vstripes_1.png"
+    ).read_bytes()
+    # a broken file is reported, not grouped, not fatal
+    (root / "train" / "hstripes" / "broken.png").write_bytes(b"not a png")
+    groups, broken = exact_duplicates(_splits(root))
+    assert [len(g.paths) for g in groups] == [2, 2]
+    leak, within = groups  # cross-split first
+    assert leak.cross_split and leak.splits == ["train", "val"] and not leak.label_conflict
+    assert Path(leak.paths[0]) == a
+    assert not within.cross_split and within.splits == ["train", "train"]
+    assert [Path(p).name for p, _ in broken] == ["broken.png"]
+    assert leak.to_dict()["cross_split"] is True
+
+
+def test_a_copy_under_another_label_is_a_label_conflict(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    build_image_folder(root / "train", n_per_class=4, seed=3)
+    build_image_folder(root / "val", n_per_class=2, seed=4)
+    shutil.copy(root / "train/hstripes/hstripes_2.png", root / "val/vstripes/mislabelled.png")
+    (group,), _ = exact_duplicates(_splits(root))
+    assert group.cross_split and group.label_conflict and group.labels == ["hstripes", "vstripes"]
+
+
+def test_near_duplicates_from_features_skip_exact_groups(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    build_image_folder(root / "train", n_per_class=4, seed=5)
+    build_image_folder(root / "val", n_per_class=2, seed=6)
+    splits = _splits(root)
+    samples = [(s, name) for name, ss in splits.items() for s in ss]
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(len(samples), 64))
+    X[-1] = X[0] + 0.05 * rng.normal(size=64)  # a val image nearly the first train image
+    X[2] = X[1] * 3.0  # same direction: similarity 1 (scale does not matter)
+    groups = near_duplicates(X, samples)
+    assert len(groups) == 2
+    assert groups[0].cross_split and groups[0].paths == [samples[0][0].path, samples[-1][0].path]
+    assert NEAR_DUPLICATE_SIMILARITY <= groups[0].similarity < 1.0
+    assert groups[1].similarity == pytest.approx(1.0)
+    # a group already reported as exact is not repeated as near
+    assert len(near_duplicates(X, samples, exclude=groups[1:])) == 1
+    # nothing near at a threshold of 1 except the exact direction
+    assert [g.similarity for g in near_duplicates(X, samples, threshold=0.9999)] == [1.0]
+    with pytest.raises(InvalidParameterError, match="threshold"):
+        near_duplicates(X, samples, threshold=1.5)
+    with pytest.raises(InvalidParameterError, match="one feature row per sample"):
+        near_duplicates(X[:-1], samples)
+
+
+def test_pneumoniamnist_duplicate_groups() -> None:
+    """Its SOURCE.md: 7 exact-duplicate groups, 3 of them across train and val."""
+    ds = load_dataset(shared_dataset("pneumoniamnist"))
+    groups, broken = exact_duplicates({"train": ds.train, "val": ds.val, "test": ds.test})
+    assert not broken
+    assert len(groups) == 7
+    leaks = [g for g in groups if g.cross_split]
+    assert len(leaks) == 3 and all(set(g.splits) == {"train", "val"} for g in leaks)
+    names = {tuple(Path(p).stem for p in g.paths) for g in leaks}
+    assert ("train_00494", "train_00803", "val_00039") in names
