@@ -11,7 +11,13 @@ from PIL import Image
 
 from tests._helpers import build_image_folder, shared_dataset
 from transferlab.data import load_dataset
-from transferlab.diagnose import NEAR_DUPLICATE_SIMILARITY, exact_duplicates, near_duplicates
+from transferlab.diagnose import (
+    NEAR_DUPLICATE_SIMILARITY,
+    THUMBNAIL_SIMILARITY,
+    exact_duplicates,
+    near_duplicates,
+    thumbnails,
+)
 from transferlab.exceptions import InvalidParameterError
 
 
@@ -82,6 +88,26 @@ def test_near_duplicates_from_features_skip_exact_groups(tmp_path: Path) -> None
         near_duplicates(X, samples, threshold=1.5)
     with pytest.raises(InvalidParameterError, match="one feature row per sample"):
         near_duplicates(X[:-1], samples)
+
+
+def test_thumbnails_find_a_resized_recompressed_copy_across_splits(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    build_image_folder(root / "train", n_per_class=4, seed=7)
+    build_image_folder(root / "val", n_per_class=2, seed=8)
+    src = root / "train" / "vstripes" / "vstripes_3.png"
+    img = Image.open(src).convert("RGB")
+    img.resize((img.width // 2, img.height // 2)).save(root / "val/vstripes/small.jpg", quality=70)
+    (root / "val" / "hstripes" / "broken.png").write_bytes(b"")
+    splits = _splits(root)
+    samples = [(s, name) for name, ss in splits.items() for s in ss]
+    X, kept = thumbnails([s.path for s, _ in samples])
+    assert len(kept) == len(samples) - 1  # the empty file has no row
+    assert np.allclose(np.linalg.norm(X, axis=1), 1.0)
+    groups = near_duplicates(X, [samples[k] for k in kept], threshold=THUMBNAIL_SIMILARITY)
+    assert [sorted(Path(p).name for p in g.paths) for g in groups] == [
+        ["small.jpg", "vstripes_3.png"]
+    ]
+    assert groups[0].cross_split
 
 
 def test_pneumoniamnist_duplicate_groups() -> None:

@@ -27,9 +27,11 @@ from transferlab.diagnose._domain import domain_gap as domain_gap
 from transferlab.diagnose._domain import image_statistics as image_statistics
 from transferlab.diagnose._domain import mmd_rbf as mmd_rbf
 from transferlab.diagnose._duplicates import NEAR_DUPLICATE_SIMILARITY as NEAR_DUPLICATE_SIMILARITY
+from transferlab.diagnose._duplicates import THUMBNAIL_SIMILARITY as THUMBNAIL_SIMILARITY
 from transferlab.diagnose._duplicates import DuplicateGroup as DuplicateGroup
 from transferlab.diagnose._duplicates import exact_duplicates as exact_duplicates
 from transferlab.diagnose._duplicates import near_duplicates as near_duplicates
+from transferlab.diagnose._duplicates import thumbnails as thumbnails
 from transferlab.diagnose._layers import LayerProbeResult as LayerProbeResult
 from transferlab.diagnose._layers import LayerProfileDisplay as LayerProfileDisplay
 from transferlab.diagnose._layers import cv_probe_accuracy as cv_probe_accuracy
@@ -56,6 +58,7 @@ __all__ = [
     "NEAR_DUPLICATE_SIMILARITY",
     "SCORES",
     "SEVERITIES",
+    "THUMBNAIL_SIMILARITY",
     "BNShift",
     "DomainGap",
     "DuplicateGroup",
@@ -96,4 +99,5 @@ __all__ = [
     "significant_peak",
     "softmax",
     "stage_after",
+    "thumbnails",
 ]
