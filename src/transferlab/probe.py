@@ -25,7 +25,7 @@ from transferlab._internal.choices import CLASSIFIERS
 from transferlab._internal.numeric import softmax
 from transferlab.exceptions import InvalidParameterError
 
-__all__ = ["CLASSIFIERS", "LinearProbe", "MultiLabelProbe"]
+__all__ = ["CLASSIFIERS", "LinearProbe", "MultiLabelProbe", "oof_proba"]
 
 #: Grid searched when ``C="auto"``.
 C_GRID = np.logspace(-4, 2, 13)
@@ -360,3 +360,25 @@ class MultiLabelProbe(ClassifierMixin, BaseEstimator):
         tags.target_tags.multi_output = True
         tags.target_tags.single_output = False
         return tags
+
+
+def oof_proba(
+    X: np.ndarray, y: np.ndarray, cv: int = 5, seed: int = 0, **params: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold probabilities of a `LinearProbe` (`params`) over stratified folds (at most
+    the smallest class count), and the classes of their columns: each image scored by a probe
+    that never saw it, for choosing between probes and for finding likely label errors.
+
+    Raises:
+        InvalidParameterError: a class has fewer than 2 images (no fold can hold one out).
+    """
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    classes, counts = np.unique(y, return_counts=True)
+    if counts.min() < 2:
+        raise InvalidParameterError(
+            f"cross-validation needs 2 images per class; {classes[counts.argmin()]!r} has 1"
+        )
+    folds = StratifiedKFold(n_splits=min(cv, int(counts.min())), shuffle=True, random_state=seed)
+    proba = cross_val_predict(LinearProbe(**params), X, y, cv=folds, method="predict_proba")
+    return proba, classes

@@ -2,8 +2,8 @@
 
 Layer-wise probing, transferability scores (LogME, LEEP/N-LEEP, NCE, H-score, kNN), domain gap to
 a reference set, BatchNorm statistics shift and AdaBN, preprocessing checks, and the findings with
-advice built from them, the fine-tuning recipe each kind of shift calls for, and duplicates
-within and across splits. Public names are re-exported here; the code lives in private modules.
+advice built from them, the fine-tuning recipe each kind of shift calls for, duplicates
+within and across splits, and likely label errors. Public names are re-exported here; the code lives in private modules.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ from transferlab.diagnose._duplicates import DuplicateGroup as DuplicateGroup
 from transferlab.diagnose._duplicates import exact_duplicates as exact_duplicates
 from transferlab.diagnose._duplicates import near_duplicates as near_duplicates
 from transferlab.diagnose._duplicates import thumbnails as thumbnails
+from transferlab.diagnose._labels import LABEL_ISSUE_C as LABEL_ISSUE_C
+from transferlab.diagnose._labels import LabelIssue as LabelIssue
+from transferlab.diagnose._labels import label_issues as label_issues
 from transferlab.diagnose._layers import LayerProbeResult as LayerProbeResult
 from transferlab.diagnose._layers import LayerProfileDisplay as LayerProfileDisplay
 from transferlab.diagnose._layers import cv_probe_accuracy as cv_probe_accuracy
@@ -55,6 +58,7 @@ from transferlab.diagnose._scores import pseudo_source_probs as pseudo_source_pr
 from transferlab.diagnose._scores import softmax as softmax
 
 __all__ = [
+    "LABEL_ISSUE_C",
     "NEAR_DUPLICATE_SIMILARITY",
     "SCORES",
     "SEVERITIES",
@@ -64,6 +68,7 @@ __all__ = [
     "DuplicateGroup",
     "Finding",
     "ImageStats",
+    "LabelIssue",
     "LayerProbeResult",
     "LayerProfileDisplay",
     "PreprocessingIssue",
@@ -85,6 +90,7 @@ __all__ = [
     "image_statistics",
     "kendall_tau",
     "knn_accuracy",
+    "label_issues",
     "larger_size",
     "layer_probe",
     "leep",

@@ -152,9 +152,9 @@ def check_trainable(examples: Sequence[Example], multi_label: bool) -> None:
 
 def cross_validated(X: np.ndarray, y: np.ndarray, multi_label: bool) -> tuple[np.ndarray, str]:
     """Out-of-fold probabilities (for metrics and calibration) and how they were obtained."""
-    from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import KFold, cross_val_predict
 
-    from transferlab.probe import LinearProbe, MultiLabelProbe
+    from transferlab.probe import LinearProbe, MultiLabelProbe, oof_proba
 
     if multi_label:
         folds = min(5, len(X))
@@ -173,8 +173,7 @@ def cross_validated(X: np.ndarray, y: np.ndarray, multi_label: bool) -> tuple[np
         return LinearProbe().fit(X, y).predict_proba(
             X
         ), "training data (a label has only 1 example)"
-    cv = StratifiedKFold(folds, shuffle=True, random_state=0)
-    return cross_val_predict(LinearProbe(), X, y, cv=cv, method="predict_proba"), f"{folds}-fold"
+    return oof_proba(X, y, cv=folds, seed=0)[0], f"{folds}-fold"
 
 
 def collection_metrics(

@@ -22,7 +22,6 @@ __all__ = [
     "check_data",
     "cv_score",
     "labels_of",
-    "oof_proba",
     "rank_and_probe",
     "score",
 ]
@@ -112,19 +111,6 @@ class BackboneFeatures:
     seconds: float
 
 
-def oof_proba(X: np.ndarray, y: np.ndarray, cv: int, seed: int) -> tuple[np.ndarray, Any]:
-    """Out-of-fold probabilities of a `LinearProbe` (stratified folds, at most the smallest
-    class count) and the classes of their columns."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-
-    from transferlab.probe import LinearProbe
-
-    _, counts = np.unique(y, return_counts=True)
-    folds = StratifiedKFold(n_splits=min(cv, int(counts.min())), shuffle=True, random_state=seed)
-    proba = cross_val_predict(LinearProbe(), X, y, cv=folds, method="predict_proba")
-    return proba, np.unique(y)
-
-
 def labels_of(samples: Sequence[Sample]) -> np.ndarray:
     """The samples' labels as text (the probes' targets)."""
     return np.asarray([str(s.label) for s in samples], dtype=object)
@@ -132,6 +118,8 @@ def labels_of(samples: Sequence[Sample]) -> np.ndarray:
 
 def cv_score(config: AutoConfig, X: np.ndarray, y: np.ndarray) -> float:
     """The cross-validated `AutoConfig.metric` of a probe on `X`, `y` (out-of-fold)."""
+    from transferlab.probe import oof_proba
+
     proba, cls = oof_proba(X, y, config.cv, config.seed)
     return round(score(config.metric, y, cls[proba.argmax(1)]), 4)
 

@@ -21,7 +21,6 @@ from transferlab.pipeline._auto._probe import (
     check_data,
     cv_score,
     labels_of,
-    oof_proba,
     rank_and_probe,
     score,
 )
@@ -452,7 +451,7 @@ def _final_probe(
     training images' out-of-fold probabilities; val (and test) scored once."""
     from transferlab.evaluate import calibrate, evaluate_predictions
     from transferlab.models import MAX_TRAIN_INDEX, TransferModel
-    from transferlab.probe import LinearProbe
+    from transferlab.probe import LinearProbe, oof_proba
 
     X, y = bf.features[layer], labels_of(bf.samples)
     probe = LinearProbe().fit(X, y)
