@@ -46,7 +46,8 @@ class DuplicateGroup:
     """Images that are the same picture.
 
     Attributes:
-        kind: ``exact`` (same pixels) or ``near`` (feature similarity >= the threshold).
+        kind: ``exact`` (same pixels) or ``near`` (vector similarity >= the threshold: of
+            `thumbnails` or of backbone features).
         paths, splits, labels: one entry per image, sorted by split then path.
         similarity: the lowest pairwise cosine similarity that joined the group (1.0 for exact).
     """
