@@ -21,6 +21,7 @@ __all__ = [
     "BackboneFeatures",
     "check_data",
     "cv_score",
+    "inner_score",
     "labels_of",
     "rank_and_probe",
     "score",
@@ -124,6 +125,19 @@ def cv_score(config: AutoConfig, X: np.ndarray, y: np.ndarray) -> float:
     return round(score(config.metric, y, cls[proba.argmax(1)]), 4)
 
 
+def inner_score(
+    config: AutoConfig, X: np.ndarray, y: np.ndarray, samples: Sequence[Sample], inner: set[str]
+) -> float:
+    """The `AutoConfig.metric` on the inner validation images (the `samples` not in `inner`,
+    the inner training paths) of a probe fitted on the others: what fine-tunes are compared
+    with on the same images."""
+    from transferlab.probe import LinearProbe
+
+    fit_rows = np.array([s.path in inner for s in samples])
+    probe = LinearProbe().fit(X[fit_rows], y[fit_rows])
+    return round(score(config.metric, y[~fit_rows], probe.predict(X[~fit_rows])), 4)
+
+
 def _extract(config: AutoConfig, name: str, train: list[Sample]) -> BackboneFeatures:
     t = time.perf_counter()
     fx = config.extractor(name, weights=config.weights).fit()
@@ -148,7 +162,6 @@ def rank_and_probe(
     out-of-fold score on all training images and a score on the inner validation images (the
     training images not in `inner_train`) from a probe fitted on the others."""
     from transferlab.diagnose import logme
-    from transferlab.probe import LinearProbe
 
     start = time.monotonic()
     allowed = share * max(0.0, deadline - start)
@@ -198,9 +211,7 @@ def rank_and_probe(
         X = bf.features[str(row.layer)]
         y = labels_of(bf.samples)
         row.cv_score = cv_score(config, X, y)
-        fit_rows = np.array([s.path in inner_train for s in bf.samples])
-        probe = LinearProbe().fit(X[fit_rows], y[fit_rows])
-        row.inner_score = round(score(config.metric, y[~fit_rows], probe.predict(X[~fit_rows])), 4)
+        row.inner_score = inner_score(config, X, y, bf.samples, inner_train)
         row.seconds = round(time.perf_counter() - t, 2)
         row.status = "kept"
         row.why = (

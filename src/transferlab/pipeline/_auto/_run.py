@@ -20,6 +20,7 @@ from transferlab.pipeline._auto._probe import (
     BackboneFeatures,
     check_data,
     cv_score,
+    inner_score,
     labels_of,
     rank_and_probe,
     score,
@@ -402,14 +403,9 @@ def _base_scores(
     for c in candidates:
         if c.backbone == bf.name and c.layer == "pre_logits" and c.cv_score is not None:
             return c.cv_score, float(c.inner_score or 0.0)
-    from transferlab.probe import LinearProbe
-
     X, y = bf.features["pre_logits"], labels_of(bf.samples)
-    inner = {s.path for s in inner_train}
-    fit_rows = np.array([s.path in inner for s in bf.samples])
-    probe = LinearProbe().fit(X[fit_rows], y[fit_rows])
-    inner_score = score(config.metric, y[~fit_rows], probe.predict(X[~fit_rows]))
-    return cv_score(config, X, y), round(inner_score, 4)
+    inner = inner_score(config, X, y, bf.samples, {s.path for s in inner_train})
+    return cv_score(config, X, y), inner
 
 
 def _cheaper_first_fallback(first: str, ranked: list[BackboneFeatures]) -> list[str]:
