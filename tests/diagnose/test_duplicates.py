@@ -120,3 +120,75 @@ def test_pneumoniamnist_duplicate_groups() -> None:
     assert len(leaks) == 3 and all(set(g.splits) == {"train", "val"} for g in leaks)
     names = {tuple(Path(p).stem for p in g.paths) for g in leaks}
     assert ("train_00494", "train_00803", "val_00039") in names
+
+
+def test_cross_split_twins_by_file_and_by_vectors(tmp_path: Path) -> None:
+    from transferlab.diagnose import cross_split_twins, leakage_line
+
+    root = tmp_path / "data"
+    build_image_folder(root / "train", n_per_class=4, seed=1)
+    build_image_folder(root / "val", n_per_class=2, seed=2)
+    a = root / "train" / "hstripes" / "hstripes_0.png"
+    shutil.copy(a, root / "val" / "hstripes" / "same_file.png")
+    splits = _splits(root)
+    groups = cross_split_twins(splits)
+    assert [sorted(Path(p).name for p in g.paths) for g in groups] == [
+        ["hstripes_0.png", "same_file.png"]
+    ]
+    line = leakage_line(groups, str(root))
+    assert line is not None and "1 validation/test image" in line and "same_file.png" in line
+    assert f"transferlab audit {root}" in line
+    # by vectors only (no file digests): equal vectors join, different ones do not
+    rng = np.random.default_rng(0)
+    vectors = {s.path: rng.normal(size=8) for ss in splits.values() for s in ss}
+    b = str(root / "train" / "vstripes" / "vstripes_1.png")
+    other = str(root / "val" / "vstripes" / "vstripes_0.png")
+    vectors[other] = vectors[b] * 2.0  # same direction: cosine 1
+    groups = cross_split_twins(splits, vectors, file_digests=False)
+    assert [set(g.paths) for g in groups] == [{b, other}]
+    # nothing shared: no line
+    del vectors[other]
+    assert leakage_line(cross_split_twins(splits, vectors, file_digests=False), "x") is None
+
+
+def test_scan_and_image_problems(tmp_path: Path) -> None:
+    from transferlab.diagnose import image_problems, scan_images
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"ok{i}.png"
+        Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    Image.fromarray(rng.integers(0, 255, (10, 12), dtype=np.uint8)).save(tmp_path / "tiny.png")
+    Image.fromarray(rng.integers(0, 255, (40, 200, 3), dtype=np.uint8)).save(tmp_path / "strip.png")
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    paths += [tmp_path / "tiny.png", tmp_path / "strip.png", tmp_path / "bad.jpg"]
+    scan = scan_images(paths)
+    assert scan.ok == [0, 1, 2, 3, 4, 5] and len(scan.digests) == 6
+    assert scan.thumbnails.shape == (6, 256)
+    assert np.allclose(np.linalg.norm(scan.thumbnails, axis=1), 1)
+    assert [p for p, _ in scan.broken] == [str(tmp_path / "bad.jpg")]
+    ip = image_problems(scan)
+    assert [Path(r["path"]).name for r in ip["tiny"]] == ["tiny.png"] and not ip["all_tiny"]
+    assert [r["aspect"] for r in ip["extreme_aspect"]] == [5.0]
+    assert ip["modes"] == {"RGB": 5, "L": 1} and [r["mode"] for r in ip["odd_modes"]] == ["L"]
+    assert ip["broken"][0]["reason"]
+    # a dataset of small images is said once, not listed image by image
+    small = scan_images([tmp_path / "tiny.png"] * 3)
+    assert image_problems(small)["all_tiny"] and image_problems(small)["tiny"] == []
+
+
+def test_outliers_flag_the_far_rows_farthest_first() -> None:
+    from transferlab.diagnose import outliers
+
+    rng = np.random.default_rng(0)
+    centre = rng.normal(size=32)
+    X = centre + 0.3 * rng.normal(size=(60, 32))
+    X[[5, 40]] = rng.normal(size=(2, 32)) * 3  # two unrelated directions
+    o = outliers(X)
+    assert set(o.flagged[:2]) == {5, 40} and len(o.flagged) <= 4  # a fence: a tail row may pass
+    scores = o.scores[o.flagged]
+    assert list(scores) == sorted(scores, reverse=True) and scores.min() > o.threshold
+    with pytest.raises(InvalidParameterError, match="at least 3"):
+        outliers(X[:2])

@@ -376,3 +376,15 @@ def test_auto_precision_is_the_backbones_rule_without_cpu_bf16(monkeypatch):
     assert FeatureExtractor(precision="fp32", device="cuda")._precision() == "fp32"
     with pytest.raises(InvalidParameterError, match=r"int8.*CPU"):
         FeatureExtractor(precision="int8", device="cuda")._precision()
+
+
+def test_cached_only_returns_what_the_cache_holds_and_computes_nothing(images, tmp_path):
+    cache = FeatureCache(tmp_path / "cache")
+    none = _fx(cache).extract(images, cached_only=True)
+    assert len(none.paths) == 0 and none.failures == []
+    _fx(cache).extract(images[:2])
+    some = _fx(cache).extract(images, cached_only=True)
+    assert some.paths == [str(p) for p in images[:2]] and some.index.tolist() == [0, 1]
+    assert cache.info()["entries"] == 2  # nothing new was stored
+    full = _fx(cache).extract(images[:2])
+    assert np.array_equal(some.features["pre_logits"], full.features["pre_logits"])

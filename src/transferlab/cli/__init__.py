@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from transferlab.cli import (  # noqa: F401 - importing registers the commands
+    audit,
     auto,
     backbones,
     cache,

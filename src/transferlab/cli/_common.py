@@ -177,5 +177,7 @@ def print_fit_summary(result: Any) -> None:
             out.print(
                 f"  time {m['seconds']:.1f} s, {m['epochs_run']} epochs, best epoch {m['best_epoch']}"
             )
+    if m.get("leakage"):
+        err.print(f"[yellow]leakage:[/] {escape(m['leakage'])}")
     out.print(f"  model:  {result.model_dir}")
     out.print(f"  report: {result.report}")

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from transferlab.cli import _options as opt
 from transferlab.cli._common import (
     command,
     config_from,
     default_run_dir,
+    err,
     out,
     print_json,
     print_step,
@@ -86,5 +88,7 @@ def auto_cmd(
         line += f"; test accuracy {m['test']['accuracy']:.4f} ({m['n_test']} images)"
     out.print(line, markup=False)
     out.print(f"time: {m['seconds']:.0f} s of {m['budget']['budget_s']:.0f} s", markup=False)
+    if m.get("leakage"):
+        err.print(f"[yellow]leakage:[/] {escape(m['leakage'])}")
     out.print(f"model: {res.model_dir}", markup=False)
     out.print(f"report: {res.report}", markup=False)

@@ -28,17 +28,24 @@ from transferlab.diagnose._domain import image_statistics as image_statistics
 from transferlab.diagnose._domain import mmd_rbf as mmd_rbf
 from transferlab.diagnose._duplicates import NEAR_DUPLICATE_SIMILARITY as NEAR_DUPLICATE_SIMILARITY
 from transferlab.diagnose._duplicates import THUMBNAIL_SIMILARITY as THUMBNAIL_SIMILARITY
+from transferlab.diagnose._duplicates import TWIN_SIMILARITY as TWIN_SIMILARITY
 from transferlab.diagnose._duplicates import DuplicateGroup as DuplicateGroup
+from transferlab.diagnose._duplicates import cross_split_twins as cross_split_twins
 from transferlab.diagnose._duplicates import exact_duplicates as exact_duplicates
+from transferlab.diagnose._duplicates import leakage_line as leakage_line
 from transferlab.diagnose._duplicates import near_duplicates as near_duplicates
 from transferlab.diagnose._duplicates import thumbnails as thumbnails
-from transferlab.diagnose._labels import LABEL_ISSUE_C as LABEL_ISSUE_C
+from transferlab.diagnose._labels import LABEL_ISSUE_C_TIMES_N as LABEL_ISSUE_C_TIMES_N
 from transferlab.diagnose._labels import LabelIssue as LabelIssue
+from transferlab.diagnose._labels import label_issue_C as label_issue_C
 from transferlab.diagnose._labels import label_issues as label_issues
 from transferlab.diagnose._layers import LayerProbeResult as LayerProbeResult
 from transferlab.diagnose._layers import LayerProfileDisplay as LayerProfileDisplay
 from transferlab.diagnose._layers import cv_probe_accuracy as cv_probe_accuracy
 from transferlab.diagnose._layers import layer_probe as layer_probe
+from transferlab.diagnose._outliers import OUTLIER_NEIGHBOURS as OUTLIER_NEIGHBOURS
+from transferlab.diagnose._outliers import Outliers as Outliers
+from transferlab.diagnose._outliers import outliers as outliers
 from transferlab.diagnose._preprocess import PreprocessingIssue as PreprocessingIssue
 from transferlab.diagnose._preprocess import check_input_tensors as check_input_tensors
 from transferlab.diagnose._preprocess import check_preprocessing as check_preprocessing
@@ -47,6 +54,11 @@ from transferlab.diagnose._recipes import Shift as Shift
 from transferlab.diagnose._recipes import larger_size as larger_size
 from transferlab.diagnose._recipes import locate_shift as locate_shift
 from transferlab.diagnose._recipes import recipes_for as recipes_for
+from transferlab.diagnose._scan import EXTREME_ASPECT as EXTREME_ASPECT
+from transferlab.diagnose._scan import TINY_SIDE as TINY_SIDE
+from transferlab.diagnose._scan import ImageScan as ImageScan
+from transferlab.diagnose._scan import image_problems as image_problems
+from transferlab.diagnose._scan import scan_images as scan_images
 from transferlab.diagnose._scores import SCORES as SCORES
 from transferlab.diagnose._scores import hscore as hscore
 from transferlab.diagnose._scores import kendall_tau as kendall_tau
@@ -58,19 +70,25 @@ from transferlab.diagnose._scores import pseudo_source_probs as pseudo_source_pr
 from transferlab.diagnose._scores import softmax as softmax
 
 __all__ = [
-    "LABEL_ISSUE_C",
+    "EXTREME_ASPECT",
+    "LABEL_ISSUE_C_TIMES_N",
     "NEAR_DUPLICATE_SIMILARITY",
+    "OUTLIER_NEIGHBOURS",
     "SCORES",
     "SEVERITIES",
     "THUMBNAIL_SIMILARITY",
+    "TINY_SIDE",
+    "TWIN_SIMILARITY",
     "BNShift",
     "DomainGap",
     "DuplicateGroup",
     "Finding",
+    "ImageScan",
     "ImageStats",
     "LabelIssue",
     "LayerProbeResult",
     "LayerProfileDisplay",
+    "Outliers",
     "PreprocessingIssue",
     "Recipe",
     "Shift",
@@ -80,6 +98,7 @@ __all__ = [
     "bn_shift",
     "check_input_tensors",
     "check_preprocessing",
+    "cross_split_twins",
     "cv_probe_accuracy",
     "default_reference",
     "domain_classifier_accuracy",
@@ -87,21 +106,26 @@ __all__ = [
     "exact_duplicates",
     "hscore",
     "image_batches",
+    "image_problems",
     "image_statistics",
     "kendall_tau",
     "knn_accuracy",
+    "label_issue_C",
     "label_issues",
     "larger_size",
     "layer_probe",
+    "leakage_line",
     "leep",
     "locate_shift",
     "logme",
     "mmd_rbf",
     "nce",
     "near_duplicates",
+    "outliers",
     "pseudo_source_probs",
     "recipes_for",
     "save_backbone_weights",
+    "scan_images",
     "significant_peak",
     "softmax",
     "stage_after",

@@ -11,21 +11,24 @@ each image's most similar other image.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from transferlab.data import Sample, load_image
-from transferlab.exceptions import ImageLoadError, InvalidParameterError
+from transferlab.data import Sample
+from transferlab.diagnose._scan import ImageScan, scan_images
+from transferlab.exceptions import InvalidParameterError
 
 __all__ = [
     "NEAR_DUPLICATE_SIMILARITY",
     "THUMBNAIL_SIMILARITY",
+    "TWIN_SIMILARITY",
     "DuplicateGroup",
+    "cross_split_twins",
     "exact_duplicates",
+    "leakage_line",
     "near_duplicates",
     "thumbnails",
 ]
@@ -39,6 +42,9 @@ NEAR_DUPLICATE_SIMILARITY = 0.97
 #: (min 0.991), and no distinct pair of three of them does (trashnet: 4 of 600 images, plain
 #: backgrounds); 90% crops mostly do not (0-3%)
 THUMBNAIL_SIMILARITY = 0.99
+#: cosine similarity of the same picture's feature vectors computed in different batches (the
+#: float noise is ~1e-7); no distinct pair of the four datasets comes near it
+TWIN_SIMILARITY = 0.9999
 
 
 @dataclass
@@ -73,33 +79,12 @@ class DuplicateGroup:
                 "label_conflict": self.label_conflict}  # fmt: skip
 
 
-def _pixel_digest(path: str) -> str:
-    """Digest of the decoded RGB pixels and size: equal for byte-different encodings of one
-    picture (PNG re-saved, other metadata)."""
-    img = load_image(path)
-    h = hashlib.blake2b(digest_size=20)
-    h.update(f"{img.size[0]}x{img.size[1]}".encode())
-    h.update(img.tobytes())
-    return h.hexdigest()
-
-
 def thumbnails(paths: Sequence[str], side: int = 16) -> tuple[np.ndarray, list[int]]:
     """Each decodable image as a `side` x `side` greyscale thumbnail, mean removed, unit length
     (a perceptual-hash-like vector, for `near_duplicates`); and the positions of `paths` that
     decoded (the rows)."""
-    from PIL import Image
-
-    rows, kept = [], []
-    for k, p in enumerate(paths):
-        try:
-            img = load_image(p).convert("L").resize((side, side), Image.Resampling.BILINEAR)
-        except ImageLoadError:
-            continue
-        g = np.asarray(img, dtype=np.float64).ravel()
-        rows.append(g - g.mean())
-        kept.append(k)
-    X = np.asarray(rows).reshape(len(rows), side * side)
-    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12), kept
+    scan = scan_images(paths, side=side)
+    return scan.thumbnails, scan.ok
 
 
 def _group(
@@ -130,22 +115,29 @@ def _rows(splits: Mapping[str, Sequence[Sample]]) -> list[tuple[str, str, str]]:
 
 def exact_duplicates(
     splits: Mapping[str, Sequence[Sample]],
+    *,
+    scan: ImageScan | None = None,
 ) -> tuple[list[DuplicateGroup], list[tuple[str, str]]]:
-    """Groups of images with identical pixels, within and across `splits` (name -> samples).
+    """Groups of images with identical pixels, within and across `splits` (name -> samples);
+    `scan` reuses a `scan_images` of the same images in the same order (split by split).
 
     Returns:
         The groups (cross-split ones first) and (path, reason) of each image that would not
         decode (not grouped).
     """
     rows = _rows(splits)
+    paths = [r[0] for r in rows]
+    if scan is None:
+        scan = scan_images(paths)
+    elif scan.paths != paths:
+        raise InvalidParameterError(
+            "exact_duplicates: the scan must be of the splits' images, in order "
+            f"({len(scan.paths)} scanned, {len(paths)} in the splits)"
+        )
     by_digest: dict[str, list[int]] = {}
-    broken: list[tuple[str, str]] = []
-    for k, (path, _, _) in enumerate(rows):
-        try:
-            by_digest.setdefault(_pixel_digest(path), []).append(k)
-        except ImageLoadError as e:
-            broken.append((path, e.reason))
-    return _group("exact", [m for m in by_digest.values() if len(m) > 1], rows), broken
+    for k, d in zip(scan.ok, scan.digests, strict=True):
+        by_digest.setdefault(d, []).append(k)
+    return _group("exact", [m for m in by_digest.values() if len(m) > 1], rows), scan.broken
 
 
 def near_duplicates(
@@ -191,3 +183,69 @@ def near_duplicates(
         sims.append(float(np.min(np.where(threshold - 1e-9 <= S, S, np.inf).min(axis=1))))
         members.append(list(m))
     return _group("near", members, rows, sims)
+
+
+def cross_split_twins(
+    splits: Mapping[str, Sequence[Sample]],
+    vectors: Mapping[str, np.ndarray] | None = None,
+    *,
+    file_digests: bool = True,
+) -> list[DuplicateGroup]:
+    """Leakage in seconds, without decoding: groups of images in more than one split that are
+    the same file (byte digest) or whose feature `vectors` (path -> vector, e.g. the features a
+    run already has or the cache holds) have a cosine similarity >= `TWIN_SIMILARITY`.
+
+    This is the check `fit`, `finetune` and `auto` run to print one line; `transferlab audit`
+    finds re-encoded and near copies too.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from transferlab.features import file_digest
+
+    rows = _rows(splits)
+    n = len(rows)
+    edges: list[tuple[int, int]] = []
+    if file_digests:
+        first: dict[str, int] = {}
+        for k, (path, _, _) in enumerate(rows):
+            try:
+                d = file_digest(path)
+            except Exception:  # an unreadable file is the run's to report, not this check's
+                continue
+            if d in first:
+                edges.append((first[d], k))
+            else:
+                first[d] = k
+    if vectors:
+        have = [k for k, r in enumerate(rows) if r[0] in vectors]
+        if len(have) > 1:
+            Z = np.stack([np.asarray(vectors[rows[k][0]], dtype=np.float64) for k in have])
+            Z /= np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
+            from sklearn.neighbors import radius_neighbors_graph
+
+            g = radius_neighbors_graph(Z, np.sqrt(2 - 2 * TWIN_SIMILARITY) + 1e-9).tocoo()
+            edges += [(have[i], have[j]) for i, j in zip(g.row, g.col, strict=True) if i < j]
+    if not edges:
+        return []
+    i, j = np.asarray(edges).T
+    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    members = [list(np.flatnonzero(label == c)) for c in np.unique(label)]
+    groups = _group("exact", [m for m in members if len(m) > 1], rows)
+    return [g for g in groups if g.cross_split]
+
+
+def leakage_line(groups: Sequence[DuplicateGroup], data: str) -> str | None:
+    """The one line a run prints when `cross_split_twins` found leakage, pointing to audit."""
+    leaked = [g for g in groups if g.cross_split]
+    if not leaked:
+        return None
+    n = sum(sum(1 for s in g.splits if s != "train") for g in leaked)
+    g = leaked[0]
+    a = g.paths[0]  # sorted by split: the first of the first split and one of another
+    b = next(p for p, s in zip(g.paths, g.splits, strict=True) if s != g.splits[0])
+    return (
+        f"{n} validation/test image(s) are copies of images in another split (e.g. {a} = {b}): "
+        f"scores on them are inflated; run `transferlab audit {data}` to see every duplicate"
+    )

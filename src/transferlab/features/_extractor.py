@@ -354,6 +354,7 @@ class FeatureExtractor(OrtEngine, TransformerMixin, BaseEstimator):
         *,
         layers: Sequence[str] | None = None,
         on_error: str = "skip",
+        cached_only: bool = False,
     ) -> ExtractionResult:
         """Features for `paths` from `layers` (default: this extractor's layer), in one pass.
 
@@ -364,6 +365,8 @@ class FeatureExtractor(OrtEngine, TransformerMixin, BaseEstimator):
             layers: taps to read together (one forward pass serves them all).
             on_error: ``"skip"`` leaves broken images out and lists them in `failures`;
                 ``"raise"`` stops at the first broken image with an `ImageLoadError`.
+            cached_only: compute nothing: the result holds only the images the cache has
+                (`index` says which), for checks that must not cost an extraction.
         """
         if on_error not in ("skip", "raise"):
             raise InvalidParameterError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
@@ -401,13 +404,15 @@ class FeatureExtractor(OrtEngine, TransformerMixin, BaseEstimator):
         ]
         n_cached = sum(1 for i, d in enumerate(digests) if d is not None and i not in todo)
         engine = "cache"
+        if cached_only:
+            todo = []
         if todo:
             engine = self._compute(
                 str_paths, digests, todo, layers, spaces, rows, failures, cache, on_error
             )
         if on_error == "raise" and failures:
             raise failures[min(failures)]
-        ok = [i for i in range(n) if i not in failures]
+        ok = [i for i in range(n) if i not in failures and all(i in rows[la] for la in layers)]
         feats = {
             layer: (
                 np.stack([rows[layer][i] for i in ok]).astype(np.float32, copy=False)

@@ -19,6 +19,9 @@ from transferlab._internal.lazy import lazy_namespace
 _NAMES = {
     "AdaptBNConfig": "_adapt_bn",
     "AdaptBNMetrics": "_adapt_bn",
+    "AuditConfig": "_audit",
+    "AuditMetrics": "_audit",
+    "run_audit": "_audit",
     "AutoConfig": "_auto",
     "AutoMetrics": "_auto",
     "run_auto": "_auto",
@@ -68,6 +71,8 @@ _NAMES = {
 __all__ = [
     "AdaptBNConfig",
     "AdaptBNMetrics",
+    "AuditConfig",
+    "AuditMetrics",
     "AutoConfig",
     "AutoMetrics",
     "CurveConfig",
@@ -104,6 +109,7 @@ __all__ = [
     "launch_finetune",
     "rank_run",
     "run_adapt_bn",
+    "run_audit",
     "run_auto",
     "run_curve",
     "run_diagnose",

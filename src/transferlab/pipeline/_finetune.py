@@ -26,6 +26,7 @@ from transferlab.pipeline._shared import (
     MultiLabelScores,
     calibrate,
     eval_block,
+    leakage_note,
     resolve_dataset,
     skipped_rows,
 )
@@ -320,6 +321,7 @@ def _run_finetune(config: FinetuneRunConfig, *, prepare: bool) -> RunResult:
         seconds=round(time.perf_counter() - t0, 3),
         test=eval_block(done.test) if done.test is not None else None,
         calibration=done.calibration,  # type: ignore[arg-type]
+        leakage=leakage_note(ds, extractor=_probe_extractor(cfg)),
     )
     done.model.metrics = metrics.to_dict()
     model_dir = done.model.save(out / "model", overwrite=True)
@@ -344,6 +346,13 @@ def _run_finetune(config: FinetuneRunConfig, *, prepare: bool) -> RunResult:
     return RunResult.written(
         metrics, out, model_dir=model_dir, report=report, confusion_png=cm_png, skipped=skipped
     )
+
+
+def _probe_extractor(cfg: Any) -> Any:
+    """The extractor whose cached features a `fit` with this backbone would have left."""
+    from transferlab.features import FeatureExtractor
+
+    return FeatureExtractor(cfg.backbone, weights=cfg.weights, layer="pre_logits", progress=False)
 
 
 def finetuned_embedding(model: Any, paths: Sequence[str]) -> np.ndarray:

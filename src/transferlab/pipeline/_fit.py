@@ -34,6 +34,7 @@ from transferlab.pipeline._shared import (
     eval_block,
     extract_splits,
     int8_summary,
+    leakage_note,
     resolve_dataset,
     skipped_rows,
 )
@@ -251,6 +252,10 @@ def run_fit(config: FitConfig) -> RunResult:
         calibration=calibration,
         precision=fx._precision(),
         int8=_with_probe_agreement(int8_summary(fx), config, probe, kept["val"], X["val"]),
+        leakage=leakage_note(
+            ds,
+            vectors={s.path: v for n in X for s, v in zip(kept[n], X[n], strict=True)},
+        ),
     )
     model = TransferModel(fx, probe, metrics.to_dict())
     model.temperature = calibration["temperature"]

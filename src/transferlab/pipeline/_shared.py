@@ -5,20 +5,20 @@ data and output folder."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from transferlab.data import Dataset, Sample, load_dataset, stratified_subsample
-from transferlab.exceptions import InvalidParameterError
+from transferlab.exceptions import InvalidParameterError, TransferlabError
 from transferlab.features._cache import cache_setting
 
 if TYPE_CHECKING:  # scikit-learn comes with these: imported where they run (issue 17)
     from transferlab.evaluate import EvalReport
     from transferlab.features import FeatureExtractor
-from transferlab.pipeline._results import FLATTEN, Metrics, json_key
+from transferlab.pipeline._results import FLATTEN, OMIT_NONE, Metrics, json_key
 
 __all__ = [
     "ClassifierMetrics",
@@ -33,6 +33,7 @@ __all__ = [
     "extract_splits",
     "features_of",
     "labelled_sample",
+    "leakage_note",
     "resolve_dataset",
     "skipped_rows",
     "subsample",
@@ -89,6 +90,33 @@ class ExtractorSettings:
         )
 
 
+def leakage_note(
+    ds: Dataset,
+    *,
+    vectors: Mapping[str, np.ndarray] | None = None,
+    extractor: FeatureExtractor | None = None,
+) -> str | None:
+    """The one line `fit`, `finetune` and `auto` print when train and val/test share images:
+    with `vectors` (path -> the run's own features), pairs of equal features; otherwise the
+    same file, or equal features where `extractor`'s cache already holds both (nothing is
+    computed). A check: it never fails the run."""
+    from transferlab.diagnose import cross_split_twins, leakage_line
+
+    splits = {n: s for n, s in (("train", ds.train), ("val", ds.val), ("test", ds.test)) if s}
+    if len(splits) < 2:
+        return None
+    if vectors is None and extractor is not None:
+        try:
+            res = extractor.extract(
+                [s.path for ss in splits.values() for s in ss], cached_only=True
+            )
+            vectors = dict(zip(res.paths, res.features[extractor.layer], strict=True))
+        except TransferlabError:  # e.g. a backbone the cache cannot key: the digests remain
+            vectors = None
+        return leakage_line(cross_split_twins(splits, vectors), ds.root)
+    return leakage_line(cross_split_twins(splits, vectors, file_digests=False), ds.root)
+
+
 def resolve_dataset(
     data: DataSource, *, val_fraction: float, seed: int, multi_label: bool = False
 ) -> Dataset:
@@ -140,6 +168,8 @@ class ClassifierMetrics(Metrics):
     backbone: str
     weights_sha256: str | None
     layer: str
+    #: one line when train and val/test share images (`leakage_note`); absent when none
+    leakage: str | None = field(default=None, metadata=OMIT_NONE)
 
     @staticmethod
     def scores(

@@ -11,6 +11,7 @@ from transferlab._internal.lazy import lazy_namespace
 
 # name -> the private module that defines it (imported on first use: see _internal.lazy)
 _NAMES = {
+    "write_audit_report": "_audit",
     "write_auto_report": "_auto",
     "write_curve_report": "_curve",
     "diagnosis_plots": "_diagnose",
@@ -29,6 +30,8 @@ _NAMES = {
     "html_table": "_html",
     "per_class_table": "_html",
     "per_label_table": "_html",
+    "thumbnail_html": "_html",
+    "thumbnail_row": "_html",
     "write_html_report": "_html",
     "plot_confusion_matrix": "_plots",
     "plot_report_confusion": "_plots",
@@ -52,6 +55,9 @@ __all__ = [
     "plot_report_confusion",
     "plot_training_curves",
     "rank_table",
+    "thumbnail_html",
+    "thumbnail_row",
+    "write_audit_report",
     "write_auto_report",
     "write_curve_report",
     "write_diagnosis_report",

@@ -9,7 +9,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["html_table", "per_class_table", "per_label_table", "write_html_report"]
+__all__ = [
+    "html_table",
+    "per_class_table",
+    "per_label_table",
+    "thumbnail_html",
+    "thumbnail_row",
+    "write_html_report",
+]
 
 
 def _img_tag(path: Path, alt: str) -> str:
@@ -25,6 +32,11 @@ th{background:#f6f6f6} .num{text-align:right;font-variant-numeric:tabular-nums}
 .big{font-size:2em;font-weight:600} .muted{color:#666} img{max-width:100%;height:auto}
 .warn{background:#fff4e5;border-left:4px solid #f0a020;padding:.5em 1em}
 code{background:#f3f3f3;padding:0 .3em}
+.thumbs{display:flex;flex-wrap:wrap;gap:.5em;margin:.4em 0 1em}
+.thumb{margin:0;border:3px solid #ddd;padding:3px;width:124px;font-size:12px;line-height:1.25}
+.thumb img{display:block;margin:auto;max-height:112px}
+.thumb figcaption{overflow-wrap:anywhere;margin-top:.2em}
+.missing{width:112px;height:80px;background:#eee;color:#888;display:flex;align-items:center;justify-content:center}
 """
 
 
@@ -114,3 +126,32 @@ def per_label_table(per_label: Mapping[str, Mapping[str, float]]) -> str:
         ["label", "AP", "precision", "recall", "f1", "threshold", "support"],
         [[c, *(v[k] for k in cols)] for c, v in per_label.items()],
     )
+
+
+def thumbnail_html(path: str, caption: str, *, side: int = 112, colour: str = "#ddd") -> str:
+    """One image file as a small embedded JPEG with a caption under it (a figure that can sit in
+    a row of others); a box saying so when the file cannot be read."""
+    import io
+
+    from transferlab.data import load_image
+
+    cap = html.escape(caption).replace("\n", "<br>")
+    title = html.escape(path)
+    try:
+        img = load_image(path, draft_size=side)
+        img.thumbnail((side, side))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=80)
+        data = base64.b64encode(buf.getvalue()).decode()
+        pic = f"<img alt='{title}' title='{title}' src='data:image/jpeg;base64,{data}'>"
+    except Exception:  # a file gone since the run read it: the caption still says which
+        pic = f"<div class='missing' title='{title}'>cannot read</div>"
+    return (
+        f"<figure class='thumb' style='border-color:{colour}'>{pic}"
+        f"<figcaption>{cap}</figcaption></figure>"
+    )
+
+
+def thumbnail_row(cells: Sequence[str]) -> str:
+    """`thumbnail_html` figures side by side."""
+    return f"<div class='thumbs'>{''.join(cells)}</div>"

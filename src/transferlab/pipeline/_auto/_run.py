@@ -27,7 +27,7 @@ from transferlab.pipeline._auto._probe import (
 )
 from transferlab.pipeline._finetune import finetuned_embedding, tie_margin
 from transferlab.pipeline._results import RunResult
-from transferlab.pipeline._shared import eval_block, resolve_dataset
+from transferlab.pipeline._shared import eval_block, leakage_note, resolve_dataset
 
 __all__ = ["run_auto"]
 
@@ -203,6 +203,9 @@ def run_auto(config: AutoConfig) -> RunResult:
         dataset={"path": ds.root, "source": ds.source, "split": ds.split_note},
         calibration=calibration,
         test=eval_block(test) if test is not None else None,
+        leakage=leakage_note(
+            ds, extractor=config.extractor(config.backbones[0], layer="pre_logits")
+        ),
     )
     model.metrics = metrics.to_dict()
     model_dir = model.save(out / "model", overwrite=True)
