@@ -185,3 +185,38 @@ def test_finetune_warns_of_a_file_shared_by_train_and_val(tmp_path: Path) -> Non
         )
     )
     assert "dup.png" in res.metrics.leakage and "transferlab audit" in res.metrics.leakage
+
+
+def test_suggest_cli_ranks_a_pool_and_leaves_out_labelled_copies(tmp_path: Path) -> None:
+    src = shared_dataset("hymenoptera")
+    lab, pool = tmp_path / "lab", tmp_path / "pool"
+    for cls in ("ants", "bees"):
+        (lab / cls).mkdir(parents=True)
+        first = sorted((src / "train" / cls).iterdir())[0]
+        shutil.copy(first, lab / cls / first.name)  # one label per class: a cold start
+        (pool / cls).mkdir(parents=True)
+        for p in sorted((src / "val" / cls).iterdir())[:12]:
+            shutil.copy(p, pool / cls / p.name)
+    shutil.copy(first, pool / "already_labelled.jpg")
+    csv_path = tmp_path / "s.csv"
+    r = CliRunner().invoke(
+        app, ["suggest", str(lab), "--pool", str(pool), "--n", "6", "--out", str(csv_path)]
+    )
+    assert r.exit_code == 0, r.output
+    assert "cold start" in r.output
+    import csv
+
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [int(r["rank"]) for r in rows] == list(range(1, 7))
+    assert len({r["path"] for r in rows}) == 6
+    assert not any("already_labelled" in r["path"] for r in rows)
+    assert {r["predicted"] for r in rows} <= {"ants", "bees"}
+    # both classes among the six: a spread-out start, not six of one kind
+    assert {Path(r["path"]).parent.name for r in rows} == {"ants", "bees"}
+    m = json.loads(csv_path.with_suffix(".json").read_text())
+    assert m["n_pool"] == 24 and m["n_pool_already_labelled"] == 1 and m["strategy"] == "typical"
+    # run again: the CSV is not overwritten silently
+    r = CliRunner().invoke(app, ["suggest", str(lab), "--pool", str(pool), "--out", str(csv_path)])
+    assert r.exit_code != 0 and "--overwrite" in r.output
+    r = CliRunner().invoke(app, ["suggest", str(lab), "--pool", str(tmp_path / "none")])
+    assert r.exit_code != 0 and "no such folder" in r.output

@@ -19,6 +19,7 @@ from transferlab.cli import (  # noqa: F401 - importing registers the commands
     lr_find,
     predict,
     serve,
+    suggest,
 )
 from transferlab.cli._common import app
 

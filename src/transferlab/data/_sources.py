@@ -14,7 +14,7 @@ from transferlab.data._datasets import Dataset, Sample, stratified_split
 from transferlab.data._images import IMAGE_EXTENSIONS, is_image_file
 from transferlab.exceptions import DatasetError, DatasetNotFoundError
 
-__all__ = ["collect_images", "list_images", "load_dataset"]
+__all__ = ["collect_images", "labelled_images", "list_images", "load_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -332,3 +332,27 @@ def collect_images(
     samples = [*ds.train, *ds.val, *ds.test]
     splits = ["train"] * len(ds.train) + ["val"] * len(ds.val) + ["test"] * len(ds.test)
     return samples, splits
+
+
+def labelled_images(path: str | os.PathLike[str]) -> list[Sample]:
+    """Every labelled image at `path`, whatever split it is in: the forms `load_dataset`
+    reads, but a class may hold a single image (nothing is held out), as when labelling starts.
+
+    Raises:
+        DatasetNotFoundError: `path` does not exist.
+        DatasetError: no class folders, an empty class folder, or a CSV without the needed columns.
+    """
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DatasetNotFoundError(f"dataset path does not exist: {root}")
+    if root.is_file():
+        unsplit, splits, _ = _read_csv(root)
+        return [*unsplit, *(s for rows in splits.values() for s in rows)]
+    named = [
+        d
+        for names in (TRAIN_SPLIT_NAMES, VAL_SPLIT_NAMES, TEST_SPLIT_NAMES)
+        if (d := _find_split(root, names)) is not None
+    ]
+    if named:
+        return [s for d in named for s in _read_class_tree(d, what=f"{d.name} folder")[0]]
+    return _read_class_tree(root, what="dataset folder")[0]

@@ -68,14 +68,20 @@ from transferlab.diagnose._scores import logme as logme
 from transferlab.diagnose._scores import nce as nce
 from transferlab.diagnose._scores import pseudo_source_probs as pseudo_source_probs
 from transferlab.diagnose._scores import softmax as softmax
+from transferlab.diagnose._suggest import COLD_START_PER_CLASS as COLD_START_PER_CLASS
+from transferlab.diagnose._suggest import STRATEGIES as STRATEGIES
+from transferlab.diagnose._suggest import Suggestions as Suggestions
+from transferlab.diagnose._suggest import suggest_labels as suggest_labels
 
 __all__ = [
+    "COLD_START_PER_CLASS",
     "EXTREME_ASPECT",
     "LABEL_ISSUE_C_TIMES_N",
     "NEAR_DUPLICATE_SIMILARITY",
     "OUTLIER_NEIGHBOURS",
     "SCORES",
     "SEVERITIES",
+    "STRATEGIES",
     "THUMBNAIL_SIMILARITY",
     "TINY_SIDE",
     "TWIN_SIMILARITY",
@@ -92,6 +98,7 @@ __all__ = [
     "PreprocessingIssue",
     "Recipe",
     "Shift",
+    "Suggestions",
     "adapt_bn",
     "advise",
     "bn_layers",
@@ -129,5 +136,6 @@ __all__ = [
     "significant_peak",
     "softmax",
     "stage_after",
+    "suggest_labels",
     "thumbnails",
 ]

@@ -64,6 +64,9 @@ _NAMES = {
     "rank_run": "_rank",
     "run_rank": "_rank",
     "Metrics": "_results",
+    "SuggestConfig": "_suggest",
+    "SuggestMetrics": "_suggest",
+    "run_suggest": "_suggest",
     "RunResult": "_results",
     "calibrate": "_shared",
 }
@@ -96,6 +99,8 @@ __all__ = [
     "RankConfig",
     "RankResult",
     "RunResult",
+    "SuggestConfig",
+    "SuggestMetrics",
     "adapt_bn_run",
     "advice_probe_vs_finetune",
     "calibrate",
@@ -119,6 +124,7 @@ __all__ = [
     "run_finetune_nproc",
     "run_fit",
     "run_rank",
+    "run_suggest",
 ]
 
 
