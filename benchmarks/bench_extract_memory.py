@@ -35,8 +35,18 @@ print(json.dumps({"rc": rc, "seconds": time.perf_counter() - t,
 
 
 def run(data: Path, out: Path, cache: Path, layer: str, engine: str) -> dict:
-    args = ["extract", str(data), "--out", str(out), "--layer", layer, "--engine", engine,
-            "--cache-dir", str(cache)]
+    args = [
+        "extract",
+        str(data),
+        "--out",
+        str(out),
+        "--layer",
+        layer,
+        "--engine",
+        engine,
+        "--cache-dir",
+        str(cache),
+    ]
     proc = subprocess.run([sys.executable, "-c", WRAPPER, *args], capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -61,12 +71,19 @@ def main() -> None:
             t = time.perf_counter()
             make_images(data, n)
             made = time.perf_counter() - t
-            res = run(data, tmp_path / f"feats{n}.parquet", tmp_path / f"cache{n}", args.layer,
-                      args.engine)
+            res = run(
+                data,
+                tmp_path / f"feats{n}.parquet",
+                tmp_path / f"cache{n}",
+                args.layer,
+                args.engine,
+            )
             rows.append((n, res["seconds"], res["peak_rss_mib"]))
-            print(f"n={n}: generated in {made:.0f} s; extract {res['seconds']:.0f} s "
-                  f"({n / res['seconds']:.0f} img/s), peak RSS {res['peak_rss_mib']:.0f} MiB",
-                  flush=True)
+            print(
+                f"n={n}: generated in {made:.0f} s; extract {res['seconds']:.0f} s "
+                f"({n / res['seconds']:.0f} img/s), peak RSS {res['peak_rss_mib']:.0f} MiB",
+                flush=True,
+            )
         print()
         print(f"{'images':>8s} {'seconds':>8s} {'peak RSS MiB':>13s}")
         for n, s, m in rows:

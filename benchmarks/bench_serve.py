@@ -96,7 +96,16 @@ def _start_server(data_dir: Path, port: int, env_extra: dict[str, str]) -> subpr
     env = {**os.environ, "TRANSFERLAB_DATA_DIR": str(data_dir), **env_extra}
     log = open(data_dir / "server.log", "wb")  # noqa: SIM115 - the child writes to it
     proc = subprocess.Popen(
-        [sys.executable, "-m", "transferlab.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "transferlab.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -220,7 +229,9 @@ def main() -> None:
     print(f"server up in {time.perf_counter() - t:.1f} s (pid {proc.pid}, port {port})")
     blobs = {p: Path(p).read_bytes() for p in paths}
     try:
-        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=300) as c:
+        with httpx.Client(
+            base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=300
+        ) as c:
             cid = c.post("/v1/collections", json={"name": "bench"}).raise_for_status().json()["id"]
             for label, files in train.items():
                 for f in files:
@@ -261,7 +272,9 @@ def main() -> None:
             t = time.perf_counter()
             lib = fx.extract(paths)
             lib_runs.append(len(lib.paths) / (time.perf_counter() - t))
-            print(f"pass {r + 1}: {'library':<10} images={len(lib.paths):>4}  {lib_runs[-1]:7.2f} img/s")
+            print(
+                f"pass {r + 1}: {'library':<10} images={len(lib.paths):>4}  {lib_runs[-1]:7.2f} img/s"
+            )
             lat, st, wall = _run_clients(args.clients, jobs, send_features, base, key)
             errors += _report(f"pass {r + 1}: features", lat, st, wall, len(order))
             serve_runs.append(len(order) / wall)
@@ -271,7 +284,10 @@ def main() -> None:
 
         # -- predict ----------------------------------------------------------------------------
         pjobs = [
-            [paths[(i * args.predict_requests + j) % len(paths)] for j in range(args.predict_requests)]
+            [
+                paths[(i * args.predict_requests + j) % len(paths)]
+                for j in range(args.predict_requests)
+            ]
             for i in range(args.clients)
         ]
 

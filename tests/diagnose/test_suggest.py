@@ -39,7 +39,9 @@ def test_margin_picks_what_the_probe_is_unsure_of_and_auto_switches_after_cold_s
     y = np.where(X[:, 0] > 0, "pos", "neg")
     X[:, 1:] += 6  # away from the origin: the unit vectors keep x0 as a direction
     k = COLD_START_PER_CLASS + 7
-    labelled = [int(i) for c in ("pos", "neg") for i in rng.choice(np.flatnonzero(y == c), k, replace=False)]
+    labelled = [
+        int(i) for c in ("pos", "neg") for i in rng.choice(np.flatnonzero(y == c), k, replace=False)
+    ]
     pool = np.setdiff1d(np.arange(300), labelled)
     s = suggest_labels(X[labelled], y[labelled], X[pool], 10, strategy="margin")
     assert s.scores == sorted(s.scores)  # smallest margin first
