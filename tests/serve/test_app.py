@@ -95,6 +95,8 @@ def test_web_page_end_to_end(tmp_path: Path) -> None:
         for i in range(3):
             (tmp_path / f"{kind}{i}.png").write_bytes(pattern(kind, 300 + i))
     (tmp_path / "query.png").write_bytes(pattern("vstripes", 999))
+    for i in range(4):
+        (tmp_path / f"pool{i}.png").write_bytes(pattern(("hstripes", "vstripes")[i % 2], 500 + i))
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -135,6 +137,26 @@ def test_web_page_end_to_end(tmp_path: Path) -> None:
                         ".textContent.startsWith('3 ')",
                         timeout=30_000,
                     )
+                # label next: unlabelled images into the pool, the suggestions as cards with a
+                # button per label; labelling one makes it an example
+                page.set_input_files(
+                    "#pool-file", [str(tmp_path / f"pool{i}.png") for i in range(4)]
+                )
+                page.wait_for_selector("#suggestions .card img[src^='blob:']", timeout=30_000)
+                assert "4 images in the pool" in page.text_content("#pool-status")
+                page.locator("#suggestions .card").first.locator(
+                    "button", has_text="vstripes"
+                ).click()
+                page.wait_for_function(
+                    "document.getElementById('summary').textContent.startsWith('7 examples')",
+                    timeout=30_000,
+                )
+                assert page.locator("#suggestions .card").count() == 3
+                page.click("#audit")
+                page.wait_for_function(
+                    "document.getElementById('audit-status').textContent.startsWith('7 examples')",
+                    timeout=30_000,
+                )
                 # the button trains kind='auto' (the default choice), within the budget given
                 assert page.input_value("#train-kind") == "auto"
                 assert page.locator("#train-kind option[value=linear_probe]").count() == 1
@@ -220,6 +242,21 @@ def test_openapi_operations_are_stable(tmp_path: Path) -> None:
         ("POST", "/v1/features", "features_v1_features_post"),
         ("GET", "/v1/jobs/{job_id}", "get_job_v1_jobs__job_id__get"),
     }
+    C = "/v1/collections/{collection_id}"
+    expected |= {  # issue 19: the pool, suggestions, the audit and the image files
+        ("POST", f"{C}/pool", "add_to_pool_v1_collections__collection_id__pool_post"),
+        ("GET", f"{C}/pool", "list_pool_v1_collections__collection_id__pool_get"),
+        ("DELETE", f"{C}/pool/{{image_id}}",
+         "delete_pool_image_v1_collections__collection_id__pool__image_id__delete"),
+        ("POST", f"{C}/pool/{{image_id}}/label",
+         "label_pool_image_v1_collections__collection_id__pool__image_id__label_post"),
+        ("GET", f"{C}/pool/{{image_id}}/image",
+         "pool_image_file_v1_collections__collection_id__pool__image_id__image_get"),
+        ("GET", f"{C}/examples/{{example_id}}/image",
+         "example_image_file_v1_collections__collection_id__examples__example_id__image_get"),
+        ("GET", f"{C}/suggestions", "suggestions_v1_collections__collection_id__suggestions_get"),
+        ("GET", f"{C}/audit", "audit_v1_collections__collection_id__audit_get"),
+    }  # fmt: skip
     schema = create_app(Settings(data_dir=tmp_path)).openapi()  # no lifespan: nothing loaded
     got = {
         (method.upper(), path, op["operationId"])

@@ -20,7 +20,10 @@ def test_keys_stored_hashed_and_schema_versioned(tmp_path: Path) -> None:
     from sqlalchemy import text
 
     with store.engine.connect() as conn:
-        assert conn.execute(text("SELECT MAX(version) FROM schema_version")).scalar() == 1
+        got = conn.execute(text("SELECT MAX(version) FROM schema_version")).scalar()
+    from transferlab.serve.store import SCHEMA_VERSION
+
+    assert got == SCHEMA_VERSION == 2
     store.close()
     Store(tmp_path).close()  # a second open migrates nothing and keeps the data
     blobs = b"".join(p.read_bytes() for p in tmp_path.glob("transferlab.sqlite*"))
@@ -93,8 +96,36 @@ def test_migration_1_emits_the_frozen_schema(tmp_path: Path) -> None:
         rows = conn.execute(
             text(
                 "SELECT type, name, tbl_name, sql FROM sqlite_master "
-                "WHERE name != 'schema_version' ORDER BY type, name"
+                "WHERE name != 'schema_version' AND tbl_name != 'pool_images' "
+                "ORDER BY type, name"
             )
         ).all()
     store.close()
     assert [list(r) for r in rows] == recorded["sqlite_master"]
+
+
+def test_a_v1_database_migrates_to_v2_and_keeps_its_rows(tmp_path: Path) -> None:
+    """A database written before the pool (schema 1) gains pool_images and loses nothing."""
+    from sqlalchemy import create_engine, text
+
+    from transferlab.serve.store import check_schema
+    from transferlab.serve.store._migrations import _migration_1
+    from transferlab.serve.store._models import utcnow
+
+    tmp_path.mkdir(exist_ok=True)
+    engine = create_engine(f"sqlite:///{tmp_path / 'transferlab.sqlite'}")
+    with engine.begin() as conn:
+        _migration_1(conn)
+        conn.execute(text("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, "
+                          "description TEXT NOT NULL, applied TIMESTAMP NOT NULL)"))  # fmt: skip
+        conn.execute(text("INSERT INTO schema_version VALUES (1, 'initial', :t)"), {"t": utcnow()})
+        conn.execute(text("INSERT INTO api_keys (name, key_hash, prefix, created) "
+                          "VALUES ('old', 'h', 'tl_', :t)"), {"t": utcnow()})  # fmt: skip
+    engine.dispose()
+    store = Store(tmp_path)
+    assert check_schema(store.engine) == []
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SELECT MAX(version) FROM schema_version")).scalar() == 2
+        assert conn.execute(text("SELECT name FROM api_keys")).scalars().all() == ["old"]
+        assert conn.execute(text("SELECT COUNT(*) FROM pool_images")).scalar() == 0
+    store.close()

@@ -133,12 +133,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         features,
         health,
         jobs,
+        pool,
         predictions,
         training,
     )
 
     # in this order: the OpenAPI document lists the operations as they are included
-    for module in (health, features, collections, examples, training, predictions, jobs):
+    for module in (health, features, collections, examples, pool, training, predictions, jobs):
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False, response_model=None)

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
+    "AuditResponse",
     "ChosenCandidate",
     "CollectionCreate",
     "CollectionPublic",
@@ -20,7 +21,11 @@ __all__ = [
     "HealthResponse",
     "JobPublic",
     "JobResult",
+    "PoolImagePublic",
+    "PoolLabel",
     "PredictResponse",
+    "Suggestion",
+    "SuggestionsResponse",
     "TrainRequest",
 ]
 
@@ -118,6 +123,56 @@ class ExamplePublic(BaseModel):
     image_sha256: str
     dim: int
     created: dt.datetime
+
+
+class PoolImagePublic(BaseModel):
+    """An unlabelled image waiting in a collection's pool."""
+
+    id: str
+    name: str
+    image_sha256: str
+    dim: int
+    created: dt.datetime
+
+
+class PoolLabel(BaseModel):
+    """The label(s) a person gave a pool image: it becomes an example."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    labels: list[str] = Field(min_length=1, max_length=50)
+
+
+class Suggestion(BaseModel):
+    rank: int
+    pool_image_id: str
+    name: str
+    score: float | None = Field(description="the probe's margin (lower: less sure), or typicality")
+    predicted: str | None = Field(description="the probe's guess, to pre-fill the label")
+
+
+class SuggestionsResponse(BaseModel):
+    strategy: str
+    why: str
+    n_examples: int
+    n_pool: int
+    suggestions: list[Suggestion]
+
+
+class AuditResponse(BaseModel):
+    """What `transferlab audit` finds, on a collection's stored features: copies of one image,
+    near-identical examples, likely label errors and outliers, worst first."""
+
+    n_examples: int
+    label_counts: dict[str, int]
+    imbalance_ratio: float | None
+    duplicates: list[dict[str, Any]] = Field(
+        description="groups of examples of the same file or near-identical features"
+    )
+    pool_already_labelled: list[str] = Field(description="pool image ids that are examples too")
+    label_issues: list[dict[str, Any]]
+    label_issues_note: str
+    outliers: list[dict[str, Any]]
 
 
 class TrainRequest(BaseModel):

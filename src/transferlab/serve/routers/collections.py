@@ -16,7 +16,7 @@ from transferlab.serve.errors import ApiError
 from transferlab.serve.routers._common import active_job, forget_models, latest_model
 from transferlab.serve.routers.features import check_model
 from transferlab.serve.schemas import CollectionCreate, CollectionPublic
-from transferlab.serve.store import Collection, Example
+from transferlab.serve.store import Collection, Example, PoolImage
 
 __all__ = ["router"]
 
@@ -74,10 +74,9 @@ def delete_collection(coll: OwnedCollection, services: ServicesDep) -> Response:
             raise ApiError(409, f"collection has a {job.status} job {job.id}; wait for it to end")
         images = {
             (sha, ext)
+            for table in (Example, PoolImage)
             for sha, ext in s.execute(
-                select(Example.image_sha256, Example.image_ext).where(
-                    Example.collection_id == coll.id
-                )
+                select(table.image_sha256, table.image_ext).where(table.collection_id == coll.id)
             )
         }
         row = s.get(Collection, coll.id)

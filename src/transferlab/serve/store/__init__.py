@@ -31,6 +31,7 @@ from transferlab.serve.store._models import Base as Base
 from transferlab.serve.store._models import Collection as Collection
 from transferlab.serve.store._models import Example as Example
 from transferlab.serve.store._models import Job as Job
+from transferlab.serve.store._models import PoolImage as PoolImage
 from transferlab.serve.store._models import StoredModel as StoredModel
 from transferlab.serve.store._models import new_id as new_id
 from transferlab.serve.store._models import utcnow as utcnow
@@ -47,6 +48,7 @@ __all__ = [
     "Collection",
     "Example",
     "Job",
+    "PoolImage",
     "Store",
     "StoredModel",
     "check_schema",

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from transferlab.exceptions import InvalidParameterError
 from transferlab.serve.store._migrations import migrate
-from transferlab.serve.store._models import ApiKey, Example, Job, utcnow
+from transferlab.serve.store._models import ApiKey, Example, Job, PoolImage, utcnow
 
 __all__ = ["IMAGE_FORMATS", "INTERRUPTED", "KEY_PREFIX", "Store", "hash_key"]
 
@@ -181,9 +181,13 @@ class Store:
         return sha, path
 
     def drop_image_if_unused(self, sha256: str, ext: str) -> None:
-        """Delete an image file once no example refers to it."""
+        """Delete an image file once no example or pool image refers to it."""
         with self.session() as s:
             used = s.scalar(select(Example.id).where(Example.image_sha256 == sha256).limit(1))
+            if used is None:
+                used = s.scalar(
+                    select(PoolImage.id).where(PoolImage.image_sha256 == sha256).limit(1)
+                )
         if used is None:
             self.image_path(sha256, ext).unlink(missing_ok=True)
 

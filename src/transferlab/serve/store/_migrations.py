@@ -119,9 +119,29 @@ def _migration_1(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _migration_2(conn: Connection) -> None:
+    """Unlabelled pool images (issue 19), frozen like `_migration_1`."""
+    md = MetaData()
+    Table("collections", md, Column("id", String(32), primary_key=True))  # for the foreign key
+    Table(
+        "pool_images",
+        md,
+        Column("id", String(32), primary_key=True),
+        _v1_collection_id(),
+        Column("name", String(200), nullable=False),
+        Column("image_sha256", String(64), nullable=False, index=True),
+        Column("image_ext", String(8), nullable=False),
+        Column("feature", LargeBinary, nullable=False),
+        Column("dim", Integer, nullable=False),
+        Column("created", DateTime, nullable=False),
+    )
+    md.tables["pool_images"].create(conn)
+
+
 #: (version, what it does, function). Append only; each runs once, in its own transaction.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial schema: api_keys, collections, examples, models, jobs", _migration_1),
+    (2, "pool_images: unlabelled images for label suggestions", _migration_2),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -26,6 +26,7 @@ __all__ = [
     "Collection",
     "Example",
     "Job",
+    "PoolImage",
     "StoredModel",
     "new_id",
     "utcnow",
@@ -77,6 +78,9 @@ class Collection(Base):
     jobs: Mapped[list[Job]] = relationship(
         back_populates="collection", cascade="all, delete-orphan", passive_deletes=True
     )
+    pool: Mapped[list[PoolImage]] = relationship(
+        back_populates="collection", cascade="all, delete-orphan", passive_deletes=True
+    )
 
 
 class Example(Base):
@@ -94,6 +98,25 @@ class Example(Base):
     created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
     collection: Mapped[Collection] = relationship(back_populates="examples")
+
+
+class PoolImage(Base):
+    """An unlabelled image of a collection (its features computed once), for suggestions."""
+
+    __tablename__ = "pool_images"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    collection_id: Mapped[str] = mapped_column(
+        ForeignKey("collections.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(200))
+    image_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    image_ext: Mapped[str] = mapped_column(String(8))
+    feature: Mapped[bytes] = mapped_column(LargeBinary)
+    dim: Mapped[int] = mapped_column(Integer)
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    collection: Mapped[Collection] = relationship(back_populates="pool")
 
 
 class StoredModel(Base):
