@@ -39,6 +39,7 @@ def simulate(X, y, Xv, yv, strategy: str, seed: int) -> list[float]:
                 X[labelled], y[labelled], X[pool], need, strategy=strategy, seed=seed
             )
             labelled += [int(pool[i]) for i in s.order]
+        assert len(labelled) == len(set(labelled)) == total, (strategy, total, len(labelled))
         probe = LinearProbe(C=1.0, random_state=seed).fit(X[labelled], y[labelled])
         accs.append(float(np.mean(probe.predict(Xv) == yv)))
     return accs
