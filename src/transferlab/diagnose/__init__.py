@@ -8,6 +8,7 @@ within and across splits, and likely label errors. Public names are re-exported 
 
 from __future__ import annotations
 
+from transferlab.diagnose._advice import IMBALANCE as IMBALANCE
 from transferlab.diagnose._advice import SEVERITIES as SEVERITIES
 from transferlab.diagnose._advice import Finding as Finding
 from transferlab.diagnose._advice import advise as advise
@@ -76,6 +77,7 @@ from transferlab.diagnose._suggest import suggest_labels as suggest_labels
 __all__ = [
     "COLD_START_PER_CLASS",
     "EXTREME_ASPECT",
+    "IMBALANCE",
     "LABEL_ISSUE_C_TIMES_N",
     "NEAR_DUPLICATE_SIMILARITY",
     "OUTLIER_NEIGHBOURS",

@@ -31,7 +31,8 @@ SEVERITIES = ("problem", "warning", "info", "ok")
 
 # thresholds, named so the report can quote them
 FEW_SHOT = 20  # images per class below which fine-tuning is not advised
-IMBALANCE = 3.0  # largest / smallest class count
+#: largest / smallest class count that counts as imbalanced (diagnose, auto and audit say it)
+IMBALANCE = 3.0
 
 
 @dataclass

@@ -26,8 +26,6 @@ __all__ = ["AUDIT_BACKBONES", "AuditConfig", "AuditMetrics", "run_audit"]
 #: the three packaged backbones: their concatenated features find 74-83% of flipped labels
 #: where lite0 alone finds 67% (RESULTS.md issue 19), and they run offline
 AUDIT_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-#: largest / smallest class count that counts as imbalanced (as `auto` says it)
-IMBALANCE = 3.0
 
 
 @dataclass(frozen=True)
@@ -263,6 +261,8 @@ def _problems(scan: Any) -> dict[str, Any]:
 
 
 def _imbalance(ds: Any, splits: dict[str, list[Sample]]) -> dict[str, Any]:
+    from transferlab.diagnose import IMBALANCE
+
     counts = Counter(str(s.label) for s in ds.train)
     smallest, largest = min(counts.values()), max(counts.values())
     missing = {

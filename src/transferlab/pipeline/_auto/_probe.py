@@ -29,8 +29,6 @@ __all__ = [
 
 #: images per class below which no fine-tune is tried (the `diagnose` rule)
 FEW_SHOT = 20
-#: largest / smallest class count that counts as imbalanced
-IMBALANCE = 3.0
 
 
 def score(metric: str, y_true: Sequence[Any], y_pred: Sequence[Any]) -> float:
@@ -44,7 +42,7 @@ def score(metric: str, y_true: Sequence[Any], y_pred: Sequence[Any]) -> float:
 def check_data(ds: Dataset) -> dict[str, Any]:
     """Sizes, classes, modes, image sizes, imbalance and too-few-images findings of the
     training images (the other splits are only counted)."""
-    from transferlab.diagnose import image_statistics
+    from transferlab.diagnose import IMBALANCE, image_statistics
 
     counts = Counter(str(s.label) for s in ds.train)
     stats = image_statistics([s.path for s in ds.train], max_images=300).to_dict()

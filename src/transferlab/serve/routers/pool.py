@@ -4,6 +4,7 @@ examples, and the image files behind examples and pool images (thumbnails for th
 
 from __future__ import annotations
 
+import mimetypes
 from collections import Counter
 from typing import Annotated, Any
 
@@ -34,8 +35,6 @@ router = APIRouter(prefix="/v1/collections", tags=["know your data"])
 
 #: a pool is for choosing from, not for storage: beyond this, label some first
 MAX_POOL = 5000
-_MEDIA = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp", "bmp": "image/bmp",
-          "gif": "image/gif", "tif": "image/tiff"}  # fmt: skip
 
 
 class PoolFailure(BaseModel):
@@ -171,7 +170,8 @@ def _image(services: Any, sha: str, ext: str) -> FileResponse:
     path = services.store.image_path(sha, ext)
     if not path.exists():
         raise ApiError(404, "the image file is gone from the store")
-    return FileResponse(path, media_type=_MEDIA.get(ext, "application/octet-stream"),
+    media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return FileResponse(path, media_type=media,
                         headers={"Cache-Control": "private, max-age=86400"})  # fmt: skip
 
 
