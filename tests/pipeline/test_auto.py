@@ -167,8 +167,8 @@ def test_choices_never_read_the_validation_split(
 
     monkeypatch.setattr(FeatureExtractor, "extract", extract)
     monkeypatch.setattr(FineTuner, "fit", fit)
-    # the fine-tune wins whatever it scores, so that its final path (scoring, views) runs too
-    monkeypatch.setattr("transferlab.pipeline._auto._run.expected_score", lambda *a: 1.0)
+    # the fine-tune wins whatever it and the probes score (a probe may reach 1.0), so that its final path (scoring, views) runs too
+    monkeypatch.setattr("transferlab.pipeline._auto._run.expected_score", lambda *a: 2.0)
 
     def on_step(text: str) -> None:
         final[0] = final[0] or "scoring the chosen model" in text
