@@ -7,6 +7,7 @@
 * `_ort`: `OrtTaps` runs an export in ONNX Runtime and `onnx_path` says where it lives (no torch).
 * `_card`: `BackboneCard`, a loaded backbone's identity, preprocessing and taps, kept on disk so
   later runs need no model (no torch); `TapInfo`, `POOLS`.
+* `_family`: `family_of` (BatchNorm CNN, LayerNorm CNN or transformer) and `FAMILIES`.
 * `_device`: `resolve_device` and `use_bf16`, the one "auto" precision rule.
 
 Names load on first use (`_internal.lazy`): the torch-free parts import no torch.
@@ -19,6 +20,12 @@ from transferlab._internal.lazy import lazy_namespace
 # name -> the private module that defines it (imported on first use: see _internal.lazy)
 _NAMES = {
     "POOLS": "_card",
+    "TOKEN_POOLS": "_card",
+    "FAMILIES": "_family",
+    "Family": "_family",
+    "family_of": "_family",
+    "family_of_name": "_family",
+    "has_batchnorm": "_family",
     "Backbone": "_backbone",
     "TapInfo": "_card",
     "BackboneCard": "_card",
@@ -46,16 +53,22 @@ _NAMES = {
 }
 
 __all__ = [
+    "FAMILIES",
     "POOLS",
     "PRECISIONS",
+    "TOKEN_POOLS",
     "WEIGHT_SOURCES",
     "Backbone",
     "BackboneCard",
     "BackboneSpec",
+    "Family",
     "OnnxTaps",
     "OrtTaps",
     "TapInfo",
+    "family_of",
+    "family_of_name",
     "get_backbone_spec",
+    "has_batchnorm",
     "list_backbones",
     "load_backbone",
     "pool_features",

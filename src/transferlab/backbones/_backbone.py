@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from transferlab.backbones._card import POOLS, BackboneCard, TapInfo, check_layer
+from transferlab.backbones._card import POOLS, TOKEN_POOLS, BackboneCard, TapInfo, check_layer
 from transferlab.backbones._device import resolve_device
+from transferlab.backbones._family import Family, family_of
 from transferlab.backbones._registry import (
     WEIGHT_SOURCES,
     BackboneSpec,
@@ -102,6 +103,12 @@ class Backbone:
         self._taps["pre_logits"] = "<pre_logits>"
         self._taps["logits"] = "<logits>"
         self._tap_info: list[TapInfo] | None = None
+        #: Swin and some others give stage maps as N, H, W, C: turned to N, C, H, W at the tap
+        self.output_fmt: str = str(getattr(model, "output_fmt", "NCHW"))
+        #: class (and register / distillation) tokens in front of the patch tokens of each
+        #: block's output; the stem (patch embedding) has none
+        self.prefix_tokens = int(getattr(model, "num_prefix_tokens", 0) or 0)
+        self.family: Family = family_of(model)
 
     @property
     def name(self) -> str:
@@ -201,7 +208,10 @@ class Backbone:
             def hook(_m: nn.Module, _inp: Any, out: Any) -> None:
                 if isinstance(out, (tuple, list)):
                     out = out[0]
-                outs[tap] = pool_features(out, pool) if pool else out.clone()
+                if out.ndim == 4 and self.output_fmt == "NHWC":
+                    out = out.permute(0, 3, 1, 2)
+                prefix = 0 if tap == "stem" else self.prefix_tokens
+                outs[tap] = pool_features(out, pool, prefix, tap) if pool else out.clone()
                 if early_exit and not need_head and len(outs) == len(module_taps):
                     raise _StopForward
 
@@ -213,9 +223,14 @@ class Backbone:
             feats = self.model.forward_features(x)
             if need_head:
                 if "pre_logits" in wanted:
-                    outs["pre_logits"] = pool_features(
-                        self.model.forward_head(feats, pre_logits=True), pool or "avg"
-                    )
+                    if pool in TOKEN_POOLS and feats.ndim == 3:  # a token pooling of one's own
+                        outs["pre_logits"] = pool_features(
+                            feats, pool, self.prefix_tokens, "pre_logits"
+                        )
+                    else:  # the model's own pooling (timm's global_pool: ViT's class token)
+                        outs["pre_logits"] = pool_features(
+                            self.model.forward_head(feats, pre_logits=True), pool or "avg"
+                        )
                 if "logits" in wanted:
                     outs["logits"] = self.model.forward_head(feats)
         except _StopForward:
@@ -226,18 +241,38 @@ class Backbone:
         return {n: outs[n] for n in wanted}
 
 
-def pool_features(out: torch.Tensor, pool: str) -> torch.Tensor:
+def pool_features(
+    out: torch.Tensor, pool: str, prefix_tokens: int = 0, tap: str = "this tap"
+) -> torch.Tensor:
     """Pool a layer output to one vector per image.
 
     4-D maps (N, C, H, W) are pooled over H, W: ``avg``, ``max``, or ``avgmax`` (both, concatenated,
-    as fastai's concat pooling). Token sequences (N, L, C) are pooled over L. 2-D inputs pass through.
+    as fastai's concat pooling). Token sequences (N, L, C), whose first `prefix_tokens` are the
+    class (and register) tokens, are pooled over L the same way, or by ``token`` (the class
+    token), ``patch`` (the mean of the patch tokens) or ``token_patch`` (both concatenated: the
+    DINOv2 linear evaluation). On a map, ``patch`` is ``avg``. 2-D inputs pass through.
     """
     if pool not in POOLS:
         raise InvalidParameterError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
     if out.ndim == 2:
         return out.float()
-    dims = (2, 3) if out.ndim == 4 else (1,)
     out = out.float()
+    if pool in TOKEN_POOLS:
+        if out.ndim != 3 and pool == "patch":
+            return out.mean(dim=(2, 3))
+        if out.ndim != 3 or prefix_tokens < 1:
+            raise InvalidParameterError(
+                f"pool={pool!r} needs a class token, and {tap} has none (its output is "
+                f"{'a feature map' if out.ndim == 4 else 'a token sequence without one'}): "
+                "use pool 'patch', 'avg', 'max' or 'avgmax'"
+            )
+        cls, patches = out[:, 0], out[:, prefix_tokens:].mean(dim=1)
+        if pool == "token":
+            return cls
+        if pool == "patch":
+            return patches
+        return torch.cat([cls, patches], dim=1)
+    dims = (2, 3) if out.ndim == 4 else (1,)
     if pool == "avg":
         return out.mean(dim=dims)
     if pool == "max":

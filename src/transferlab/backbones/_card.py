@@ -28,14 +28,18 @@ from transferlab.exceptions import UnknownLayerError
 __all__ = [
     "CARD_FORMAT",
     "POOLS",
+    "TOKEN_POOLS",
     "BackboneCard",
     "TapInfo",
     "cuda_may_be_present",
     "weights_identity",
 ]
 
-#: How spatial maps become vectors (see `pool_features`).
-POOLS = ("avg", "max", "avgmax")
+#: Poolings of a transformer's tokens: the class token, the mean of the patch tokens, both.
+TOKEN_POOLS = ("token", "patch", "token_patch")
+
+#: How spatial maps and token sequences become vectors (see `pool_features`).
+POOLS = ("avg", "max", "avgmax", *TOKEN_POOLS)
 
 #: Bump when a card's meaning changes: older cards are then ignored (and rewritten).
 CARD_FORMAT = 1
@@ -90,6 +94,22 @@ class BackboneCard:
 
     def check_layer(self, layer: str) -> str:
         return check_layer(self.name, self.layers, layer)
+
+    def pooled_dim(self, layer: str, pool: str) -> int:
+        """Length of `layer`'s vector under `pool` (see `pool_features`): twice the channels
+        for the concatenating poolings of a map or token sequence; a token pooling of
+        ``pre_logits`` reads the last block's tokens (after the final norm), where there are."""
+        taps = {t.name: t for t in self.taps}
+        tap = taps[self.check_layer(layer)]
+        stages = [t for t in self.taps if t.name.startswith("stage")]
+        if layer == "pre_logits" and pool in TOKEN_POOLS:
+            if stages and len(stages[-1].spatial) == 1:
+                return stages[-1].channels * (2 if pool == "token_patch" else 1)
+            return tap.channels  # a map model: its own head pooling, whatever `pool` says
+        double = (pool == "avgmax" and bool(tap.spatial)) or (
+            pool == "token_patch" and len(tap.spatial) == 1
+        )
+        return tap.channels * (2 if double else 1)
 
     # -- on disk --------------------------------------------------------------------------------
     @staticmethod

@@ -32,7 +32,13 @@ Backbone = Annotated[
 Layer = Annotated[
     str, typer.Option("--layer", "-l", help="Layer tap: stem, stageN, pre_logits or logits.")
 ]
-Pool = Annotated[str, typer.Option("--pool", help="Pooling of spatial layers: avg, max or avgmax.")]
+Pool = Annotated[
+    str,
+    typer.Option(
+        "--pool",
+        help="Pooling of spatial layers and tokens: avg, max, avgmax; for transformers also token (class token), patch (mean of patch tokens), token_patch (both).",
+    ),
+]
 Weights = Annotated[
     str,
     typer.Option(

@@ -95,6 +95,8 @@ def diagnose_cmd(
         out.print(f"         {f['recommendation']}", markup=False)
         for c in f.get("commands", []):
             out.print(f"         $ {c}", markup=False)
+    for line in res.metrics.get("skipped") or []:
+        out.print(f"SKIPPED  {line}", markup=False)
     out.print(f"report: {res.report}", markup=False)
 
 
@@ -105,6 +107,12 @@ def rank_cmd(
         "efficientnet_lite0,efficientnet_lite1,efficientnet_lite2",
         "--backbones",
         help="Comma-separated backbones to score.",
+    ),
+    weights: str = typer.Option(
+        "default",
+        "--weights",
+        help="'default' (packaged or hub), 'hub', 'random' or a weights file, for every "
+        "backbone; or one per backbone, comma-separated in the --backbones order.",
     ),
     layers: str | None = typer.Option(
         None, "--layers", help="Comma-separated taps (default: all but logits)."
@@ -144,6 +152,7 @@ def rank_cmd(
         params,
         out=out_dir,
         backbones=_split(backbones) or (),
+        weights=_split(weights) or "default",
         layers=_split(layers),
         cache_dir=str(cache_dir) if cache_dir else None,
         on_step=print_step,

@@ -32,9 +32,23 @@ def finetune_cmd(
         min=0,
         help="Epochs training only the head first (its start is the probe).",
     ),
-    lr: float = typer.Option(5e-4, "--lr", help="Peak learning rate of the head (one-cycle)."),
+    lr: float | None = typer.Option(
+        None,
+        "--lr",
+        help="Peak learning rate of the head (one-cycle; default: the backbone family's, "
+        "5e-4 for CNNs with BatchNorm, 2e-4 ConvNeXt, 1e-4 transformers: see `transferlab "
+        "backbones --recommended`).",
+    ),
     lr_mult: float = typer.Option(
-        100.0, "--lr-mult", help="Head LR / stem LR when unfrozen (discriminative LRs)."
+        100.0,
+        "--lr-mult",
+        help="Head LR / stem LR when unfrozen (discriminative LRs), when --layer-decay is off.",
+    ),
+    layer_decay: str | None = typer.Option(
+        None,
+        "--layer-decay",
+        help="Layer-wise LR decay per block, e.g. 0.75 (BEiT/timm), or 'off' for the --lr-mult "
+        "spread (default: the family's, 0.75 transformers, 0.8 ConvNeXt, off for BatchNorm CNNs).",
     ),
     weight_decay: float = typer.Option(0.01, "--weight-decay"),
     label_smoothing: float = typer.Option(0.1, "--label-smoothing"),
@@ -150,6 +164,7 @@ def finetune_cmd(
         FinetuneConfig,
         params,
         wise=wise if wise in ("auto", "off") else _alpha(wise),
+        layer_decay=_decay(layer_decay),
         class_balance=balance,
         num_workers=workers,
     )
@@ -174,6 +189,19 @@ def finetune_cmd(
     print_fit_summary(result)
     if "advice" in result.metrics:
         out.print(f"  {result.metrics['advice']}")
+
+
+def _decay(text: str | None) -> float | str | None:
+    from transferlab.exceptions import InvalidParameterError
+
+    if text is None or text == "off":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise InvalidParameterError(
+            f"--layer-decay must be off or a number in (0, 1], got {text!r}"
+        ) from None
 
 
 def _alpha(text: str) -> float:

@@ -14,6 +14,11 @@ from transferlab._internal.lazy import lazy_namespace
 # BatchNorm and layer-probe parts need torch, while duplicates, label issues, outliers and
 # suggestions run on cached vectors, and `fit`'s leakage line must not pay for torch (issue 17)
 _NAMES = {
+    "ACT_SHIFT_RATIO": "_recipes",
+    "SHIFT_RATIO": "_recipes",
+    "for_family": "_recipes",
+    "activation_shift": "_activations",
+    "norm_layers": "_activations",
     "IMBALANCE": "_advice",
     "SEVERITIES": "_advice",
     "Finding": "_advice",
@@ -82,6 +87,7 @@ _NAMES = {
 }
 
 __all__ = [
+    "ACT_SHIFT_RATIO",
     "COLD_START_PER_CLASS",
     "EXTREME_ASPECT",
     "IMBALANCE",
@@ -90,6 +96,7 @@ __all__ = [
     "OUTLIER_NEIGHBOURS",
     "SCORES",
     "SEVERITIES",
+    "SHIFT_RATIO",
     "STRATEGIES",
     "THUMBNAIL_SIMILARITY",
     "TINY_SIDE",
@@ -108,6 +115,7 @@ __all__ = [
     "Recipe",
     "Shift",
     "Suggestions",
+    "activation_shift",
     "adapt_bn",
     "advise",
     "bn_layers",
@@ -120,6 +128,7 @@ __all__ = [
     "domain_classifier_accuracy",
     "domain_gap",
     "exact_duplicates",
+    "for_family",
     "hscore",
     "image_batches",
     "image_problems",
@@ -137,6 +146,7 @@ __all__ = [
     "mmd_rbf",
     "nce",
     "near_duplicates",
+    "norm_layers",
     "outliers",
     "pseudo_source_probs",
     "recipes_for",

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from transferlab.diagnose._recipes import (
+    ACT_SHIFT_RATIO,
     LOW_TAPS,
     SHIFT_FLOOR,
     SHIFT_RATIO,
@@ -88,9 +89,14 @@ def advise(
     backbone: str = "efficientnet_lite0",
     adabn: dict[str, float] | None = None,
     data: str = "DATA",
+    family: str = "batchnorm-cnn",
 ) -> list[Finding]:
-    """Findings from the measurements of `diagnose` (all arguments are its plain-dict outputs)."""
+    """Findings from the measurements of `diagnose` (all arguments are its plain-dict outputs);
+    the commands use the flags of the backbone's `family` (no BatchNorm flags where there is no
+    BatchNorm)."""
     out: list[Finding] = []
+    has_bn = family == "batchnorm-cnn"
+    bb_flag = "" if backbone == "efficientnet_lite0" else f" --backbone {backbone}"
     # 1. preprocessing bugs come first: nothing else is meaningful until they are fixed
     for issue in preprocessing or []:
         out.append(
@@ -109,13 +115,15 @@ def advise(
     shift_cmd: str | None = None  # the fine-tuning command the shift finding gives
     if bn_target and bn_reference:
         taps = [t for t in bn_target if t in bn_reference]
-        shift, n_stages = locate_shift(bn_target, bn_reference)
+        ratio = SHIFT_RATIO if has_bn else ACT_SHIFT_RATIO
+        shift, n_stages = locate_shift(bn_target, bn_reference, ratio)
         low = [t for t in LOW_TAPS if t in taps]
         low_t, low_r = _mean_over(bn_target, low), _mean_over(bn_reference, low)
         evidence = {
             "bn_shift_w2_target": {t: round(bn_target[t], 3) for t in taps},
             "bn_shift_w2_reference": {t: round(bn_reference[t], 3) for t in taps},
-            "rule": f"target/reference >= {SHIFT_RATIO} and target >= {SHIFT_FLOOR}",
+            "measure": "batchnorm" if has_bn else "activations",
+            "rule": f"target/reference >= {ratio:g} and target >= {SHIFT_FLOOR}",
         }
         if domain_gap:
             evidence["domain_classifier_accuracy"] = {
@@ -147,21 +155,23 @@ def advise(
                 peak=significant_peak(layer_probe),
                 min_side=target_stats.get("median_min_side", input_size),
                 input_size=input_size,
+                family=family,
             )[0]
             low_rec = recipe.why
-            low_cmds = [f"transferlab finetune {data} {recipe.flags()}"]
-            if adabn_helps is not False:
-                low_cmds.append(f"transferlab fit {data} --adapt-bn")
+            low_cmds = [f"transferlab finetune {data}{bb_flag} {recipe.flags()}"]
+            if adabn_helps is not False and has_bn:
+                low_cmds.append(f"transferlab fit {data}{bb_flag} --adapt-bn")
             high_rec = (
                 f"Only deeper features are off: fine-tune from {shifted_from} upwards "
                 f"(the last {max(1, n_stages - max(0, first - 1))} stages) and keep earlier "
                 "ones frozen."
             )
+            high_flags = "--bn train --lr-mult 10" if has_bn else "--layer-decay 0.75"
             high_cmds = [
-                f"transferlab finetune {data} --bn train --lr-mult 10 --freeze-to {max(0, first)}"
+                f"transferlab finetune {data}{bb_flag} {high_flags} --freeze-to {max(0, first)}"
             ]
-            if adabn_helps is not False:
-                high_cmds.append(f"transferlab fit {data} --adapt-bn")
+            if adabn_helps is not False and has_bn:
+                high_cmds.append(f"transferlab fit {data}{bb_flag} --adapt-bn")
             out.append(
                 Finding(
                     "domain_shift_low_level" if is_low else "domain_shift_high_level",
@@ -197,7 +207,10 @@ def advise(
                     "no_domain_shift",
                     "ok",
                     "No domain shift: BatchNorm statistics on these images sit as close to "
-                    "ImageNet's as natural photos do",
+                    "ImageNet's as natural photos do"
+                    if has_bn
+                    else "No domain shift: activation statistics on these images sit as close "
+                    "to the reference photos' as photos do to each other",
                     evidence,
                     "Pretrained features fit these images; a linear probe on the last layer is the "
                     "first thing to try.",
@@ -216,8 +229,8 @@ def advise(
                 if gain > 0.01
                 else "AdaBN does not help here; keep the pretrained statistics.",
                 [
-                    f"transferlab fit {data} --adapt-bn",
-                    f"transferlab finetune {data} --adapt-bn",
+                    f"transferlab fit {data}{bb_flag} --adapt-bn",
+                    f"transferlab finetune {data}{bb_flag} --adapt-bn",
                 ]
                 if gain > 0.01
                 else [],
@@ -240,7 +253,7 @@ def advise(
                     {"probe_accuracy": accs},
                     f"The last layers are too ImageNet-specific for this task. For a probe, read "
                     f"features from {peak}; for fine-tuning, retrain the stages after it.",
-                    [f"transferlab fit {data} --layer {peak}"],
+                    [f"transferlab fit {data}{bb_flag} --layer {peak}"],
                 )
             )
         else:
@@ -271,7 +284,7 @@ def advise(
                     "Too few images to fine-tune safely: use the linear probe (it reaches most of "
                     "its accuracy at 5-10 images per class), and label more images of the classes "
                     "the probe confuses (transferlab evaluate lists them).",
-                    [f"transferlab fit {data}", f"transferlab curve {data}"],
+                    [f"transferlab fit {data}{bb_flag}", f"transferlab curve {data}{bb_flag}"],
                 )
             )
         elif shifted_from is not None or (probe_acc is not None and probe_acc < 0.9):
@@ -285,7 +298,7 @@ def advise(
                     "There is enough data to fine-tune; compare against the probe on the same "
                     "validation split (transferlab finetune reports both)"
                     + (", with the flags the domain-shift finding gives." if shift_cmd else "."),
-                    [shift_cmd or f"transferlab finetune {data}"],
+                    [shift_cmd or f"transferlab finetune {data}{bb_flag}"],
                 )
             )
         else:
@@ -297,7 +310,7 @@ def advise(
                     {"smallest_class": smallest, "probe_accuracy": probe_acc},
                     "Start with the probe (seconds, no risk of forgetting); fine-tune the last "
                     "stages only if you need the last points.",
-                    [f"transferlab fit {data}"],
+                    [f"transferlab fit {data}{bb_flag}"],
                 )
             )
         if smallest and counts.max() / smallest >= IMBALANCE:
@@ -309,7 +322,7 @@ def advise(
                     {"class_counts": class_counts, "rule": f"largest/smallest >= {IMBALANCE}"},
                     "Weight the loss by class (--balance weights) and judge by balanced accuracy; "
                     "or collect more images of the small classes.",
-                    [f"transferlab finetune {data} --balance weights"],
+                    [f"transferlab finetune {data}{bb_flag} --balance weights"],
                 )
             )
 

@@ -115,6 +115,9 @@ class BNShift:
             of the running standard deviation: sqrt((dmu^2 + dsigma^2) / var_run). One number per
             layer that grows with both kinds of shift; about 0.1-0.3 on ImageNet-like photos.
         n_images: images the statistics came from.
+        measure: ``"batchnorm"`` (against the stored running statistics) or ``"activations"``
+            (the inputs of every norm layer against those of reference photos, for networks
+            without BatchNorm: see `activation_shift`).
     """
 
     layers: list[str]
@@ -123,6 +126,7 @@ class BNShift:
     log_var_ratio: np.ndarray
     w2: np.ndarray
     n_images: int
+    measure: str = "batchnorm"
 
     def by_tap(self, metric: str = "w2") -> dict[str, float]:
         """Mean of `metric` over the BN layers of each tap, shallow to deep."""
@@ -135,6 +139,7 @@ class BNShift:
     def to_dict(self) -> dict[str, Any]:
         return {
             "n_images": self.n_images,
+            "measure": self.measure,
             "by_tap_w2": self.by_tap("w2"),
             "by_tap_mean_shift": self.by_tap("mean_shift"),
             "by_tap_log_var_ratio": self.by_tap("log_var_ratio"),

@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "ACT_SHIFT_RATIO",
     "LOW_TAPS",
     "SHIFT_FLOOR",
     "SHIFT_RATIO",
     "Recipe",
     "Shift",
+    "for_family",
     "larger_size",
     "locate_shift",
     "recipes_for",
@@ -27,6 +29,13 @@ __all__ = [
 LOW_TAPS = ("stem", "stage1", "stage2")
 SHIFT_RATIO = 1.8  # target BN shift / reference BN shift that counts as a domain shift
 SHIFT_FLOOR = 0.35  # ... and the absolute W2 shift it must also exceed
+#: the ratio for the activation measure of networks without BatchNorm (`activation_shift`),
+#: whose floor (two halves of the reference photos) sits far below the BatchNorm one: on lite0,
+#: where both measures exist, it gives BatchNorm's verdicts on hymenoptera, trashnet, aid_rs10
+#: (no shift; their largest ratios 3.5, 11, 4.5) and pneumoniamnist (low-level, >= 14.6 on
+#: the stem and first stages). Calibrated on those four: provisional, since no pretrained
+#: transformer loads offline here (benchmarks/RESULTS.md, issue 20)
+ACT_SHIFT_RATIO = 13.0
 
 #: how each FinetuneConfig field is spelled on the command line (`Recipe.flags`)
 _FLAGS = {
@@ -36,6 +45,7 @@ _FLAGS = {
     "epochs": "--epochs",
     "lr": "--lr",
     "lr_mult": "--lr-mult",
+    "layer_decay": "--layer-decay",
     "crop_scale": "--crop-scale",
     "tta": "--tta",
     "ema": "--ema",
@@ -70,14 +80,16 @@ def stage_after(tap: str, n_stages: int) -> int | None:
 
 
 def locate_shift(
-    bn_target: dict[str, float], bn_reference: dict[str, float]
+    bn_target: dict[str, float], bn_reference: dict[str, float], ratio: float = SHIFT_RATIO
 ) -> tuple[Shift | None, int]:
-    """The first tap whose BatchNorm shift on the target images is at least `SHIFT_RATIO` times
-    the reference photos' and above `SHIFT_FLOOR` (None: no shift), and the number of stage taps."""
+    """The first tap whose BatchNorm shift on the target images is at least `ratio` times
+    the reference photos' and above `SHIFT_FLOOR` (None: no shift), and the number of stage
+    taps. For the activation measure of networks without BatchNorm, `ratio` is
+    `ACT_SHIFT_RATIO`."""
     taps = [t for t in bn_target if t in bn_reference]
     ratios = {t: bn_target[t] / max(bn_reference[t], 1e-6) for t in taps}
     n_stages = sum(1 for t in taps if t.startswith("stage"))
-    shifted = [t for t in taps if ratios[t] >= SHIFT_RATIO and bn_target[t] >= SHIFT_FLOOR]
+    shifted = [t for t in taps if ratios[t] >= ratio and bn_target[t] >= SHIFT_FLOOR]
     if not shifted:
         return None, n_stages
     first = shifted[0]
@@ -144,8 +156,10 @@ def recipes_for(
     min_side: float,
     input_size: int,
     layer_probe: dict[str, Any] | None = None,
+    family: str = "batchnorm-cnn",
 ) -> list[Recipe]:
-    """The recipes to try for this data, most promising first.
+    """The recipes to try for this data, most promising first, in the flags of the backbone's
+    `family` (`for_family`).
 
     Args:
         shift: `locate_shift`'s finding (None: the images sit as close to ImageNet as photos).
@@ -153,7 +167,54 @@ def recipes_for(
         peak: the layer where the probe clearly peaks before the last (None: no such peak).
         min_side: median smallest side of the images, in pixels.
         input_size: the backbone's input size.
+        family: the backbone's family (`transferlab.backbones.FAMILIES`).
     """
+    out = [
+        for_family(r, family)
+        for r in _recipes(shift, n_stages, peak, min_side, input_size, layer_probe)
+    ]
+    # a recipe that only changed the input size has nothing left to try on a transformer
+    return [
+        r
+        for i, r in enumerate(out)
+        if i == 0 or r.name != "lp-ft-wise-large" or "image_size" in r.settings
+    ]
+
+
+def for_family(recipe: Recipe, family: str) -> Recipe:
+    """`recipe` for a `family` without BatchNorm: no BatchNorm policy (there are no statistics
+    to freeze or train) and the family's layer-wise LR decay in place of the LR spread, at its
+    peak LR scaled as the recipe scales the CNN one (the x-ray recipe's 1e-3 is twice 5e-4)."""
+    if family == "batchnorm-cnn":
+        return recipe
+    from transferlab.finetune import FAMILY_DEFAULTS
+
+    if family not in FAMILY_DEFAULTS:
+        return recipe
+    base, own = FAMILY_DEFAULTS["batchnorm-cnn"], FAMILY_DEFAULTS[family]
+    # a transformer's patch grid is fixed at its input size: it trains at that size
+    drop = ("bn_policy", "lr_mult", *(("image_size",) if family == "transformer" else ()))
+    settings = {k: v for k, v in recipe.settings.items() if k not in drop}
+    if "lr" in settings:
+        settings["lr"] = float(f"{own['lr'] * settings['lr'] / base['lr']:.0e}")
+    if "lr_mult" in recipe.settings:
+        settings["layer_decay"] = own["layer_decay"]
+    why = (
+        f"{recipe.why} For a {family} there are no BatchNorm statistics: the BatchNorm policy "
+        f"does not apply, and learning rates decay by {own['layer_decay']} per block "
+        "(--layer-decay) instead of a fixed spread."
+    )
+    return Recipe(recipe.name, recipe.family, settings, why)
+
+
+def _recipes(
+    shift: Shift | None,
+    n_stages: int,
+    peak: str | None,
+    min_side: float,
+    input_size: int,
+    layer_probe: dict[str, Any] | None,
+) -> list[Recipe]:
     if shift is not None and shift.low:
         # x-rays (pneumoniamnist): retraining early stages with BN trained scored below the
         # probe (val 0.907 / test 0.782); keeping them frozen with ImageNet statistics and

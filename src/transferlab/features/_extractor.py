@@ -113,7 +113,9 @@ class FeatureExtractor(OrtEngine, TransformerMixin, BaseEstimator):
         backbone: registered name or timm model name (see `transferlab backbones`), or a
             loaded `Backbone`.
         layer: tap to read: ``stem``, ``stageN``, ``pre_logits`` (default) or ``logits``.
-        pool: how spatial maps become vectors: ``avg``, ``max`` or ``avgmax`` (concatenated).
+        pool: how spatial maps and token sequences become vectors: ``avg``, ``max``,
+            ``avgmax`` (concatenated), or for transformers ``token`` (class token), ``patch``
+            (mean of the patch tokens) or ``token_patch`` (both; see `pool_features`).
         weights: ``"default"``, ``"hub"``, ``"random"`` or a weights file (see `load_backbone`).
         batch_size: images per forward pass (None: 32 on CPU, 256 on a GPU).
         num_workers: decoding processes (PyTorch engine) or threads (ONNX Runtime engine);
@@ -199,8 +201,7 @@ class FeatureExtractor(OrtEngine, TransformerMixin, BaseEstimator):
             else:
                 self.card_ = card
         self.card_.check_layer(self.layer)
-        info = {t.name: t for t in self.card_.tap_info()}[self.layer]
-        self.n_features_out_ = info.dim * (2 if self.pool == "avgmax" and info.spatial else 1)
+        self.n_features_out_ = self.card_.pooled_dim(self.layer, self.pool)
         return self
 
     @property

@@ -36,10 +36,12 @@ from transferlab.finetune._callbacks import Progress as Progress
 from transferlab.finetune._callbacks import WiSE as WiSE
 from transferlab.finetune._config import BN_POLICIES as BN_POLICIES
 from transferlab.finetune._config import CHECKPOINT as CHECKPOINT
+from transferlab.finetune._config import FAMILY_DEFAULTS as FAMILY_DEFAULTS
 from transferlab.finetune._config import FinetuneConfig as FinetuneConfig
 from transferlab.finetune._config import FinetuneResult as FinetuneResult
 from transferlab.finetune._cost import StepCost as StepCost
 from transferlab.finetune._cost import measure_step_cost as measure_step_cost
+from transferlab.finetune._groups import layer_decay_scales as layer_decay_scales
 from transferlab.finetune._groups import layer_groups as layer_groups
 from transferlab.finetune._lr_find import LRFindResult as LRFindResult
 from transferlab.finetune._lr_find import suggest_lr as suggest_lr
@@ -50,6 +52,7 @@ __all__ = [
     "BN_POLICIES",
     "CHECKPOINT",
     "EMA",
+    "FAMILY_DEFAULTS",
     "PRECISIONS",
     "Callback",
     "CancelFitException",
@@ -64,6 +67,7 @@ __all__ = [
     "StepCost",
     "WiSE",
     "eval_transform",
+    "layer_decay_scales",
     "layer_groups",
     "measure_step_cost",
     "predict_batch",

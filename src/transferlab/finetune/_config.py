@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Any
 
 from transferlab._internal.deprecation import warn_once
@@ -13,6 +13,7 @@ from transferlab.exceptions import InvalidParameterError
 __all__ = [
     "BN_POLICIES",
     "CHECKPOINT",
+    "FAMILY_DEFAULTS",
     "FinetuneConfig",
     "FinetuneResult",
     "config_defaults",
@@ -20,6 +21,20 @@ __all__ = [
 
 BN_POLICIES = ("train", "freeze")
 CHECKPOINT = "last.pt"
+
+#: The fine-tuning defaults of each backbone family (`transferlab.backbones.FAMILIES`), for the
+#: fields a user leaves at None. BatchNorm CNNs: the recipe measured here (issue 4: a 100x LR
+#: spread over coarse groups, peak 5e-4). Transformers: layer-wise LR decay over the blocks with
+#: a lower peak LR, the recipe of BEiT, MAE and DINOv2 fine-tuning and timm's ``--layer-decay``
+#: (0.65-0.75 per block there; 0.75 for the 12 blocks of the small models); ConvNeXt: its
+#: paper's fine-tuning decay, 0.8 per block. The transformer and ConvNeXt values are the
+#: literature's, not measured here: no pretrained transformer weights load offline on this
+#: machine (benchmarks/RESULTS.md, issue 20).
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "batchnorm-cnn": {"lr": 5e-4, "layer_decay": "off"},
+    "layernorm-cnn": {"lr": 2e-4, "layer_decay": 0.8},
+    "transformer": {"lr": 1e-4, "layer_decay": 0.75},
+}
 
 
 @dataclass(frozen=True)
@@ -31,9 +46,16 @@ class FinetuneConfig:
         epochs: epochs with the body unfrozen.
         freeze_epochs: epochs training only the head first (0 skips the phase: the default, since
             the head already starts from the linear probe; fastai's 1 is for a random head).
-        lr: peak learning rate of the head in the one-cycle schedule.
+        lr: peak learning rate of the head in the one-cycle schedule (None: the backbone
+            family's default, `FAMILY_DEFAULTS`: 5e-4 for BatchNorm CNNs, 1e-4 transformers).
         lr_mult: ratio of the head's to the stem's learning rate when unfrozen (fastai's
-            ``slice(lr / lr_mult, lr)``, spaced geometrically over the layer groups).
+            ``slice(lr / lr_mult, lr)``, spaced geometrically over the layer groups); used
+            when `layer_decay` is ``"off"``.
+        layer_decay: layer-wise LR decay: each layer (block, as timm's fine-grained groups
+            count them) trains at this factor times the LR of the one above it, the head at
+            `lr` (BEiT / timm ``--layer-decay``). ``"off"``: the `lr_mult` spread over coarse
+            groups instead; None: the family's default (0.75 for transformers, 0.8 for
+            ConvNeXt, off for BatchNorm CNNs).
         weight_decay: AdamW decoupled weight decay (not applied to biases and norms).
         label_smoothing: cross-entropy label smoothing.
         mixup: MixUp (Zhang et al. 2018) Beta(alpha, alpha) parameter: each batch is blended with
@@ -87,8 +109,9 @@ class FinetuneConfig:
     weights: str = "default"
     epochs: int = 5
     freeze_epochs: int = 0
-    lr: float = 5e-4
+    lr: float | None = None
     lr_mult: float = 100.0
+    layer_decay: float | str | None = None
     weight_decay: float = 0.01
     label_smoothing: float = 0.1
     mixup: float = 0.0
@@ -123,7 +146,16 @@ class FinetuneConfig:
             (self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
             (self.freeze_epochs >= 0, f"freeze_epochs must be >= 0, got {self.freeze_epochs}"),
             (self.epochs + self.freeze_epochs > 0, "epochs + freeze_epochs must be at least 1"),
-            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.lr is None or self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (
+                self.layer_decay in (None, "off")
+                or (
+                    isinstance(self.layer_decay, (int, float))
+                    and not isinstance(self.layer_decay, bool)
+                    and 0 < float(self.layer_decay) <= 1
+                ),
+                f"layer_decay must be None, 'off' or a number in (0, 1], got {self.layer_decay!r}",
+            ),
             (self.lr_mult >= 1, f"lr_mult must be >= 1, got {self.lr_mult}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (
@@ -172,6 +204,12 @@ class FinetuneConfig:
         for ok, msg in checks:
             if not ok:
                 raise InvalidParameterError(msg)
+
+    def resolved(self, family: str) -> FinetuneConfig:
+        """This config with the fields left at None filled from `family`'s defaults."""
+        defaults = FAMILY_DEFAULTS.get(family, FAMILY_DEFAULTS["batchnorm-cnn"])
+        filled = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        return replace(self, **filled) if filled else self
 
 
 @dataclass

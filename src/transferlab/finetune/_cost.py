@@ -60,7 +60,7 @@ def measure_step_cost(config: FinetuneConfig, classes: list[str], *, steps: int 
     bb = tuner.backbone_
     model = bb.model
     size = tuner.size_
-    opt, _ = tuner._optimizer(config.lr, config.lr_mult)
+    opt, _ = tuner._optimizer(float(tuner.settings_.lr or 0.0), config.lr_mult)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     tuner.loss_func = torch.nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(0)

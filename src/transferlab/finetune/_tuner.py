@@ -126,6 +126,20 @@ class FineTuner:
         self.fp32_depthwise_ = self.bf16_ and self.backbone_.device.type == "cpu"
         self.groups_ = layer_groups(model)
         self.size_ = cfg.image_size or int(self.backbone_.data_config["input_size"][-1])
+        family = self.backbone_.family
+        #: the config with the family's defaults filled in (lr, layer_decay): what trains
+        self.settings_ = cfg.resolved(family.name)
+        native = int(self.backbone_.data_config["input_size"][-1])
+        if family.tokens and self.size_ != native:
+            raise InvalidParameterError(
+                f"image_size (--image-size) {self.size_}: {cfg.backbone!r} is a transformer whose "
+                f"patch grid is fixed at {native} px; leave --image-size unset for it"
+            )
+        if cfg.adapt_bn and not family.batchnorm:
+            raise InvalidParameterError(
+                f"adapt_bn (--adapt-bn): {cfg.backbone!r} is a {family.name} with no BatchNorm "
+                "statistics to re-estimate; leave it off for this backbone"
+            )
 
     def freeze_to(self, n: int) -> None:
         """Train only layer groups ``n`` and deeper (negative counts from the end, like fastai)."""
@@ -151,9 +165,17 @@ class FineTuner:
     def _set_train_mode(self) -> None:
         set_train_mode(self.backbone_.model, self.config.bn_policy)
 
-    def _optimizer(self, lr: float, lr_mult: float) -> tuple[torch.optim.Optimizer, list[float]]:
+    def _optimizer(
+        self, lr: float, lr_mult: float, *, layer_decay: bool = True
+    ) -> tuple[torch.optim.Optimizer, list[float]]:
+        """The optimizer of the trained groups; with the settings' layer decay (unless
+        `layer_decay` is False: the head-only phase and the LR finder) instead of `lr_mult`."""
         model, wd = self.backbone_.model, self.config.weight_decay
-        return discriminative_optimizer(model, self.groups_, self.frozen_to_, lr, lr_mult, wd)
+        decay = self.settings_.layer_decay
+        decay = float(decay) if layer_decay and decay not in (None, "off") else None
+        return discriminative_optimizer(
+            model, self.groups_, self.frozen_to_, lr, lr_mult, wd, layer_decay=decay
+        )
 
     def _loss(self, y_train: np.ndarray) -> nn.Module:
         cfg = self.config
@@ -412,7 +434,7 @@ class FineTuner:
             drop_last=len(y) > cfg.batch_size,
         )
         self.freeze_to(-1 if frozen else 0)
-        opt, _ = self._optimizer(start_lr, 1.0)
+        opt, _ = self._optimizer(start_lr, 1.0, layer_decay=False)
         self._set_train_mode()
         return sweep(
             self.backbone_.model,
@@ -540,10 +562,11 @@ class FineTuner:
     def _run_phases(self, ckpt_dir: Path | None, resume_state: dict[str, Any] | None) -> bool:
         """The head alone (``freeze_epochs``), then from ``freeze_to`` on; a resumed run skips
         what ``last.pt`` says is done. False when a callback stopped training."""
-        cfg = self.config
+        cfg = self.settings_
+        lr = float(cfg.lr or 0.0)
         phases = [
-            ("frozen", cfg.freeze_epochs, cfg.lr, 1.0, -1),
-            ("unfrozen", cfg.epochs, cfg.lr / 2, cfg.lr_mult, cfg.freeze_to),
+            ("frozen", cfg.freeze_epochs, lr, 1.0, -1),
+            ("unfrozen", cfg.epochs, lr / 2, cfg.lr_mult, cfg.freeze_to),
         ]
         order = [p[0] for p in phases]
         for phase, n_epochs, lr, mult, first in phases:

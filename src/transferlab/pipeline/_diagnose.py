@@ -127,6 +127,10 @@ class DiagnoseMetrics(Metrics):
     adabn: dict[str, Any] | None
     backbones: dict[str, dict[str, float]] | None
     seconds: dict[str, float]
+    #: the backbone's family (`transferlab.backbones.FAMILIES`)
+    family: str = "batchnorm-cnn"
+    #: measures that do not apply to this backbone, each with why and what stands in
+    skipped: list[str] = field(default_factory=list)
 
 
 def run_diagnose(config: DiagnoseConfig) -> RunResult:
@@ -144,6 +148,7 @@ def run_diagnose(config: DiagnoseConfig) -> RunResult:
     ``report.html`` to `config.out`.
     """
     from transferlab.diagnose import (
+        activation_shift,
         adapt_bn,
         advise,
         bn_shift,
@@ -209,16 +214,30 @@ def run_diagnose(config: DiagnoseConfig) -> RunResult:
     ref_stats = image_statistics(ref_paths).to_dict()
     timings["domain_gap"] = time.perf_counter() - t
 
-    step("BatchNorm statistics")
-    t = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)
     bn_idx = sorted(rng.choice(len(kept), min(cfg.bn_images, len(kept)), replace=False))
     bn_paths = [kept[i].path for i in bn_idx]
-    shift_t = bn_shift(
-        bb, image_batches(bb, bn_paths, batch_size=cfg.batch_size, max_pixels=cfg.max_pixels)
-    )
     ref_bn = ref_paths[:: max(1, len(ref_paths) // cfg.bn_images)][: cfg.bn_images]  # spread
-    shift_r = bn_shift(bb, image_batches(bb, ref_bn, batch_size=cfg.batch_size))
+    target_batches = image_batches(
+        bb, bn_paths, batch_size=cfg.batch_size, max_pixels=cfg.max_pixels
+    )
+    skipped: list[str] = []
+    family = bb.family
+    t = time.perf_counter()
+    if family.batchnorm:
+        step("BatchNorm statistics")
+        shift_t = bn_shift(bb, target_batches)
+        shift_r = bn_shift(bb, image_batches(bb, ref_bn, batch_size=cfg.batch_size))
+    else:
+        skipped.append(
+            f"BatchNorm shift and AdaBN: {bb.name} is a {family.name} ({family.examples}) with "
+            "no BatchNorm statistics; measured instead: the shift of every norm layer's input "
+            "statistics against the reference photos"
+        )
+        step("activation statistics of every norm layer (no BatchNorm in this network)")
+        shift_t, shift_r = activation_shift(
+            bb, target_batches, list(image_batches(bb, ref_bn, batch_size=cfg.batch_size))
+        )
     timings["bn_shift"] = time.perf_counter() - t
 
     preprocessing = []
@@ -243,11 +262,14 @@ def run_diagnose(config: DiagnoseConfig) -> RunResult:
         "input_size": int(bb.data_config["input_size"][-1]),
         "backbone": bb.name,
         "data": str(cfg.data),
+        "family": family.name,
     }
     findings = advise(**evidence)
     adabn_result = None
     low_shift = any(f.code == "domain_shift_low_level" for f in findings)
-    if cfg.adabn == "on" or (cfg.adabn == "auto" and low_shift):
+    if not family.batchnorm:
+        pass  # named in `skipped` above
+    elif cfg.adabn == "on" or (cfg.adabn == "auto" and low_shift):
         step("AdaBN: probe accuracy with BatchNorm statistics re-estimated on these images")
         t = time.perf_counter()
         sub_idx = np.sort(rng.choice(len(kept), min(1000, len(kept)), replace=False))
@@ -318,6 +340,8 @@ def run_diagnose(config: DiagnoseConfig) -> RunResult:
         preprocessing=preprocessing,
         adabn=adabn_result,
         backbones=backbones,
+        skipped=skipped,
+        family=family.name,
         seconds={
             **{k: round(v, 1) for k, v in timings.items()},
             "total": round(time.perf_counter() - t0, 1),

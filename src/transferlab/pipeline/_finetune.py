@@ -296,7 +296,7 @@ def _run_finetune(config: FinetuneRunConfig, *, prepare: bool) -> RunResult:
         "best_epoch": result.best_epoch,
         "probe_val_score": result.probe_val_score,
         "history": result.history,
-        "config": asdict(cfg),
+        "config": asdict(tuner.settings_),  # with the backbone family's defaults filled in
         "distributed": _ddp.run_info(cfg.batch_size).get("distributed"),
     }
     if ds.multi_label:

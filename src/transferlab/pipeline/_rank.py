@@ -16,6 +16,7 @@ import numpy as np
 from transferlab._internal.deprecation import warn_once
 from transferlab._internal.json import write_json
 from transferlab._internal.rundir import prepare_out
+from transferlab.backbones import WEIGHT_SOURCES
 from transferlab.exceptions import InvalidParameterError
 from transferlab.pipeline._results import Metrics, RunResult
 from transferlab.pipeline._shared import (
@@ -41,6 +42,9 @@ class RankConfig(ExtractorSettings):
     data: str | os.PathLike[str]
     out: str | os.PathLike[str] | None = None
     backbones: Sequence[str] = DEFAULT_BACKBONES
+    #: one source for every backbone (``default``, ``hub``, ``random``, or a file when there
+    #: is one backbone), or one per backbone, in the same order
+    weights: str | Sequence[str] = "default"
     layers: Sequence[str] | None = None
     verify: bool = False
     max_images: int | None = 2000
@@ -68,6 +72,10 @@ class RankResult(Metrics):
     report: Path | None = None
     #: backbone -> how many stages it has (for the fine-tuning advice)
     n_stages: dict[str, int] = field(default_factory=dict)
+    #: backbone -> its family (`transferlab.backbones.FAMILIES`), for the fine-tuning flags
+    families: dict[str, str] = field(default_factory=dict)
+    #: backbone -> the weights it was scored with, when not the default
+    weights: dict[str, str] = field(default_factory=dict)
     data: str = "DATA"
     #: the dataset's root, written first in rank.json
     dataset: str = ""
@@ -105,15 +113,16 @@ class RankResult(Metrics):
         row = self.pick()
         name, layer = row["backbone"], row["layer"]
         bb = f" --backbone {name}"
+        if name in self.weights:
+            bb += f" --weights {self.weights[name]}"
+        has_bn = self.families.get(name, "batchnorm-cnn") == "batchnorm-cnn"
         at = "" if layer == "pre_logits" else f" --layer {layer}"
         steps = [f"transferlab fit {self.data}{bb}{at}"]
         n = self.n_stages.get(name, 0)
         freeze_to = stage_after(layer, n) if n else None
         if freeze_to is not None:
-            steps.append(
-                f"transferlab finetune {self.data}{bb} --freeze-to {freeze_to} --bn freeze "
-                "--lr 1e-3 --lr-mult 10"
-            )
+            flags = "--bn freeze --lr 1e-3 --lr-mult 10" if has_bn else "--layer-decay 0.75"
+            steps.append(f"transferlab finetune {self.data}{bb} --freeze-to {freeze_to} {flags}")
         elif layer in ("pre_logits", "logits"):
             steps.append(f"transferlab finetune {self.data}{bb}")
         return steps
@@ -152,10 +161,15 @@ def run_rank(config: RankConfig) -> RunResult:
     rows: list[dict[str, Any]] = []
     n_used = 0
     n_stages: dict[str, int] = {}
-    for name in cfg.backbones:
-        fx = cfg.extractor(name).fit()
+    families: dict[str, str] = {}
+    used_weights: dict[str, str] = {}
+    for name, weights in zip(cfg.backbones, _weights_per_backbone(cfg), strict=True):
+        fx = cfg.extractor(name, weights=weights).fit()
         bb = fx.backbone_
         n_stages[name] = sum(1 for t in bb.layers if t.startswith("stage"))
+        families[name] = bb.family.name
+        if weights != "default":
+            used_weights[name] = weights
         wanted = list(cfg.layers) if cfg.layers else default_layers(bb)
         for la in wanted:
             bb.check_layer(la)
@@ -203,6 +217,8 @@ def run_rank(config: RankConfig) -> RunResult:
         seconds=time.perf_counter() - t0,
         out=outp,
         n_stages=n_stages,
+        families=families,
+        weights=used_weights,
         data=str(cfg.data),
         dataset=ds.root,
     )
@@ -210,6 +226,20 @@ def run_rank(config: RankConfig) -> RunResult:
         return RunResult(metrics=result, out=None)
     result.report = write_rank_report(outp, ds.root, result)
     return RunResult.written(result, outp, report=result.report)
+
+
+def _weights_per_backbone(cfg: RankConfig) -> list[str]:
+    """`cfg.weights` as one source per backbone; a weights file fits one backbone only."""
+    given = [cfg.weights] if isinstance(cfg.weights, str) else list(cfg.weights)
+    if len(given) == 1 and (given[0] in WEIGHT_SOURCES or len(cfg.backbones) == 1):
+        return given * len(cfg.backbones)
+    if len(given) != len(cfg.backbones):
+        raise InvalidParameterError(
+            f"weights: {len(given)} given ({', '.join(given)}) for {len(cfg.backbones)} "
+            f"backbones ({', '.join(cfg.backbones)}): give one of {', '.join(WEIGHT_SOURCES)} "
+            "for all, or one per backbone, comma-separated in the same order"
+        )
+    return given
 
 
 def rank_run(

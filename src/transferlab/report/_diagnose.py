@@ -147,9 +147,22 @@ def write_diagnosis_report(
             ),
             "images": f"{d['n_images']} ({len(d['class_counts'])} classes)",
             "reference": d["reference"]["source"],
+            **({"skipped": "; ".join(d["skipped"])} if d.get("skipped") else {}),
         },
         sections=[
             ("Findings and advice", findings_html(d["findings"])),
+            *(
+                [
+                    (
+                        "Skipped measures",
+                        "<ul>"
+                        + "".join(f"<li>{html.escape(x)}</li>" for x in d["skipped"])
+                        + "</ul>",
+                    )
+                ]
+                if d.get("skipped")
+                else []
+            ),
             ("Per layer", table),
             ("Image statistics", stats),
         ],

@@ -242,10 +242,13 @@ def _stepper(config: AutoConfig, t0: float) -> Any:
 def _shift_and_recipes(
     config: AutoConfig, bf: BackboneFeatures, data_check: dict[str, Any]
 ) -> tuple[dict[str, Any], list[Any]]:
-    """BatchNorm shift of the training images against the built-in natural photos, located by
-    depth, and the recipes it calls for (`diagnose.recipes_for`). Networks without BatchNorm
-    get the near-ImageNet recipes, with the reason said."""
+    """BatchNorm shift of the training images against the built-in natural photos (for
+    networks without BatchNorm, the shift of every norm layer's input statistics), located by
+    depth, and the recipes it calls for (`diagnose.recipes_for`), in the family's flags."""
     from transferlab.diagnose import (
+        ACT_SHIFT_RATIO,
+        SHIFT_RATIO,
+        activation_shift,
         bn_shift,
         default_reference,
         image_batches,
@@ -262,11 +265,17 @@ def _shift_and_recipes(
     ref = default_reference()
     ref = ref[:: max(1, len(ref) // BN_IMAGES)][:BN_IMAGES]
     info: dict[str, Any] = {"backbone": bf.name, "measured_on": f"{len(pick)} training images"}
+    target = image_batches(bb, [paths[i] for i in pick], batch_size=32)
     try:
-        t = bn_shift(bb, image_batches(bb, [paths[i] for i in pick], batch_size=32))
-        r = bn_shift(bb, image_batches(bb, ref, batch_size=32))
-        shift, n_stages = locate_shift(t.by_tap(), r.by_tap())
-    except InvalidParameterError as e:  # no BatchNorm layer: the measure does not apply
+        if bb.family.batchnorm:
+            t = bn_shift(bb, target)
+            r = bn_shift(bb, image_batches(bb, ref, batch_size=32))
+        else:
+            info["measure"] = "activation statistics of every norm layer (no BatchNorm)"
+            t, r = activation_shift(bb, target, list(image_batches(bb, ref, batch_size=32)))
+        ratio = SHIFT_RATIO if bb.family.batchnorm else ACT_SHIFT_RATIO
+        shift, n_stages = locate_shift(t.by_tap(), r.by_tap(), ratio)
+    except InvalidParameterError as e:  # no norm layer at all: the measure does not apply
         shift, n_stages = None, sum(1 for la in bf.features if la.startswith("stage"))
         info["skipped"] = str(e)
     peak = None
@@ -281,6 +290,7 @@ def _shift_and_recipes(
         peak=peak,
         min_side=float(stats.get("median_min_side", bf.input_size)),
         input_size=bf.input_size,
+        family=bb.family.name,
     )
     info.update(
         kind="none" if shift is None else "low_level" if shift.low else "high_level",
