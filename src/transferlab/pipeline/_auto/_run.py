@@ -91,7 +91,9 @@ def run_auto(config: AutoConfig) -> RunResult:
     by_name = {bf.name: bf for bf in ranked}
 
     if config.finetune and deadline - time.monotonic() - _reserve(ds) >= MIN_FINETUNE_S:
-        step("domain shift: BatchNorm statistics against natural photos")
+        bn = by_name[best_probe.backbone].extractor.backbone_.family.batchnorm
+        measure = "BatchNorm statistics" if bn else "activation statistics of the norm layers"
+        step(f"domain shift: {measure} against natural photos")
         shift_info, recipes = _shift_and_recipes(config, by_name[best_probe.backbone], data_check)
     else:  # no fine-tune can fit: the shift would choose a recipe that cannot run
         left = max(0.0, deadline - time.monotonic())
