@@ -51,3 +51,65 @@ def test_model_refuses_other_weights_and_versions(data, tmp_path):
         load_model(other)
     with pytest.raises(ModelFormatError, match="not a transferlab model directory"):
         load_model(tmp_path)
+
+
+def test_loading_a_model_never_runs_code_from_it(data, tmp_path):
+    """No pickle in a saved model; a planted pickle is refused before it is read, so its code
+    never runs; a skops file holding a type that is no probe is refused too (issue 21)."""
+    import pickle
+
+    import skops.io as sio
+
+    run_fit(FitConfig(data=str(data), out=str(tmp_path / "run"), progress=False))
+    model_dir = tmp_path / "run" / "model"
+    names = {p.name for p in model_dir.iterdir()}
+    assert "probe.skops" in names and not any(
+        n.endswith((".joblib", ".pkl", ".pickle")) for n in names
+    )
+    good = load_model(model_dir)
+
+    planted = tmp_path / "planted"
+    shutil.copytree(model_dir, planted)
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("code ran",))
+
+    (planted / "probe.joblib").write_bytes(pickle.dumps(Payload()))
+    meta = json.loads((planted / "model.json").read_text())
+    meta["probe"]["file"] = "probe.joblib"
+    (planted / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFormatError, match=r"is a pickle.*refused"):
+        load_model(planted)
+    res = runner.invoke(app, ["predict", str(planted), str(next((data / "val").rglob("*.png")))])
+    assert res.exit_code == 2 and "pickle" in res.output and "Traceback" not in res.output
+    assert not marker.exists()
+
+    # a skops file whose content is not a probe (here: os.system): named and refused
+    import os
+
+    sio.dump({"probe": os.system}, planted / "probe.skops")
+    meta["probe"]["file"] = "probe.skops"
+    (planted / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFormatError, match=r"not a transferlab probe.*system"):
+        load_model(planted)
+
+    # a model of an older version (a real joblib probe) converts where its owner allows it
+    import joblib
+
+    old = tmp_path / "old"
+    shutil.copytree(model_dir, old)
+    (old / "probe.skops").unlink()
+    joblib.dump(good.probe, old / "probe.joblib")
+    meta = json.loads((old / "model.json").read_text())
+    meta["probe"]["file"] = "probe.joblib"
+    (old / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFormatError, match="allow_pickle=True"):
+        load_model(old)
+    converted = load_model(old, allow_pickle=True).save(tmp_path / "converted")
+    again = load_model(converted)
+    paths = [str(p) for p in sorted((data / "val").rglob("*.png"))[:3]]
+    assert [p.label for p in again.predict_paths(paths)] == [
+        p.label for p in good.predict_paths(paths)
+    ]

@@ -78,6 +78,9 @@ def serve_cmd(
 
     settings = _settings(db, data_dir)
     configure_logging(settings.log_level)
+    import os
+
+    os.umask(0o077)  # everything the server writes (models, exports, images) is its user's alone
     uvicorn.run(
         create_app(settings),
         host=host,

@@ -14,6 +14,8 @@ _NAMES = {
     "FORMAT_VERSION": "_base",
     "MAX_TRAIN_INDEX": "_base",
     "Prediction": "_base",
+    "read_probe": "_base",
+    "write_probe": "_base",
     "EXPORT_FORMATS": "_export",
     "export_onnx": "_export",
     "FinetunedModel": "_finetuned",
@@ -30,6 +32,8 @@ __all__ = [
     "TransferModel",
     "export_onnx",
     "load_model",
+    "read_probe",
+    "write_probe",
 ]
 
 __getattr__, __dir__ = lazy_namespace(__name__, _NAMES)

@@ -5,7 +5,7 @@ Layout (see DESIGN.md)::
 
     MODEL_DIR/
       model.json     backbone name + weights digest, layer, pooling, preprocessing, classes, versions
-      probe.joblib   the fitted LinearProbe (a probe model), or
+      probe.skops    the fitted LinearProbe (a probe model; skops, never a pickle), or
       weights.safetensors   every weight of a fine-tuned network
       metrics.json   the validation metrics at save time
 """
@@ -34,18 +34,71 @@ __all__ = [
     "file_sha256",
     "library_version",
     "predictions_for",
+    "read_probe",
+    "write_probe",
 ]
 
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
 METRICS_JSON = "metrics.json"
-PROBE_FILE = "probe.joblib"
+PROBE_FILE = "probe.skops"
+#: what older versions wrote: a pickle, which runs code when loaded (issue 21)
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
+#: the classes a probe file may hold besides the scikit-learn and NumPy ones skops trusts
+TRUSTED_PROBE_TYPES = ("transferlab.probe.LinearProbe", "transferlab.probe.MultiLabelProbe")
 WEIGHTS_FILE = "weights.safetensors"
 INT8_FILE = "features-int8.onnx"  # a probe on int8 features carries the export they came from
 BACKBONE_FILE = "backbone.safetensors"  # a probe's backbone whose weights are its own (AdaBN)
 TRAIN_INDEX_FILE = "train_index.npz"
 #: Training sets larger than this are not indexed in the model directory (size on disk).
 MAX_TRAIN_INDEX = 20_000
+
+
+def write_probe(probe: Any, path: Path) -> None:
+    """Save a fitted probe with skops: its arrays and parameters, no pickled code."""
+    import skops.io as sio
+
+    sio.dump(probe, path)
+
+
+def read_probe(path: Path, *, allow_pickle: bool = False) -> Any:
+    """Load a probe file without running code from it: skops, with only scikit-learn's,
+    NumPy's and `TRUSTED_PROBE_TYPES` allowed. A pickle (``probe.joblib`` from
+    an older transferlab) is refused unless `allow_pickle`, which is for models you made yourself.
+
+    Raises:
+        ModelFormatError: a pickle (without `allow_pickle`), a type not trusted, or a damaged file.
+    """
+    if path.suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise ModelFormatError(
+                f"{path} is a pickle, and loading a pickle can run any code it holds: refused. "
+                "This transferlab saves models without pickle. If you made this model "
+                "yourself, convert it: transferlab.models.load_model(DIR, allow_pickle=True)"
+                ".save(NEW_DIR)"
+            )
+        import joblib
+
+        try:
+            return joblib.load(path)
+        except Exception as exc:  # unpickling fails in many ways: all mean "damaged"
+            raise ModelFormatError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from exc
+    import skops.io as sio
+
+    try:
+        untrusted = sio.get_untrusted_types(file=path)
+    except Exception as exc:  # not a zip, missing schema, ...: a damaged or foreign file
+        raise ModelFormatError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from exc
+    unknown = [t for t in untrusted if t not in TRUSTED_PROBE_TYPES]
+    if unknown:
+        raise ModelFormatError(
+            f"{path} holds types that are not a transferlab probe ({', '.join(unknown)}): "
+            "refused, since loading them could run code"
+        )
+    try:
+        return sio.load(path, trusted=untrusted)
+    except Exception as exc:
+        raise ModelFormatError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from exc
 
 
 def library_version() -> str:

@@ -26,6 +26,7 @@ from transferlab.models._base import (
     WEIGHTS_FILE,
     file_sha256,
     library_version,
+    read_probe,
 )
 from transferlab.models._finetuned import FinetunedModel
 from transferlab.models._transfer import TransferModel
@@ -49,15 +50,18 @@ def load_model(
     device: str = "auto",
     cache: bool | str | os.PathLike[str] = True,
     progress: bool = True,
+    allow_pickle: bool = False,
 ) -> TransferModel | FinetunedModel:
     """Load a model directory written by `TransferModel.save` (e.g. by `transferlab fit`).
+
+    Loading never runs code from the directory: the probe is read with skops and its types
+    checked (`read_probe`). `allow_pickle` reads the ``probe.joblib`` of older versions,
+    for models you made yourself (then ``.save`` them again to convert).
 
     Raises:
         ModelFormatError: not a model directory, damaged, or written by an incompatible version.
         BackboneMismatchError: the backbone weights here differ from the ones it was trained on.
     """
-    import joblib
-
     root = Path(directory)
     meta_path = root / MODEL_JSON
     if not root.is_dir():
@@ -130,12 +134,7 @@ def load_model(
     probe_path = root / meta.get("probe", {}).get("file", PROBE_FILE)
     if not probe_path.is_file():
         raise ModelFormatError(f"{root}: probe file {probe_path.name} is missing")
-    try:
-        probe = joblib.load(probe_path)
-    except Exception as exc:  # unpickling can fail in many ways; all mean "damaged file"
-        raise ModelFormatError(
-            f"{probe_path} cannot be read ({type(exc).__name__}: {exc})"
-        ) from exc
+    probe = read_probe(probe_path, allow_pickle=allow_pickle)
     if meta.get("multi_label"):
         if not isinstance(probe, MultiLabelProbe) or probe.n_labels_ != len(meta["classes"]):
             raise ModelFormatError(f"{probe_path} does not match {MODEL_JSON} (labels differ)")

@@ -24,6 +24,7 @@ from transferlab.models._base import (
     Predictor,
     atomic_dir,
     library_version,
+    write_probe,
 )
 from transferlab.probe import LinearProbe, MultiLabelProbe
 
@@ -100,11 +101,10 @@ class TransferModel(Predictor):
         Raises:
             ModelFormatError: `directory` exists and ``overwrite`` is False.
         """
-        import joblib
 
         def write(tmp: Path) -> None:
             write_json(tmp / MODEL_JSON, self.describe())
-            joblib.dump(self.probe, tmp / PROBE_FILE)
+            write_probe(self.probe, tmp / PROBE_FILE)
             if self.extractor._card().weights_source.startswith("adabn"):
                 from safetensors.torch import save_file
 

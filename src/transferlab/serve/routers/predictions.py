@@ -31,10 +31,8 @@ MAX_LOADED_MODELS = 16
 def _load_model(services: Services, row: StoredModel, layer: str) -> Any:
     """A predictor for a stored model (LRU-cached): a probe on the server's backbone shares
     the batched extractor; a fine-tune, or a probe on another backbone, loads its own."""
-    import joblib
-
     from transferlab.exceptions import TransferlabError
-    from transferlab.models import TransferModel, load_model
+    from transferlab.models import TransferModel, load_model, read_probe
 
     with services.models_lock:
         if row.id in services.models:
@@ -52,7 +50,7 @@ def _load_model(services: Services, row: StoredModel, layer: str) -> Any:
             # own extractor, one request at a time (its layer hooks are not thread-safe)
             model = _OneAtATime(load_model(root, device=services.settings.device, progress=False))
         else:
-            probe = joblib.load(root / meta["probe"]["file"])
+            probe = read_probe(root / meta["probe"]["file"])  # never a pickle
             timeout = services.settings.request_timeout_s
             shared = BatchedExtractor(services.batcher, meta.get("layer", layer), timeout)
             model = TransferModel(

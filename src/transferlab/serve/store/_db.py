@@ -66,6 +66,15 @@ def _shown_url(url: str) -> str:
         return url.split("://", 1)[0] + "://..."
 
 
+def _private(path: Path, mode: int) -> None:
+    """chmod `path` to `mode` when this process owns it (a shared folder is left as it is)."""
+    try:
+        if path.stat().st_uid == os.getuid():
+            os.chmod(path, mode)
+    except OSError:
+        pass
+
+
 class Store:
     """The service's database and image folder.
 
@@ -77,14 +86,22 @@ class Store:
     def __init__(self, data_dir: str | os.PathLike[str], url: str | None = None) -> None:
         self.data_dir = Path(data_dir).expanduser().resolve()
         try:
+            # private to the server's user: the images, models and keys' database inside
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _private(self.data_dir, 0o700)
             for sub in ("images", "models", "tmp"):
-                (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
+                (self.data_dir / sub).mkdir(mode=0o700, exist_ok=True)
+                _private(self.data_dir / sub, 0o700)
         except OSError as exc:
             raise InvalidParameterError(
                 f"data dir {self.data_dir} is not writable ({exc}); choose another --data-dir"
             ) from exc
-        self.url = url or f"sqlite:///{self.data_dir / 'transferlab.sqlite'}"
+        default_db = self.data_dir / "transferlab.sqlite"
+        self.url = url or f"sqlite:///{default_db}"
         is_sqlite = self.url.startswith("sqlite")
+        if url is None:  # created 0600 before SQLite opens it (its -wal/-shm files follow it)
+            os.close(os.open(default_db, os.O_CREAT | os.O_RDWR, 0o600))
+            _private(default_db, 0o600)
         try:
             self.engine = create_engine(
                 self.url,
@@ -173,12 +190,39 @@ class Store:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-            with open(tmp, "wb") as fh:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, path)
         return sha, path
+
+    def sweep_orphans(self, min_age_s: float = 600.0) -> int:
+        """Delete image files no example or pool image refers to (an upload cut off between
+        writing its file and its row, e.g. by a SIGKILL), and leftovers in ``tmp/``, once older
+        than `min_age_s` (a concurrent worker's upload in flight is younger). Returns how many."""
+        import time
+
+        with self.session() as s:
+            used = set(s.scalars(select(Example.image_sha256)))
+            used |= set(s.scalars(select(PoolImage.image_sha256)))
+        cutoff = time.time() - min_age_s
+        removed = 0
+        for folder, pattern in ((self.data_dir / "images", "*/*"), (self.data_dir / "tmp", "*")):
+            for path in folder.glob(pattern):
+                try:
+                    old = path.is_file() and path.stat().st_mtime < cutoff
+                except OSError:
+                    continue
+                sha = path.name.split(".")[0]
+                orphan = folder.name == "tmp" or path.name.startswith(".") or sha not in used
+                if old and orphan:
+                    path.unlink(missing_ok=True)
+                    removed += 1
+        if removed:
+            logger.warning("removed %d image file(s) no example refers to", removed)
+        return removed
 
     def drop_image_if_unused(self, sha256: str, ext: str) -> None:
         """Delete an image file once no example or pool image refers to it."""
