@@ -379,3 +379,21 @@ def test_load_image_max_pixels_above_pillow_default(tmp_path, max_pixels):
     Image.new("1", (side, side)).save(p)  # 1-bit: small to build and to store
     img = load_image(p, max_pixels=max_pixels)
     assert img.size == (side, side)
+
+
+def test_an_image_too_elongated_to_resize_is_refused_before_decoding(tmp_path: Path) -> None:
+    """4 x 9,999,999 is 40 M pixels, under the default limit, and a 72 KB PNG; resized to a
+    network's 256-pixel short side it would need 640 M pixels (issue 21)."""
+    from PIL import Image
+
+    from transferlab.data import DEFAULT_MAX_ASPECT, check_image_shape, load_image
+    from transferlab.exceptions import ImageLoadError
+
+    p = tmp_path / "strip.png"
+    Image.new("L", (4, 400_000)).save(p)
+    with pytest.raises(ImageLoadError, match=r"aspect ratio of 100,000:1 exceeds 100:1"):
+        load_image(p)
+    assert load_image(p, max_aspect=None).size == (4, 400_000)
+    assert check_image_shape(4, 9_999_999, max_pixels=None, max_aspect=DEFAULT_MAX_ASPECT)
+    assert check_image_shape(3000, 300, max_pixels=None, max_aspect=DEFAULT_MAX_ASPECT) is None
+    assert "pixels exceeds" in str(check_image_shape(10, 10, max_pixels=99, max_aspect=None))

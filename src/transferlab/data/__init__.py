@@ -24,6 +24,8 @@ _NAMES = {
     "stratified_split_indices": "_datasets",
     "stratified_subsample": "_datasets",
     "DEFAULT_MAX_PIXELS": "_images",
+    "DEFAULT_MAX_ASPECT": "_images",
+    "check_image_shape": "_images",
     "IMAGE_EXTENSIONS": "_images",
     "is_image_file": "_images",
     "load_image": "_images",
@@ -43,6 +45,7 @@ _NAMES = {
 }
 
 __all__ = [
+    "DEFAULT_MAX_ASPECT",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
     "TEST_SPLIT_NAMES",
@@ -52,6 +55,7 @@ __all__ = [
     "Dataset",
     "ImageFileDataset",
     "Sample",
+    "check_image_shape",
     "collate_skipping_failures",
     "collect_images",
     "eval_transform",

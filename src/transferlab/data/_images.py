@@ -16,13 +16,26 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from transferlab.exceptions import ImageLoadError
 
-__all__ = ["DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "is_image_file", "load_image"]
+__all__ = [
+    "DEFAULT_MAX_ASPECT",
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "check_image_shape",
+    "is_image_file",
+    "load_image",
+]
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 )
 #: Pillow's own default limit (~89 Mpx); above it a file is treated as a decompression bomb.
 DEFAULT_MAX_PIXELS = 89_478_485
+#: Longest side / shortest side beyond which an image is refused before decoding: every
+#: network input resizes the short side to about 256 px, which multiplies the long side by the
+#: aspect ratio. A 4 x 9,999,999 PNG is 72 KB and 40 M pixels, yet its resize asks for
+#: 256 x 640 M pixels (issue 21); at 100:1 the resize stays under 256 x 25,600 (6.6 M pixels,
+#: 20 MB), while panoramas (about 10:1) and long scans (about 30:1) pass.
+DEFAULT_MAX_ASPECT = 100.0
 #: Names tried, in order, for the validation and test splits of an ImageFolder tree.
 
 # Truncated files must fail loudly, not decode as half-grey pictures.
@@ -92,11 +105,33 @@ def _pil_pixel_limit(max_pixels: int | None) -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = current
 
 
+def check_image_shape(
+    width: int, height: int, *, max_pixels: int | None, max_aspect: float | None
+) -> str | None:
+    """Why an image of this size must not be decoded (None: it may), from its header alone:
+    too many pixels (a decompression bomb), or so elongated that resizing it for a network
+    would allocate far more than the image itself."""
+    if max_pixels is not None and width * height > max_pixels:
+        return (
+            f"{width}x{height} = {width * height:,} pixels exceeds the limit of {max_pixels:,} "
+            "(possible decompression bomb; raise max_pixels if the image is genuine)"
+        )
+    short, long = sorted((width, height))
+    if max_aspect is not None and (short == 0 or long / short > max_aspect):
+        return (
+            f"{width}x{height}: an aspect ratio of {long / max(short, 1):,.0f}:1 exceeds "
+            f"{max_aspect:g}:1; resizing it for a network would need "
+            f"{round(256 * long / max(short, 1)):,} pixels on its long side"
+        )
+    return None
+
+
 def load_image(
     path: str | os.PathLike[str],
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     draft_size: int | None = None,
+    max_aspect: float | None = DEFAULT_MAX_ASPECT,
 ) -> Image.Image:
     """Decode one image file into an RGB `PIL.Image`, or raise `ImageLoadError` naming it.
 
@@ -109,6 +144,8 @@ def load_image(
             ``None`` disables the check.
         draft_size: when set, JPEGs are decoded at a reduced scale (1/2, 1/4, 1/8) that keeps
             both sides at least this many pixels: much faster for large photos.
+        max_aspect: images whose long side exceeds this many times the short one are refused
+            before decoding (`DEFAULT_MAX_ASPECT`); ``None`` disables the check.
 
     Returns:
         A fully loaded RGB image (the file is closed).
@@ -142,12 +179,9 @@ def load_image(
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(p) as img:
                 w, h = img.size
-                if max_pixels is not None and w * h > max_pixels:
-                    raise ImageLoadError(
-                        p,
-                        f"{w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} "
-                        "(possible decompression bomb; raise max_pixels if the image is genuine)",
-                    )
+                why = check_image_shape(w, h, max_pixels=max_pixels, max_aspect=max_aspect)
+                if why is not None:
+                    raise ImageLoadError(p, why)
                 if draft_size is not None and img.format == "JPEG":
                     img.draft(
                         img.mode if img.mode in ("RGB", "L") else None, (draft_size, draft_size)

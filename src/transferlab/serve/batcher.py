@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from transferlab._internal.memory import release_memory
 from transferlab.features import ExtractionResult, FeatureExtractor
 from transferlab.serve.errors import ApiError
 
@@ -89,6 +90,8 @@ class FeatureBatcher:
                 batch.append(nxt)
                 n += len(nxt[0])
             self._run(batch)
+            if self._queue.empty():  # idle: hand the burst's memory back (see _internal.memory)
+                release_memory()
             if stop:
                 return
 
@@ -97,9 +100,16 @@ class FeatureBatcher:
         layers = sorted({la for _, lays, _ in batch for la in lays})
         try:
             res = self.extractor.extract(all_paths, layers=layers, on_error="skip")
-        except Exception as exc:  # hand the failure to every waiting request
-            for _, _, fut in batch:
-                fut.set_exception(exc)
+        except Exception as exc:
+            # one image can fail a whole forward pass (memory, a decoder bug): never let it fail
+            # the requests it shared the batch with, nor the other images of its own request
+            if len(batch) > 1:
+                for item in batch:
+                    self._run([item])
+            elif len(all_paths) > 1:
+                self._run_one_by_one(batch[0], layers)
+            else:
+                batch[0][2].set_exception(exc)
             return
         failed = {e.path: e for e in res.failures}
         start = 0
@@ -116,6 +126,40 @@ class FeatureBatcher:
                 )
             )
             start = stop
+
+    def _run_one_by_one(
+        self, item: tuple[list[str], list[str], Future[ExtractionResult]], layers: list[str]
+    ) -> None:
+        """`item`'s images one at a time; an image whose pass raises becomes its failure."""
+        from transferlab.exceptions import ImageLoadError
+
+        paths, lays, fut = item
+        rows: list[dict[str, np.ndarray]] = []
+        index: list[int] = []
+        failures: list[ImageLoadError] = []
+        seconds = 0.0
+        for i, p in enumerate(paths):
+            try:
+                res = self.extractor.extract([p], layers=layers, on_error="skip")
+            except Exception as exc:
+                failures.append(ImageLoadError(p, f"{type(exc).__name__}: {exc}"))
+                continue
+            seconds += res.seconds
+            failures += res.failures
+            if len(res.index):
+                rows.append({la: res.features[la][0] for la in lays})
+                index.append(i)
+        fut.set_result(
+            ExtractionResult(
+                features={
+                    la: np.stack([r[la] for r in rows]) if rows else np.zeros((0, 0)) for la in lays
+                },
+                paths=[paths[i] for i in index],
+                index=np.asarray(index, dtype=np.int64),
+                failures=failures,
+                seconds=seconds,
+            )
+        )
 
 
 class BatchedExtractor:

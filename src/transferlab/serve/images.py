@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
-from transferlab.data import load_image
+from transferlab.data import DEFAULT_MAX_ASPECT, check_image_shape, load_image
 from transferlab.exceptions import ImageLoadError
 from transferlab.serve.errors import ApiError
 from transferlab.serve.store import IMAGE_FORMATS, Store
@@ -58,6 +58,11 @@ def sniff_image(data: bytes, name: str, max_pixels: int) -> str:
             f"{name}: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,}",
             "too_many_pixels",
         )
+    # the work a network input asks for, not only the input: a thin strip is small on disk
+    # and in pixels, but its resize to the model's size is not (issue 21)
+    why = check_image_shape(w, h, max_pixels=None, max_aspect=DEFAULT_MAX_ASPECT)
+    if why is not None:
+        raise ApiError(413, f"{name}: {why}", "too_many_pixels")
     return IMAGE_FORMATS[fmt]
 
 

@@ -49,10 +49,19 @@ class FeaturesJSON(BaseModel):
     backbone: str | None = None
 
 
+class ItemError(BaseModel):
+    """Why one image of a request has no result; the other images are not affected."""
+
+    status: int = Field(description="the HTTP status this image alone would have got")
+    error: str = Field(description="machine code: bad_image, too_many_pixels, unsupported_image")
+    detail: str
+
+
 class FeatureVector(BaseModel):
     name: str | None
-    dim: int
-    vector: list[float]
+    dim: int | None = Field(description="null when this image failed (see error)")
+    vector: list[float] | None = Field(description="null when this image failed (see error)")
+    error: ItemError | None = Field(default=None, description="set when this image failed")
 
 
 class FeaturesResponse(BaseModel):

@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile
 from transferlab.serve.deps import CurrentKey, Services, ServicesDep
 from transferlab.serve.errors import ApiError
 from transferlab.serve.images import read_limited, temp_image
-from transferlab.serve.schemas import FeaturesJSON, FeaturesResponse, FeatureVector
+from transferlab.serve.schemas import FeaturesJSON, FeaturesResponse, FeatureVector, ItemError
 
 __all__ = ["router"]
 
@@ -138,28 +138,46 @@ def _field(value: Any) -> str | None:
 
 
 def _extract(services: Services, items: list[tuple[str, bytes]], layer: str) -> FeaturesResponse:
+    """Vectors per item: an image that fails (its type, size, shape or decoding) gets its own
+    error and the others their vectors; only when every image failed is the request itself
+    answered with the (first) image's 4xx."""
     settings = services.settings
-    paths: list[Path] = []
+    errors: dict[int, ApiError] = {}
+    paths: dict[int, Path] = {}
     try:
-        for name, data in items:
-            paths.append(temp_image(services.store, data, name, settings.max_pixels))
-        fut = services.batcher.submit([str(p) for p in paths], [layer])
-        res = fut.result(timeout=settings.request_timeout_s)
+        for i, (name, data) in enumerate(items):
+            try:
+                paths[i] = temp_image(services.store, data, name, settings.max_pixels)
+            except ApiError as exc:
+                errors[i] = exc
+        res = None
+        if paths:
+            fut = services.batcher.submit([str(p) for p in paths.values()], [layer])
+            res = fut.result(timeout=settings.request_timeout_s)
     finally:
-        for p in paths:
+        for p in paths.values():
             p.unlink(missing_ok=True)
-    if res.failures:
-        by_path = {str(p): name for p, (name, _) in zip(paths, items, strict=True)}
-        bad = res.failures[0]
-        raise ApiError(
-            400, f"{by_path.get(bad.path, bad.path)}: image cannot be decoded: {bad.reason}"
-        )
-    X = res.features[layer]
-    return FeaturesResponse(
-        backbone=services.settings.backbone,
-        layer=layer,
-        features=[
-            FeatureVector(name=name, dim=int(X.shape[1]), vector=X[i].tolist())
-            for i, (name, _) in enumerate(items)
-        ],
-    )
+    rows: dict[int, int] = {}
+    if res is not None:
+        order = list(paths)
+        rows = {order[int(j)]: r for r, j in enumerate(res.index)}
+        failed = {f.path: f for f in res.failures}
+        for i, p in paths.items():
+            if i not in rows:
+                why = failed[str(p)].reason if str(p) in failed else "no vector came back"
+                errors[i] = ApiError(
+                    400, f"{items[i][0]}: image cannot be decoded: {why}", "bad_image"
+                )
+    if len(errors) == len(items):  # nothing to answer with: the request fails as its image did
+        raise errors[min(errors)]
+    X = res.features[layer] if res is not None else None
+    out = []
+    for i, (name, _) in enumerate(items):
+        if i in errors:
+            e = errors[i]
+            err = ItemError(status=e.status, error=e.code, detail=e.detail)
+            out.append(FeatureVector(name=name, dim=None, vector=None, error=err))
+        else:
+            v = X[rows[i]]  # type: ignore[index]
+            out.append(FeatureVector(name=name, dim=int(v.shape[0]), vector=v.tolist()))
+    return FeaturesResponse(backbone=services.settings.backbone, layer=layer, features=out)
