@@ -45,15 +45,14 @@ def pattern(kind: str, seed: int) -> bytes:
 
 
 def settings_for(data_dir: Path, **overrides: Any) -> Settings:
-    return Settings(
-        data_dir=data_dir,
-        max_upload_bytes=300_000,
-        max_pixels=1_000_000,
-        max_images_per_request=4,
-        queue_size=2,
-        batch_wait_ms=2,
-        **overrides,
-    )
+    base: dict[str, Any] = {
+        "max_upload_bytes": 300_000,
+        "max_pixels": 1_000_000,
+        "max_images_per_request": 4,
+        "queue_size": 2,
+        "batch_wait_ms": 2,
+    }
+    return Settings(data_dir=data_dir, **{**base, **overrides})
 
 
 #: kind='auto' on a random-weight test network: seconds per job on a CPU, where the packaged

@@ -216,7 +216,6 @@ def test_split_examples_holds_out_each_label() -> None:
 
 def test_full_queues_refuse_instead_of_growing() -> None:
     """Bounded queues: a full feature queue is 503, a full training queue 429."""
-    import queue
     import threading
 
     from transferlab.serve.batcher import FeatureBatcher
@@ -247,11 +246,13 @@ def test_full_queues_refuse_instead_of_growing() -> None:
     batcher.stop()
 
     runner = JobRunner.__new__(JobRunner)  # the queue alone, no worker draining it
-    runner._queue = queue.Queue(maxsize=1)
-    runner.submit("job-1")
+    runner.queue_size, runner._lines, runner._cv = 2, {}, threading.Condition()
+    runner.submit("job-1", owner=1)
+    runner.submit("job-2", owner=2)
     with pytest.raises(ApiError) as err:
-        runner.submit("job-2")
+        runner.submit("job-3", owner=3)  # the total waiting is bounded, whoever asks
     assert err.value.status == 429
+    assert runner.waiting == 2
 
 
 def test_metrics_of_a_trained_collection(
@@ -453,7 +454,7 @@ def test_auto_job_stops_at_the_next_stage_on_shutdown(server: tuple[TestClient, 
 
     from sqlalchemy import select
 
-    from transferlab.serve.jobs import Interrupted, auto_collection
+    from transferlab.serve.jobs import Interrupted, JobRunner, auto_collection
     from transferlab.serve.store import Collection, StoredModel
 
     client, (a, _, _) = server
@@ -467,7 +468,8 @@ def test_auto_job_stops_at_the_next_stage_on_shutdown(server: tuple[TestClient, 
         examples = list(coll.examples)
     stopping = threading.Event()
     stopping.set()
-    runner = SimpleNamespace(stopping=stopping, device="cpu")
+    runner = SimpleNamespace(stopping=stopping, device="cpu", _cancelled=set())
+    runner.check = lambda job_id: JobRunner.check(runner, job_id)  # type: ignore[arg-type]
     params = {"budget_s": 60.0, "backbones": ["test_resnet"], "weights": "random"}
     with pytest.raises(Interrupted):
         auto_collection(store, coll, examples, "0" * 32, params, runner)

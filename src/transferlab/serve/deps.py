@@ -28,6 +28,7 @@ __all__ = [
     "OwnedCollection",
     "Services",
     "ServicesDep",
+    "check_rate",
     "get_collection",
     "one_or_404",
     "owned_collection",
@@ -54,6 +55,34 @@ class Services:
     #: (the web page after each change), the cross-validation only changes with the examples
     metrics: OrderedDict[tuple[str, str], Any] = field(default_factory=OrderedDict)
     metrics_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: key id -> (tokens, time of the last refill): each key's request budget (`check_rate`)
+    buckets: dict[int, tuple[float, float]] = field(default_factory=dict)
+    buckets_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def check_rate(services: Services, key_id: int) -> None:
+    """A token bucket per key: `rate_limit_per_minute` tokens, refilled continuously; a request
+    takes one, and finds none: 429 with the seconds until the next one in ``Retry-After``."""
+    rate = services.settings.rate_limit_per_minute
+    if rate <= 0:
+        return
+    import math
+    import time
+
+    now = time.monotonic()
+    with services.buckets_lock:
+        tokens, last = services.buckets.get(key_id, (float(rate), now))
+        tokens = min(float(rate), tokens + (now - last) * rate / 60.0)
+        if tokens < 1.0:
+            services.buckets[key_id] = (tokens, now)
+            wait = math.ceil((1.0 - tokens) * 60.0 / rate)
+            raise ApiError(
+                429,
+                f"this key is over its {rate} requests per minute; retry in {wait} s",
+                "rate_limited",
+                headers={"Retry-After": str(wait)},
+            )
+        services.buckets[key_id] = (tokens - 1.0, now)
 
 
 def get_services(request: Request) -> Services:
@@ -87,6 +116,7 @@ def get_key(request: Request, services: ServicesDep) -> ApiKey:
     if key is None:
         raise ApiError(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     request.state.key_id = key.id  # for the request's log line (who did what)
+    check_rate(services, key.id)
     return key
 
 

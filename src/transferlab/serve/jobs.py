@@ -7,12 +7,11 @@ extraction for requests is `transferlab.serve.batcher`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from transferlab._internal.json import json_default
+from transferlab._internal.memory import release_memory
 from transferlab.exceptions import DatasetError, ImageLoadError, InvalidParameterError
 from transferlab.finetune import Callback
 from transferlab.serve.auto import run_auto_job
@@ -36,6 +36,7 @@ from transferlab.serve.store import (
 )
 
 __all__ = [
+    "Cancelled",
     "Interrupted",
     "JobRunner",
     "auto_collection",
@@ -50,13 +51,19 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_STOP = object()
 #: fine-tuning epochs when the request names none: a service job should end in minutes on a CPU
 FINETUNE_EPOCHS = 3
 
 
 class JobRunner:
-    """One worker thread draining a bounded queue of job ids."""
+    """One worker thread running queued jobs, the keys taking turns.
+
+    Each key's jobs wait in its own line, and the worker takes the next job from the key whose
+    last job started longest ago (a key that never ran first; ties in arrival order): one
+    key's backlog never holds another key's job back by more than the job running now.
+    The total waiting is bounded (`queue_size`: full is 429). `cancel` takes a queued job out,
+    or makes the running one stop at its next step (a fine-tune: its next batch).
+    """
 
     def __init__(
         self, store: Store, batcher: FeatureBatcher, queue_size: int, device: str = "auto"
@@ -64,44 +71,101 @@ class JobRunner:
         self.store = store
         self.batcher = batcher
         self.device = device
+        self.queue_size = queue_size
         #: set at shutdown: a fine-tune stops at its next batch, queued jobs are not started
         #: (both are marked failed as interrupted, now or by `Store.recover_jobs` at restart)
         self.stopping = threading.Event()
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._cv = threading.Condition()
+        self._lines: dict[Any, deque[str]] = {}  # owner -> its waiting job ids (arrival order)
+        self._started: dict[Any, int] = {}  # owner -> when its last job started (a counter)
+        self._n_started = 0
+        self._cancelled: set[str] = set()
+        self.running: str | None = None
         self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
         self._thread.start()
 
-    def submit(self, job_id: str) -> None:
-        """Queue a job that is already in the database with status ``queued``.
+    @property
+    def waiting(self) -> int:
+        with self._cv:
+            return sum(len(q) for q in self._lines.values())
+
+    def submit(self, job_id: str, owner: Any = None) -> None:
+        """Queue a job that is already in the database with status ``queued``, in `owner`'s
+        line (the API key's id).
 
         Raises:
             ApiError: 429 when the queue is full.
         """
-        try:
-            self._queue.put_nowait(job_id)
-        except queue.Full:
-            raise ApiError(
-                429,
-                "too many training jobs waiting; retry when one has finished",
-                "too_many_jobs",
-                headers={"Retry-After": "5"},
-            ) from None
+        with self._cv:
+            if sum(len(q) for q in self._lines.values()) >= self.queue_size:
+                raise ApiError(
+                    429,
+                    "too many training jobs waiting; retry when one has finished",
+                    "too_many_jobs",
+                    headers={"Retry-After": "5"},
+                )
+            self._lines.setdefault(owner, deque()).append(job_id)
+            self._cv.notify()
+
+    def cancel(self, job_id: str) -> str:
+        """``"queued"``: taken out of its line (never runs); ``"running"``: asked to stop at its
+        next step; ``"gone"``: this runner does not hold it."""
+        with self._cv:
+            for owner, line in self._lines.items():
+                if job_id in line:
+                    line.remove(job_id)
+                    if not line:
+                        del self._lines[owner]
+                    return "queued"
+            if self.running == job_id:
+                self._cancelled.add(job_id)
+                return "running"
+        return "gone"
+
+    def check(self, job_id: str) -> None:
+        """Raise `Interrupted` at shutdown, `Cancelled` when `job_id` was cancelled: called by a
+        running job between its steps."""
+        if self.stopping.is_set():
+            raise Interrupted
+        if job_id in self._cancelled:
+            raise Cancelled
 
     def stop(self) -> None:
         self.stopping.set()
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(_STOP)  # wakes an idle worker; a busy one sees `stopping`
+        with self._cv:
+            self._cv.notify_all()  # wakes an idle worker; a busy one sees `stopping`
         self._thread.join(timeout=30)
+
+    def _next(self) -> str | None:
+        with self._cv:
+            while not self._lines and not self.stopping.is_set():
+                self._cv.wait(timeout=1.0)
+            if self.stopping.is_set():
+                return None
+            owner = min(self._lines, key=lambda o: self._started.get(o, -1))
+            line = self._lines[owner]
+            job_id = line.popleft()
+            if not line:
+                del self._lines[owner]
+            self._n_started += 1
+            self._started[owner] = self._n_started
+            self.running = job_id
+            return job_id
 
     def _loop(self) -> None:
         while not self.stopping.is_set():
-            job_id = self._queue.get()
-            if job_id is _STOP or self.stopping.is_set():
+            job_id = self._next()
+            if job_id is None:
                 return
             try:
                 train_collection(self.store, self.batcher, job_id, self)
             except Exception:  # the job row carries the error; the worker must live on
                 logger.exception("job %s crashed", job_id)
+            finally:  # a fine-tune's images and activations: back to the OS, not kept
+                with self._cv:
+                    self.running = None
+                    self._cancelled.discard(job_id)
+                release_memory()
 
 
 def _set(store: Store, job_id: str, **values: Any) -> None:
@@ -226,6 +290,11 @@ def train_collection(
             "job succeeded",
             extra={"job_id": job_id, "kind": kind, "seconds": round(time.perf_counter() - t0, 2)},
         )
+    except Cancelled:  # before its model was recorded: nothing of it is kept
+        import shutil
+
+        shutil.rmtree(store.model_dir(coll.id, job_id), ignore_errors=True)
+        _set(store, job_id, status="cancelled", message="cancelled")
     except Interrupted:
         _set(store, job_id, status="failed", error=INTERRUPTED, message=INTERRUPTED)
     except (DatasetError, ImageLoadError, InvalidParameterError, ValueError) as exc:
@@ -288,8 +357,8 @@ def auto_collection(
     the collection's. Returns the job's closing message (what was chosen)."""
 
     def report(progress: float, message: str) -> None:
-        if runner is not None and runner.stopping.is_set():
-            raise Interrupted
+        if runner is not None:
+            runner.check(job_id)
         _set(store, job_id, progress=progress, message=message)
 
     device = getattr(runner, "device", "auto")
@@ -322,6 +391,11 @@ class Interrupted(Exception):
     """The server is shutting down: the running job stops and is marked failed (re-runnable)."""
 
 
+class Cancelled(Interrupted):
+    """``DELETE /v1/jobs/{id}`` (or deleting its collection): the running job stops and is
+    marked cancelled."""
+
+
 class _Progress(Callback):
     """Reports a fine-tune's progress (0.1-0.85 over its batches) into the job row, and stops it
     when the server shuts down."""
@@ -335,8 +409,8 @@ class _Progress(Callback):
         self._last = 0.0
 
     def _check(self) -> None:
-        if self.runner is not None and self.runner.stopping.is_set():
-            raise Interrupted
+        if self.runner is not None:
+            self.runner.check(self.job_id)
 
     def before_epoch(self, tuner: Any) -> None:
         self._check()

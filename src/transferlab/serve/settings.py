@@ -51,6 +51,16 @@ class Settings(BaseSettings):
         default=32, ge=1, description="/v1 requests handled at once; more get 503 at once"
     )
     queue_size: int = Field(default=8, ge=1, description="training jobs waiting at most")
+    max_jobs_per_key: int = Field(
+        default=2,
+        ge=1,
+        description="training jobs one key may have queued or running; more get 429, so one "
+        "key cannot fill the queue (jobs of different keys also run in turn)",
+    )
+    max_collections_per_key: int = Field(default=100, ge=1, description="collections per key")
+    rate_limit_per_minute: int = Field(
+        default=600, ge=0, description="requests per key per minute (bursts up to this); 0: off"
+    )
     feature_queue_size: int = Field(default=64, ge=1, description="feature requests waiting")
     batch_size: int = Field(default=32, ge=1)
     batch_wait_ms: float = Field(default=5.0, ge=0)

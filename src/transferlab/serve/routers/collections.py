@@ -9,12 +9,13 @@ from __future__ import annotations
 import shutil
 
 from fastapi import APIRouter, Response
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from transferlab.serve.deps import CurrentKey, OwnedCollection, Services, ServicesDep
 from transferlab.serve.errors import ApiError
 from transferlab.serve.routers._common import active_job, forget_models, latest_model
 from transferlab.serve.routers.features import check_model
+from transferlab.serve.routers.jobs import cancel_jobs
 from transferlab.serve.schemas import CollectionCreate, CollectionPublic
 from transferlab.serve.store import Collection, Example, PoolImage
 
@@ -42,7 +43,16 @@ def create_collection(
         backbone=services.settings.backbone,
         layer=layer,
     )
+    cap = services.settings.max_collections_per_key
     with services.store.session() as s:
+        n = s.scalar(select(func.count(Collection.id)).where(Collection.owner_id == key.id))
+        if (n or 0) >= cap:
+            raise ApiError(
+                403,
+                f"this key has {n} collections, its maximum (max_collections_per_key={cap}); "
+                "delete one first",
+                "too_many_collections",
+            )
         s.add(coll)
     return _public(services, coll)
 
@@ -68,10 +78,27 @@ def get_one(coll: OwnedCollection, services: ServicesDep) -> CollectionPublic:
 @router.delete("/{collection_id}", status_code=204)
 def delete_collection(coll: OwnedCollection, services: ServicesDep) -> Response:
     store = services.store
+    with services.jobs_lock:
+        with store.session() as s:
+            job = active_job(s, coll.id)
+        if job is not None and cancel_jobs(services, [job.id])[job.id] == "running":
+            # it stops at its next step and writes nothing more; wait for that, briefly
+            import time
+
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                with store.session() as s:
+                    if active_job(s, coll.id) is None:
+                        break
+                time.sleep(0.1)
+            else:
+                raise ApiError(
+                    409,
+                    f"the collection's running job {job.id} is being cancelled; retry shortly",
+                    "job_cancelling",
+                    headers={"Retry-After": "5"},
+                )
     with services.jobs_lock, store.session() as s:
-        job = active_job(s, coll.id)
-        if job is not None:
-            raise ApiError(409, f"collection has a {job.status} job {job.id}; wait for it to end")
         images = {
             (sha, ext)
             for table in (Example, PoolImage)

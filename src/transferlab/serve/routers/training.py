@@ -8,15 +8,15 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from transferlab.serve.deps import OwnedCollection, ServicesDep
+from transferlab.serve.deps import CurrentKey, OwnedCollection, ServicesDep
 from transferlab.serve.errors import ApiError
 from transferlab.serve.jobs import check_trainable, collection_metrics, jsonable
 from transferlab.serve.routers._common import active_job, check_backbone
 from transferlab.serve.schemas import JobPublic, TrainRequest
 from transferlab.serve.settings import Settings
-from transferlab.serve.store import Example, Job
+from transferlab.serve.store import Collection, Example, Job
 
 __all__ = ["router"]
 
@@ -29,6 +29,7 @@ MAX_CACHED_METRICS = 64
 def train(
     coll: OwnedCollection,
     services: ServicesDep,
+    key: CurrentKey,
     body: Annotated[TrainRequest | None, Body()] = None,
 ) -> JobPublic:
     """Start a background training job; poll ``GET /v1/jobs/{id}``.
@@ -58,6 +59,21 @@ def train(
                 raise ApiError(
                     409, f"collection already has a {active.status} training job {active.id}"
                 )
+            mine = s.scalar(
+                select(func.count(Job.id))
+                .join(Collection, Collection.id == Job.collection_id)
+                .where(Collection.owner_id == key.id, Job.status.in_(("queued", "running")))
+            )
+            cap = services.settings.max_jobs_per_key
+            if (mine or 0) >= cap:
+                raise ApiError(
+                    429,
+                    f"this key has {mine} training jobs queued or running, its maximum "
+                    f"(max_jobs_per_key={cap}); retry when one has finished, or cancel one "
+                    "with DELETE /v1/jobs/{id}",
+                    "too_many_jobs",
+                    headers={"Retry-After": "10"},
+                )
             examples = list(s.scalars(select(Example).where(Example.collection_id == coll.id)))
             check_trainable(examples, coll.multi_label)
             job = Job(
@@ -65,7 +81,7 @@ def train(
             )
             s.add(job)
         try:
-            services.runner.submit(job.id)
+            services.runner.submit(job.id, owner=key.id)
         except ApiError:
             with services.store.session() as s:
                 row = s.get(Job, job.id)
