@@ -225,6 +225,9 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             n_iter = getattr(clf.best_estimator_, "n_iter_", None)
         if n_iter is not None:
             self.n_iter_ = int(np.max(n_iter))
+        if hasattr(clf, "best_estimator_"):  # the grid search predicts with its refit best: keep
+            # only that (what a saved model needs, without the search's scorers and folds)
+            self.pipeline_.steps[-1] = ("clf", clf.best_estimator_)
         self.n_features_in_ = X.shape[1]
         return self
 

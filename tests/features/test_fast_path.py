@@ -112,7 +112,7 @@ def test_warm_fit_loads_no_model(folders):
     for key in ("backbone", "layer", "pool", "preprocessing", "classes"):
         assert ma[key] == mb[key]
     assert "reused_run" in b and "reused_run" not in a
-    for name in ("probe.skops", "train_index.npz"):
+    for name in ("probe.zip", "train_index.npz"):
         assert (root / "cold" / "model" / name).read_bytes() == (
             root / "warm" / "model" / name
         ).read_bytes()

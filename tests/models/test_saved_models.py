@@ -55,15 +55,14 @@ def test_model_refuses_other_weights_and_versions(data, tmp_path):
 
 def test_loading_a_model_never_runs_code_from_it(data, tmp_path):
     """No pickle in a saved model; a planted pickle is refused before it is read, so its code
-    never runs; a skops file holding a type that is no probe is refused too (issue 21)."""
+    never runs; a probe file naming a class that is no probe part is refused too (issue 21)."""
     import pickle
-
-    import skops.io as sio
+    import zipfile
 
     run_fit(FitConfig(data=str(data), out=str(tmp_path / "run"), progress=False))
     model_dir = tmp_path / "run" / "model"
     names = {p.name for p in model_dir.iterdir()}
-    assert "probe.skops" in names and not any(
+    assert "probe.zip" in names and not any(
         n.endswith((".joblib", ".pkl", ".pickle")) for n in names
     )
     good = load_model(model_dir)
@@ -86,13 +85,19 @@ def test_loading_a_model_never_runs_code_from_it(data, tmp_path):
     assert res.exit_code == 2 and "pickle" in res.output and "Traceback" not in res.output
     assert not marker.exists()
 
-    # a skops file whose content is not a probe (here: os.system): named and refused
-    import os
-
-    sio.dump({"probe": os.system}, planted / "probe.skops")
-    meta["probe"]["file"] = "probe.skops"
+    # a probe file whose tree names another class (here: subprocess.Popen): named and refused
+    with zipfile.ZipFile(model_dir / "probe.zip") as z:
+        arrays = z.read("arrays.npz")
+    evil = {
+        "format": "transferlab-probe-1",
+        "probe": {"object": "subprocess.Popen", "state": {"dict": []}},
+    }
+    with zipfile.ZipFile(planted / "probe.zip", "w") as z:
+        z.writestr("tree.json", json.dumps(evil))
+        z.writestr("arrays.npz", arrays)
+    meta["probe"]["file"] = "probe.zip"
     (planted / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(ModelFormatError, match=r"not a transferlab probe.*system"):
+    with pytest.raises(ModelFormatError, match=r"subprocess\.Popen.*not a transferlab probe part"):
         load_model(planted)
 
     # a model of an older version (a real joblib probe) converts where its owner allows it
@@ -100,7 +105,7 @@ def test_loading_a_model_never_runs_code_from_it(data, tmp_path):
 
     old = tmp_path / "old"
     shutil.copytree(model_dir, old)
-    (old / "probe.skops").unlink()
+    (old / "probe.zip").unlink()
     joblib.dump(good.probe, old / "probe.joblib")
     meta = json.loads((old / "model.json").read_text())
     meta["probe"]["file"] = "probe.joblib"

@@ -102,7 +102,7 @@ def test_a_repeated_fit_is_restored_with_the_same_typed_result(tmp_path):
     moved = {"seconds", "stage_seconds", "n_cached", "extract_images_per_second", "reused_run"}
     assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} <= moved
     assert json.loads(again.metrics_file.read_text())["reused_run"] == again.metrics.reused_run
-    for name in ("probe.skops", "model.json"):
+    for name in ("probe.zip", "model.json"):
         assert (tmp_path / "a" / "model" / name).read_bytes() == (
             tmp_path / "b" / "model" / name
         ).read_bytes()

@@ -54,12 +54,12 @@ def test_bad_inputs_are_4xx_json(server: tuple[TestClient, list[str]], trained: 
         "unknown job": (client.get("/v1/jobs/nope", headers=h), 404, "nope"),
         "train with one class": (
             client.post(f"/v1/collections/{single}/train", headers=h),
-            400,
+            409,  # the collection's state, not the request, is what is wrong
             "at least 2",
         ),
         "metrics with one class": (
             client.get(f"/v1/collections/{single}/metrics", headers=h),
-            400,
+            409,
             "at least 2",
         ),
         "predict before training": (

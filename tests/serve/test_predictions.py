@@ -47,4 +47,4 @@ def test_export_is_a_model_zip(server: tuple[TestClient, list[str]], trained: st
     cid = trained
     r = client.get(f"/v1/collections/{cid}/model", headers=auth(a))
     assert r.status_code == 200
-    assert {"model.json", "probe.skops"} <= set(zipfile.ZipFile(io.BytesIO(r.content)).namelist())
+    assert {"model.json", "probe.zip"} <= set(zipfile.ZipFile(io.BytesIO(r.content)).namelist())

@@ -5,7 +5,7 @@ Layout (see DESIGN.md)::
 
     MODEL_DIR/
       model.json     backbone name + weights digest, layer, pooling, preprocessing, classes, versions
-      probe.skops    the fitted LinearProbe (a probe model; skops, never a pickle), or
+      probe.zip      the fitted LinearProbe (a probe model; JSON + arrays, never a pickle), or
       weights.safetensors   every weight of a fine-tuned network
       metrics.json   the validation metrics at save time
 """
@@ -41,11 +41,9 @@ __all__ = [
 FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
 METRICS_JSON = "metrics.json"
-PROBE_FILE = "probe.skops"
+PROBE_FILE = "probe.zip"
 #: what older versions wrote: a pickle, which runs code when loaded (issue 21)
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")
-#: the classes a probe file may hold besides the scikit-learn and NumPy ones skops trusts
-TRUSTED_PROBE_TYPES = ("transferlab.probe.LinearProbe", "transferlab.probe.MultiLabelProbe")
 WEIGHTS_FILE = "weights.safetensors"
 INT8_FILE = "features-int8.onnx"  # a probe on int8 features carries the export they came from
 BACKBONE_FILE = "backbone.safetensors"  # a probe's backbone whose weights are its own (AdaBN)
@@ -55,19 +53,19 @@ MAX_TRAIN_INDEX = 20_000
 
 
 def write_probe(probe: Any, path: Path) -> None:
-    """Save a fitted probe with skops: its arrays and parameters, no pickled code."""
-    import skops.io as sio
+    """Save a fitted probe without pickle (`_probe_io`: JSON and arrays)."""
+    from transferlab.models._probe_io import dump_probe
 
-    sio.dump(probe, path)
+    dump_probe(probe, path)
 
 
 def read_probe(path: Path, *, allow_pickle: bool = False) -> Any:
-    """Load a probe file without running code from it: skops, with only scikit-learn's,
-    NumPy's and `TRUSTED_PROBE_TYPES` allowed. A pickle (``probe.joblib`` from
-    an older transferlab) is refused unless `allow_pickle`, which is for models you made yourself.
+    """Load a probe file without running code from it (`_probe_io`: objects rebuilt from an
+    allowlist of the classes a probe is made of). A pickle (``probe.joblib`` from an older
+    transferlab) is refused unless `allow_pickle`, which is for models you made yourself.
 
     Raises:
-        ModelFormatError: a pickle (without `allow_pickle`), a type not trusted, or a damaged file.
+        ModelFormatError: a pickle (without `allow_pickle`), a class not allowed, or damage.
     """
     if path.suffix in PICKLE_SUFFIXES:
         if not allow_pickle:
@@ -83,22 +81,9 @@ def read_probe(path: Path, *, allow_pickle: bool = False) -> Any:
             return joblib.load(path)
         except Exception as exc:  # unpickling fails in many ways: all mean "damaged"
             raise ModelFormatError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from exc
-    import skops.io as sio
+    from transferlab.models._probe_io import load_probe
 
-    try:
-        untrusted = sio.get_untrusted_types(file=path)
-    except Exception as exc:  # not a zip, missing schema, ...: a damaged or foreign file
-        raise ModelFormatError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from exc
-    unknown = [t for t in untrusted if t not in TRUSTED_PROBE_TYPES]
-    if unknown:
-        raise ModelFormatError(
-            f"{path} holds types that are not a transferlab probe ({', '.join(unknown)}): "
-            "refused, since loading them could run code"
-        )
-    try:
-        return sio.load(path, trusted=untrusted)
-    except Exception as exc:
-        raise ModelFormatError(f"{path} cannot be read ({type(exc).__name__}: {exc})") from exc
+    return load_probe(path)
 
 
 def library_version() -> str:

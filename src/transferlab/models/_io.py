@@ -54,8 +54,8 @@ def load_model(
 ) -> TransferModel | FinetunedModel:
     """Load a model directory written by `TransferModel.save` (e.g. by `transferlab fit`).
 
-    Loading never runs code from the directory: the probe is read with skops and its types
-    checked (`read_probe`). `allow_pickle` reads the ``probe.joblib`` of older versions,
+    Loading never runs code from the directory: the probe is rebuilt from an allowlist of its
+    classes (`read_probe`). `allow_pickle` reads the ``probe.joblib`` of older versions,
     for models you made yourself (then ``.save`` them again to convert).
 
     Raises:

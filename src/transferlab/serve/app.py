@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from transferlab.serve.errors import BodyTooLarge, install_error_handlers
+from transferlab.serve.openapi import install_openapi
 from transferlab.serve.settings import Settings
 
 __all__ = ["GuardMiddleware", "JsonFormatter", "configure_logging", "create_app"]
@@ -125,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if docs_assets is not None:
         _offline_docs(app, docs_assets)
     install_error_handlers(app)
+    install_openapi(app)
 
     app.add_middleware(GuardMiddleware, settings=settings)
 

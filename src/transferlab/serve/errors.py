@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from transferlab.exceptions import ImageLoadError, TransferlabError
+from transferlab.exceptions import DatasetError, ImageLoadError, TransferlabError
 
 __all__ = ["ApiError", "BodyTooLarge", "install_error_handlers"]
 
@@ -53,6 +53,11 @@ class ApiError(Exception):
         self.headers = headers
 
 
+class NotTrainable(DatasetError):
+    """The collection's examples cannot train a model yet (none, one label, ...): a conflict
+    with its current state (409), which more examples resolve, not a malformed request."""
+
+
 class BodyTooLarge(StarletteHTTPException):
     """Raised while a request body streams in past the cap. An `HTTPException` so that FastAPI's
     form parsing passes it on unchanged instead of turning it into "error parsing the body"."""
@@ -69,6 +74,19 @@ def _body(status: int, detail: str, code: str | None = None) -> dict[str, str]:
     return {"error": code or _CODES.get(status, "error"), "detail": detail}
 
 
+def allowed_methods(req: Request) -> list[str]:
+    """Every method the API documents at this request's path (its OpenAPI document, the one
+    table of routes; FastAPI's router answers 405 naming one route's methods only)."""
+    import re
+
+    methods: set[str] = set()
+    for template, ops in req.app.openapi().get("paths", {}).items():
+        pattern = "^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)) + "$"
+        if re.match(pattern, req.url.path):
+            methods |= {m.upper() for m in ops}
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api(_req: Request, exc: ApiError) -> JSONResponse:
@@ -77,11 +95,12 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(getattr(exc, "headers", None) or {})
+        if exc.status_code == 405:  # Starlette names the first matching route's methods only
+            headers["Allow"] = ", ".join(allowed_methods(req)) or headers.get("Allow", "")
         return JSONResponse(
-            _body(exc.status_code, str(exc.detail)),
-            exc.status_code,
-            headers=getattr(exc, "headers", None),
+            _body(exc.status_code, str(exc.detail)), exc.status_code, headers=headers or None
         )
 
     @app.exception_handler(RequestValidationError)
@@ -91,6 +110,10 @@ def install_error_handlers(app: FastAPI) -> None:
             loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "request"
             parts.append(f"{loc}: {e.get('msg', 'invalid')}")
         return JSONResponse(_body(422, "; ".join(parts) or "invalid request"), 422)
+
+    @app.exception_handler(NotTrainable)
+    async def _not_trainable(_req: Request, exc: NotTrainable) -> JSONResponse:
+        return JSONResponse(_body(409, str(exc), "not_trainable"), 409)
 
     @app.exception_handler(ImageLoadError)
     async def _image(_req: Request, exc: ImageLoadError) -> JSONResponse:

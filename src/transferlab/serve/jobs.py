@@ -24,7 +24,7 @@ from transferlab.exceptions import DatasetError, ImageLoadError, InvalidParamete
 from transferlab.finetune import Callback
 from transferlab.serve.auto import run_auto_job
 from transferlab.serve.batcher import BatchedExtractor, FeatureBatcher
-from transferlab.serve.errors import ApiError
+from transferlab.serve.errors import ApiError, NotTrainable
 from transferlab.serve.store import (
     INTERRUPTED,
     Collection,
@@ -182,7 +182,7 @@ def training_data(
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Features, targets (labels, or a 0/1 matrix when multi-label) and the class list."""
     if not examples:
-        raise DatasetError("the collection has no examples; add labelled images first")
+        raise NotTrainable("the collection has no examples; add labelled images first")
     X = np.stack([np.frombuffer(e.feature, dtype=np.float32) for e in examples])
     classes = sorted({lab for e in examples for lab in e.labels})
     if multi_label:
@@ -198,17 +198,17 @@ def training_data(
 def check_trainable(examples: Sequence[Example], multi_label: bool) -> None:
     """Refuse, with the reason, data no probe can learn from (checked before queueing)."""
     if not examples:
-        raise DatasetError("the collection has no examples; add labelled images first")
+        raise NotTrainable("the collection has no examples; add labelled images first")
     classes = {lab for e in examples for lab in e.labels}
     if len(classes) < 2:
-        raise DatasetError(
+        raise NotTrainable(
             f"training needs examples of at least 2 labels; this collection has "
             f"{len(classes)} ({', '.join(sorted(classes)) or 'none'})"
         )
     if multi_label:
         for c in classes:
             if all(c in e.labels for e in examples):
-                raise DatasetError(
+                raise NotTrainable(
                     f"label {c!r} is on every example; a multi-label probe needs images without "
                     "it too"
                 )

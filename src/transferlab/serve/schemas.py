@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "AuditResponse",
@@ -28,6 +28,15 @@ __all__ = [
     "SuggestionsResponse",
     "TrainRequest",
 ]
+
+
+def _utc(value: dt.datetime) -> dt.datetime:
+    """The database keeps UTC without a zone; answers say so (RFC 3339 needs the offset)."""
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
+
+
+#: a date-time in UTC, with its zone in the answer ("...Z")
+UtcDateTime = Annotated[dt.datetime, AfterValidator(_utc)]
 
 
 class HealthResponse(BaseModel):
@@ -94,7 +103,7 @@ class _CollectionRow(BaseModel):
     multi_label: bool
     backbone: str
     layer: str
-    created: dt.datetime
+    created: UtcDateTime
 
 
 class CollectionPublic(_CollectionRow):
@@ -131,7 +140,7 @@ class ExamplePublic(BaseModel):
     labels: list[str]
     image_sha256: str
     dim: int
-    created: dt.datetime
+    created: UtcDateTime
 
 
 class PoolImagePublic(BaseModel):
@@ -141,7 +150,7 @@ class PoolImagePublic(BaseModel):
     name: str
     image_sha256: str
     dim: int
-    created: dt.datetime
+    created: UtcDateTime
 
 
 class PoolLabel(BaseModel):
@@ -227,8 +236,8 @@ class JobPublic(BaseModel):
     progress: float
     message: str | None
     error: str | None
-    created: dt.datetime
-    updated: dt.datetime
+    created: UtcDateTime
+    updated: UtcDateTime
     result: JobResult | None = Field(default=None, description="when succeeded")
 
     @classmethod
