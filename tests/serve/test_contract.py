@@ -98,3 +98,19 @@ def test_a_collection_that_cannot_train_is_a_conflict(tmp_path: Path) -> None:
         r = client.post(f"/v1/collections/{cid}/train", headers=auth(key))
         assert r.status_code == 409 and r.json()["error"] == "not_trainable"
         assert "no examples" in r.json()["detail"]
+
+
+def test_multi_label_must_be_a_json_boolean(tmp_path: Path) -> None:
+    from transferlab.serve import create_app
+
+    (key,) = make_keys(tmp_path, "alice")
+    with TestClient(create_app(settings_for(tmp_path))) as client:
+        for value in ("yes", 1, "true"):
+            r = client.post(
+                "/v1/collections", headers=auth(key), json={"name": "x", "multi_label": value}
+            )
+            assert r.status_code == 422 and "multi_label" in r.json()["detail"], (value, r.text)
+        r = client.post(
+            "/v1/collections", headers=auth(key), json={"name": "x", "multi_label": True}
+        )
+        assert r.status_code == 201 and r.json()["multi_label"] is True

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 __all__ = [
     "AuditResponse",
@@ -90,7 +90,8 @@ class CollectionCreate(BaseModel):
             raise ValueError("must contain printable characters only")
         return v
 
-    multi_label: bool = False
+    #: strictly true or false: "yes" or 1 is a client's mistake to name, not to guess at
+    multi_label: StrictBool = False
     backbone: str | None = Field(default=None, description="default: the server's backbone")
     layer: str | None = Field(default=None, description="default: the server's layer")
 
