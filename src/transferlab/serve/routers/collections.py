@@ -77,38 +77,36 @@ def get_one(coll: OwnedCollection, services: ServicesDep) -> CollectionPublic:
 
 @router.delete("/{collection_id}", status_code=204)
 def delete_collection(coll: OwnedCollection, services: ServicesDep) -> Response:
-    store = services.store
-    with services.jobs_lock:
-        with store.session() as s:
-            job = active_job(s, coll.id)
-        if job is not None and cancel_jobs(services, [job.id])[job.id] == "running":
-            # it stops at its next step and writes nothing more; wait for that, briefly
-            import time
+    import time
 
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                with store.session() as s:
-                    if active_job(s, coll.id) is None:
-                        break
-                time.sleep(0.1)
-            else:
-                raise ApiError(
-                    409,
-                    f"the collection's running job {job.id} is being cancelled; retry shortly",
-                    "job_cancelling",
-                    headers={"Retry-After": "5"},
-                )
-    with services.jobs_lock, store.session() as s:
-        images = {
-            (sha, ext)
-            for table in (Example, PoolImage)
-            for sha, ext in s.execute(
-                select(table.image_sha256, table.image_ext).where(table.collection_id == coll.id)
+    store = services.store
+    deadline = time.monotonic() + 30
+    while True:  # cancel its job (a running one stops at its next step), then delete
+        with services.jobs_lock, store.session() as s:  # no new job can slip in meanwhile
+            job = active_job(s, coll.id)
+            if job is None:
+                images = {
+                    (sha, ext)
+                    for table in (Example, PoolImage)
+                    for sha, ext in s.execute(
+                        select(table.image_sha256, table.image_ext).where(
+                            table.collection_id == coll.id
+                        )
+                    )
+                }
+                row = s.get(Collection, coll.id)
+                if row is not None:
+                    s.delete(row)
+                break
+        cancel_jobs(services, [job.id])
+        if time.monotonic() > deadline:
+            raise ApiError(
+                409,
+                f"the collection's running job {job.id} is being cancelled; retry shortly",
+                "job_cancelling",
+                headers={"Retry-After": "5"},
             )
-        }
-        row = s.get(Collection, coll.id)
-        if row is not None:
-            s.delete(row)
+        time.sleep(0.1)  # without the lock: other collections' requests go on
     shutil.rmtree(store.data_dir / "models" / coll.id, ignore_errors=True)
     for sha, ext in images:
         store.drop_image_if_unused(sha, ext)
