@@ -95,3 +95,26 @@ def test_orphan_images_are_swept_at_start_up(tmp_path: Path) -> None:
         assert r.status_code == 200 and len(r.json()) == 1
     assert not orphan.exists() and not leftover.exists()
     assert young.exists() and used[0].exists()
+
+
+def test_first_run_token_makes_one_key_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from transferlab.cli.serve import _first_run
+    from transferlab.serve import create_app
+
+    data = tmp_path / "srv"
+    settings = _first_run(settings_for(data), "0.0.0.0", 8123)
+    printed = capsys.readouterr().out
+    token = settings.setup_token
+    assert token and f"http://127.0.0.1:8123/?setup={token}" in printed
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/v1/setup", json={"token": "guess"}).status_code == 403
+        r = client.post("/v1/setup", json={"token": token, "name": "me"})
+        assert r.status_code == 201 and r.json()["key"].startswith("tl_")
+        key = r.json()["key"]
+        assert client.get("/v1/collections", headers=auth(key)).status_code == 200
+        spent = client.post("/v1/setup", json={"token": token})
+        assert spent.status_code == 409 and spent.json()["error"] == "no_setup"
+    # a server that has keys makes no token
+    assert _first_run(settings_for(data), "127.0.0.1", 8123).setup_token is None

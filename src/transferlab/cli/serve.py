@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -78,6 +78,7 @@ def serve_cmd(
 
     settings = _settings(db, data_dir)
     configure_logging(settings.log_level)
+    settings = _first_run(settings, host, port)
     import os
 
     os.umask(0o077)  # everything the server writes (models, exports, images) is its user's alone
@@ -142,3 +143,26 @@ def keys_revoke(key_id: KeyId, db: Db = None, data_dir: DataDir = None) -> None:
     """Revoke a key: requests with it get 401 at once. Its collections stay in the database."""
     row = _store(db, data_dir).revoke_key(key_id)
     out.print(f"revoked key {row.id} ({row.name})")
+
+
+def _first_run(settings: Any, host: str, port: int) -> Any:
+    """With no API key yet, a one-time setup token and the link that uses it: the page then
+    creates the first key, no terminal needed beyond starting the server."""
+    import secrets
+
+    from transferlab.serve.store import Store
+
+    store = Store(settings.data_dir, settings.db_url)
+    try:
+        if store.list_keys():
+            return settings
+    finally:
+        store.close()
+    token = secrets.token_urlsafe(24)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    out.print(
+        f"first run, no API key yet: open http://{shown}:{port}/?setup={token} to create one "
+        "(the link works once)",
+        markup=False,
+    )
+    return settings.model_copy(update={"setup_token": token})

@@ -98,6 +98,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         runner = JobRunner(store, batcher, settings.queue_size, settings.device)
         app.state.services = Services(settings, store, extractor, batcher, runner)
+        if settings.setup_token and not store.list_keys():
+            app.state.services.setup_token = settings.setup_token
         logger.info(
             "service ready",
             extra={
@@ -138,11 +140,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs,
         pool,
         predictions,
+        setup,
         training,
     )
 
     # in this order: the OpenAPI document lists the operations as they are included
-    for module in (health, features, collections, examples, pool, training, predictions, jobs):
+    for module in (
+        health,
+        setup,
+        features,
+        collections,
+        examples,
+        pool,
+        training,
+        predictions,
+        jobs,
+    ):
         app.include_router(module.router)
 
     @app.get("/", include_in_schema=False, response_model=None)

@@ -55,6 +55,8 @@ class Services:
     #: (the web page after each change), the cross-validation only changes with the examples
     metrics: OrderedDict[tuple[str, str], Any] = field(default_factory=OrderedDict)
     metrics_lock: threading.Lock = field(default_factory=threading.Lock)
+    #: the first run's one-time token for POST /v1/setup (None once used, or never set)
+    setup_token: str | None = None
     #: key id -> (tokens, time of the last refill): each key's request budget (`check_rate`)
     buckets: dict[int, tuple[float, float]] = field(default_factory=dict)
     buckets_lock: threading.Lock = field(default_factory=threading.Lock)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import select
 
 from transferlab._internal.json import json_default
 from transferlab._internal.memory import release_memory
@@ -25,6 +26,7 @@ from transferlab.finetune import Callback
 from transferlab.serve.auto import run_auto_job
 from transferlab.serve.batcher import BatchedExtractor, FeatureBatcher
 from transferlab.serve.errors import ApiError, NotTrainable
+from transferlab.serve.schemas import examples_digest
 from transferlab.serve.store import (
     INTERRUPTED,
     Collection,
@@ -286,6 +288,10 @@ def train_collection(
             if job is not None:
                 job.status, job.progress, job.message = "succeeded", 1.0, done
                 job.updated = utcnow()
+            # what the model was trained on, so that later changes show it out of date
+            digest = examples_digest([e.id for e in examples], [e.labels for e in examples])
+            for row in s.scalars(select(StoredModel).where(StoredModel.job_id == job_id)):
+                row.metrics = {**(row.metrics or {}), "examples_digest": digest}
         logger.info(
             "job succeeded",
             extra={"job_id": job_id, "kind": kind, "seconds": round(time.perf_counter() - t0, 2)},

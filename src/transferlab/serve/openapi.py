@@ -44,12 +44,17 @@ _WHY = {
 }
 _RETRY = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
 _UPLOADS = ("multipart/form-data",)
+#: /v1 operations that take no key (the first run's key creation, by its one-time token)
+PUBLIC = {("/v1/setup", "post")}
 
 
 def _codes(path: str, method: str, op: dict[str, Any]) -> list[str]:
     if not path.startswith("/v1/"):
         return []
-    codes = ["400", "401", "413", "422", "429", "503"]
+    codes = ["400", "413", "422", "503"]
+    if (path, method) in PUBLIC:
+        return sorted({*codes, "403", "409"})
+    codes += ["401", "429"]
     if "{" in path:
         codes += ["404", "409"]
     if method in ("post", "put", "patch", "delete"):
@@ -93,7 +98,7 @@ def install_openapi(app: FastAPI) -> None:
                     if code in ("429", "503"):
                         entry["headers"] = _RETRY
                     responses[code] = entry
-                if path.startswith("/v1/"):
+                if path.startswith("/v1/") and (path, method) not in PUBLIC:
                     op["security"] = [{"bearer": []}, {"apiKey": []}]
         _hoist_defs(doc, schemas)
         for unused in ("HTTPValidationError", "ValidationError"):

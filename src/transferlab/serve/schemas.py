@@ -114,11 +114,16 @@ class CollectionPublic(_CollectionRow):
 
     @classmethod
     def of(
-        cls, coll: Any, example_labels: Sequence[Sequence[str]], model: Any | None
+        cls,
+        coll: Any,
+        example_labels: Sequence[Sequence[str]],
+        model: Any | None,
+        example_ids: Sequence[str] | None = None,
     ) -> CollectionPublic:
-        """The response for the ORM row `coll`, given its examples' labels and its latest
-        trained model (a `StoredModel` row, or None)."""
+        """The response for the ORM row `coll`, given its examples' labels (and ids) and its
+        latest trained model (a `StoredModel` row, or None)."""
         counts = Counter(lab for labels in example_labels for lab in labels)
+        trained_on = (model.metrics or {}).get("examples_digest") if model is not None else None
         return cls(
             **dict(_CollectionRow.model_validate(coll, from_attributes=True)),
             n_examples=len(example_labels),
@@ -129,11 +134,26 @@ class CollectionPublic(_CollectionRow):
                 "id": model.id,
                 "job_id": model.job_id,
                 "classes": model.classes,
-                "created": model.created.isoformat(),
+                "created": _utc(model.created).isoformat(),
                 "accuracy": model.metrics.get("accuracy"),
                 "chosen": _chosen(model.metrics),
+                # examples were added, relabelled or deleted since it was trained
+                "out_of_date": bool(
+                    trained_on
+                    and example_ids is not None
+                    and trained_on != examples_digest(example_ids, example_labels)
+                ),
             },
         )
+
+
+def examples_digest(ids: Sequence[str], labels: Sequence[Sequence[str]]) -> str:
+    """What a model was trained on, in one string: the examples' ids with their labels."""
+    import hashlib
+    import json
+
+    rows = sorted([str(i), sorted(lab)] for i, lab in zip(ids, labels, strict=True))
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
 class ExamplePublic(BaseModel):

@@ -57,6 +57,12 @@ class Settings(BaseSettings):
         description="training jobs one key may have queued or running; more get 429, so one "
         "key cannot fill the queue (jobs of different keys also run in turn)",
     )
+    setup_token: str | None = Field(
+        default=None,
+        description="first run: a one-time token with which the web page creates the first "
+        "API key (POST /v1/setup); `transferlab serve` makes one and prints the link when "
+        "the database has no key",
+    )
     max_collections_per_key: int = Field(default=100, ge=1, description="collections per key")
     rate_limit_per_minute: int = Field(
         default=600, ge=0, description="requests per key per minute (bursts up to this); 0: off"

@@ -26,9 +26,11 @@ router = APIRouter(prefix="/v1/collections", tags=["collections"])
 
 def _public(services: Services, coll: Collection) -> CollectionPublic:
     with services.store.session() as s:
-        rows = s.scalars(select(Example.labels).where(Example.collection_id == coll.id)).all()
+        rows = s.execute(
+            select(Example.id, Example.labels).where(Example.collection_id == coll.id)
+        ).all()
         model = latest_model(s, coll.id)
-    return CollectionPublic.of(coll, rows, model)
+    return CollectionPublic.of(coll, [r[1] for r in rows], model, [r[0] for r in rows])
 
 
 @router.post("", status_code=201, response_model=CollectionPublic)

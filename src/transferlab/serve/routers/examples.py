@@ -121,3 +121,25 @@ def delete_example(coll: OwnedCollection, example_id: str, services: ServicesDep
         s.delete(ex)
     services.store.drop_image_if_unused(sha, ext)
     return Response(status_code=204)
+
+
+@router.delete("/{collection_id}/labels/{label}", status_code=204)
+def delete_label(coll: OwnedCollection, label: str, services: ServicesDep) -> Response:
+    """Delete every example with this label (in a multi-label collection: the label is taken
+    off, and an example left with no label is deleted)."""
+    with services.store.session() as s:
+        rows = list(s.scalars(select(Example).where(Example.collection_id == coll.id)))
+        hit = [e for e in rows if label in e.labels]
+        if not hit:
+            raise ApiError(404, f"label {label!r} has no example in this collection")
+        dropped = []
+        for e in hit:
+            rest = [x for x in e.labels if x != label]
+            if rest and coll.multi_label:
+                e.labels = rest
+            else:
+                dropped.append((e.image_sha256, e.image_ext))
+                s.delete(e)
+    for sha, ext in dropped:
+        services.store.drop_image_if_unused(sha, ext)
+    return Response(status_code=204)

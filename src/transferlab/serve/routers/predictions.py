@@ -7,9 +7,9 @@ import shutil
 import threading
 import uuid
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import FileResponse
 from starlette.background import BackgroundTask
 
@@ -139,17 +139,33 @@ def predict(
 
 
 @router.get("/{collection_id}/model", response_class=FileResponse)
-def export_model(coll: OwnedCollection, services: ServicesDep) -> FileResponse:
-    """The latest trained model directory as a zip (loadable with `transferlab predict`)."""
+def export_model(
+    coll: OwnedCollection,
+    services: ServicesDep,
+    format: Annotated[Literal["dir", "onnx"], Query(description="dir or onnx")] = "dir",
+) -> FileResponse:
+    """The latest trained model as a zip: ``dir``, the model directory (loadable with
+    `transferlab predict`); ``onnx``, ``model.onnx`` (image tensor in, probabilities out) and
+    ``preprocessing.json``, for any ONNX runtime."""
     with services.store.session() as s:
         row = latest_model(s, coll.id)
     if row is None or not Path(row.path).is_dir():
         raise ApiError(409, "this collection has no trained model yet", "not_trained")
     base = services.store.data_dir / "tmp" / uuid.uuid4().hex
-    archive = Path(shutil.make_archive(str(base), "zip", root_dir=row.path))
+    root = row.path
+    if format == "onnx":
+        from transferlab.models import export_onnx, load_model
+
+        root = str(base) + "-onnx"
+        export_onnx(load_model(row.path, device="cpu", progress=False), root)
+    try:
+        archive = Path(shutil.make_archive(str(base), "zip", root_dir=root))
+    finally:
+        if format == "onnx":
+            shutil.rmtree(root, ignore_errors=True)
     return FileResponse(
         archive,
         media_type="application/zip",
-        filename=f"model-{coll.id}-{row.id}.zip",
+        filename=f"model-{coll.id}-{row.id}{'-onnx' if format == 'onnx' else ''}.zip",
         background=BackgroundTask(archive.unlink, missing_ok=True),
     )
