@@ -114,3 +114,18 @@ def test_multi_label_must_be_a_json_boolean(tmp_path: Path) -> None:
             "/v1/collections", headers=auth(key), json={"name": "x", "multi_label": True}
         )
         assert r.status_code == 201 and r.json()["multi_label"] is True
+
+
+def test_two_files_in_a_single_image_field_are_refused(
+    server: tuple[TestClient, list[str]],
+) -> None:
+    from tests.serve._client import pattern
+
+    client, (a, _, _) = server
+    cid = client.post("/v1/collections", headers=auth(a), json={"name": "two"}).json()["id"]
+    two = [("file", (f"{i}.png", pattern("hstripes", i), "image/png")) for i in range(2)]
+    r = client.post(
+        f"/v1/collections/{cid}/examples", headers=auth(a), files=two, data={"label": "h"}
+    )
+    assert r.status_code == 422 and "exactly one image" in r.json()["detail"]
+    assert client.get(f"/v1/collections/{cid}", headers=auth(a)).json()["n_examples"] == 0

@@ -10,7 +10,7 @@ from transferlab.serve.deps import Services
 from transferlab.serve.errors import ApiError
 from transferlab.serve.store import Collection, Job, StoredModel
 
-__all__ = ["active_job", "check_backbone", "forget_models", "latest_model"]
+__all__ = ["active_job", "check_backbone", "forget_models", "latest_model", "one_file"]
 
 
 def latest_model(s: Any, collection_id: str) -> StoredModel | None:
@@ -47,3 +47,14 @@ def forget_models(services: Services, collection_id: str) -> None:
     with services.models_lock:
         for k in [k for k, m in services.models.items() if m.collection_id == collection_id]:
             del services.models[k]
+
+
+def one_file(files: list[Any]) -> Any:
+    """The one upload of a single-image field; two or more are refused (not one kept quietly)."""
+    if len(files) != 1:
+        raise ApiError(
+            422,
+            f"file: send exactly one image in this field, got {len(files)} (several images: "
+            "one request each, or the pool)",
+        )
+    return files[0]

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from transferlab.serve.deps import OwnedCollection, ServicesDep, one_or_404
 from transferlab.serve.errors import ApiError
 from transferlab.serve.images import read_limited, store_image
-from transferlab.serve.routers._common import check_backbone
+from transferlab.serve.routers._common import check_backbone, one_file
 from transferlab.serve.schemas import ExamplePublic
 from transferlab.serve.store import Collection, Example
 
@@ -53,17 +53,18 @@ def _parse_labels(coll: Collection, label: list[str] | None, labels: str | None)
 def add_example(
     coll: OwnedCollection,
     services: ServicesDep,
-    file: Annotated[UploadFile, File(description="the image")],
+    file: Annotated[list[UploadFile], File(description="the image (exactly one)")],
     label: Annotated[list[str] | None, Form(description="label (repeat for multi-label)")] = None,
     labels: Annotated[str | None, Form(description="';'-separated labels")] = None,
 ) -> ExamplePublic:
     """Store the image, compute its features once, and keep both with the label(s)."""
+    upload = one_file(file)
     check_backbone(services, coll)
     names = _parse_labels(coll, label, labels)
     settings = services.settings
     store = services.store
-    name = file.filename or "file"
-    data = read_limited(file.file, settings.max_upload_bytes, name)
+    name = upload.filename or "file"
+    data = read_limited(upload.file, settings.max_upload_bytes, name)
     sha, ext, path = store_image(store, data, name, settings.max_pixels)
     try:
         res = services.batcher.extract([str(path)], [coll.layer], settings.request_timeout_s)

@@ -17,7 +17,7 @@ from transferlab.serve.batcher import BatchedExtractor
 from transferlab.serve.deps import OwnedCollection, Services, ServicesDep
 from transferlab.serve.errors import ApiError
 from transferlab.serve.images import read_limited, temp_image
-from transferlab.serve.routers._common import check_backbone, latest_model
+from transferlab.serve.routers._common import check_backbone, latest_model, one_file
 from transferlab.serve.schemas import PredictResponse
 from transferlab.serve.store import StoredModel
 
@@ -102,12 +102,13 @@ class _OneAtATime:
 def predict(
     coll: OwnedCollection,
     services: ServicesDep,
-    file: Annotated[UploadFile, File(description="the image")],
+    file: Annotated[list[UploadFile], File(description="the image (exactly one)")],
     top_k: Annotated[int, Form(ge=1, le=100)] = 3,
     threshold: Annotated[float | None, Form(ge=0, le=1)] = None,
 ) -> PredictResponse:
     """Top-k labels with calibrated probabilities; ``uncertain`` when the best is under
     `threshold`."""
+    upload = one_file(file)
     with services.store.session() as s:
         row = latest_model(s, coll.id)
     if row is None:
@@ -119,8 +120,8 @@ def predict(
     check_backbone(services, coll)
     model = _load_model(services, row, coll.layer)
     settings = services.settings
-    name = file.filename or "file"
-    data = read_limited(file.file, settings.max_upload_bytes, name)
+    name = upload.filename or "file"
+    data = read_limited(upload.file, settings.max_upload_bytes, name)
     path = temp_image(services.store, data, name, settings.max_pixels)
     try:
         (pred,) = model.predict_paths([str(path)], top_k=top_k, threshold=threshold)
