@@ -93,10 +93,10 @@ def test_predict_reports_broken_images_and_exits_1(data, tmp_path):
 def test_out_dir_with_earlier_run_is_not_overwritten(data, tmp_path):
     out = tmp_path / "run"
     run_fit(FitConfig(data=str(data), out=str(out), progress=False))
-    before = (out / "model" / "probe.skops").read_bytes()
+    before = (out / "model" / "probe.zip").read_bytes()
     res = runner.invoke(app, ["fit", str(data), "--out", str(out)])
     assert res.exit_code == 2 and "--overwrite" in res.output
-    assert (out / "model" / "probe.skops").read_bytes() == before
+    assert (out / "model" / "probe.zip").read_bytes() == before
     res = runner.invoke(
         app, ["fit", str(data), "--out", str(out), "--overwrite", "--classifier", "centroid"]
     )

@@ -37,6 +37,12 @@ def diagnose_cmd(
         help="Folder of reference images (default: built-in natural photos shipped with the "
         "dependencies).",
     ),
+    target: Path | None = typer.Option(
+        None,
+        "--target",
+        help="Folder of the (unlabelled) images the model will be asked about: are they another "
+        "domain than the training images? (The data's own val split is checked too.)",
+    ),
     layers: str | None = typer.Option(
         None, "--layers", help="Comma-separated taps to probe (default: all but logits)."
     ),
@@ -80,6 +86,7 @@ def diagnose_cmd(
         data=str(data),
         out=str(out_dir or default_run_dir(data, "diagnose")),
         reference=str(reference) if reference else None,
+        target=str(target) if target else None,
         layers=_split(layers),
         compare=_split(compare) or (),
         cache_dir=str(cache_dir) if cache_dir else None,

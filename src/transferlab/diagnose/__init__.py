@@ -14,6 +14,9 @@ from transferlab._internal.lazy import lazy_namespace
 # BatchNorm and layer-probe parts need torch, while duplicates, label issues, outliers and
 # suggestions run on cached vectors, and `fit`'s leakage line must not pay for torch (issue 17)
 _NAMES = {
+    "SPLIT_SHIFT_ACCURACY": "_split",
+    "SplitShift": "_split",
+    "split_shift": "_split",
     "ACT_SHIFT_RATIO": "_recipes",
     "SHIFT_RATIO": "_recipes",
     "for_family": "_recipes",
@@ -97,6 +100,7 @@ __all__ = [
     "SCORES",
     "SEVERITIES",
     "SHIFT_RATIO",
+    "SPLIT_SHIFT_ACCURACY",
     "STRATEGIES",
     "THUMBNAIL_SIMILARITY",
     "TINY_SIDE",
@@ -114,6 +118,7 @@ __all__ = [
     "PreprocessingIssue",
     "Recipe",
     "Shift",
+    "SplitShift",
     "Suggestions",
     "activation_shift",
     "adapt_bn",
@@ -154,6 +159,7 @@ __all__ = [
     "scan_images",
     "significant_peak",
     "softmax",
+    "split_shift",
     "stage_after",
     "suggest_labels",
     "thumbnails",

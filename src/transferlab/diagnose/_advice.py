@@ -52,6 +52,53 @@ class Finding:
         return asdict(self)
 
 
+def _split_finding(shift: dict[str, Any], data: str) -> Finding:
+    """The finding for training images and val/test/target images from different domains."""
+    layers = shift["layers"]
+    best = max(layers, key=lambda la: layers[la]["domain_accuracy"])
+    at = layers.get(shift["layer"], {})
+    other = shift["other"]
+    title = (
+        f"Your {other} images come from another domain than your training images: a linear "
+        f"classifier tells them apart with accuracy {layers[best]['domain_accuracy']:.2f} at "
+        f"{best} (0.5: same domain)"
+    )
+    if "within" in at and "cross" in at:
+        title += (
+            f"; the probe scores {at['within']:.3f} cross-validated on the training images but "
+            f"{at['cross']:.3f} on {other}"
+        )
+        rec = (
+            f"The cross-validated figure on the training images will not hold on images like "
+            f"{other}: it overstates by {100 * (at['within'] - at['cross']):.0f} points. Judge "
+            f"models by their {other} accuracy. To close the gap, label some images of the "
+            f"{other} domain into training; without labels, features from earlier layers and "
+            "strong colour/greyscale augmentation transfer across styles better."
+        )
+    else:
+        rec = (
+            f"Figures measured on the training images will not hold on the {other} images. "
+            f"Label a few of them to measure the model there."
+        )
+    evidence = {
+        "other": other,
+        "domain_accuracy": {la: round(v["domain_accuracy"], 3) for la, v in layers.items()},
+        "mmd": {la: round(v["mmd"], 4) for la, v in layers.items()},
+        **(
+            {
+                "within_domain_accuracy": {la: round(v["within"], 3) for la, v in layers.items()},
+                "cross_domain_accuracy": {la: round(v["cross"], 3) for la, v in layers.items()},
+            }
+            if "within" in at
+            else {}
+        ),
+        "rule": shift.get("rule"),
+    }
+    return Finding(
+        "split_domain_shift", "problem", title, evidence, rec, [f"transferlab fit {data}"]
+    )
+
+
 def _mean_over(d: dict[str, float], keys: tuple[str, ...] | list[str]) -> float:
     vals = [d[k] for k in keys if k in d]
     return float(np.mean(vals)) if vals else float("nan")
@@ -90,6 +137,7 @@ def advise(
     adabn: dict[str, float] | None = None,
     data: str = "DATA",
     family: str = "batchnorm-cnn",
+    split_shift: dict[str, Any] | None = None,
 ) -> list[Finding]:
     """Findings from the measurements of `diagnose` (all arguments are its plain-dict outputs);
     the commands use the flags of the backbone's `family` (no BatchNorm flags where there is no
@@ -108,6 +156,11 @@ def advise(
                 issue["fix"],
             )
         )
+
+    # 1b. the images to predict are another domain than the training images: every figure
+    # measured on the training images alone overstates what the model will do on them
+    if split_shift and split_shift.get("shifted"):
+        out.append(_split_finding(split_shift, data))
 
     # 2. domain shift, located by depth from BatchNorm statistics (target vs natural photos)
     adabn_helps = None if not adabn else adabn["after"] - adabn["before"] > 0.01
@@ -287,6 +340,8 @@ def advise(
                     [f"transferlab fit {data}{bb_flag}", f"transferlab curve {data}{bb_flag}"],
                 )
             )
+        elif split_shift and split_shift.get("shifted"):
+            pass  # the probe's figure on these images says nothing about the other domain
         elif shifted_from is not None or (probe_acc is not None and probe_acc < 0.9):
             out.append(
                 Finding(

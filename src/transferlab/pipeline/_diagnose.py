@@ -60,6 +60,9 @@ class DiagnoseConfig(ExtractorSettings):
         out: folder for diagnosis.json, plots and report.html.
         backbone, weights: the network to diagnose.
         reference: folder of reference images (None: the built-in natural photos).
+        target: a folder of the unlabelled images the model will be asked about, measured
+            against the training images (another domain?); the data's own val/test split is
+            measured so whenever the data comes with one.
         layers: taps to probe (None: all but the logits).
         max_images: labelled images used at most (a stratified draw); features are cached, so a
             later run on the same images is quick.
@@ -76,6 +79,7 @@ class DiagnoseConfig(ExtractorSettings):
     backbone: str = "efficientnet_lite0"
     weights: str = "default"
     reference: str | None = None
+    target: str | None = None
     layers: tuple[str, ...] | None = None
     max_images: int | None = 2000
     bn_images: int = 256
@@ -131,6 +135,8 @@ class DiagnoseMetrics(Metrics):
     family: str = "batchnorm-cnn"
     #: measures that do not apply to this backbone, each with why and what stands in
     skipped: list[str] = field(default_factory=list)
+    #: the training images against the data's val split, or `target` (`diagnose.split_shift`)
+    split_shift: dict[str, Any] | None = None
 
 
 def run_diagnose(config: DiagnoseConfig) -> RunResult:
@@ -206,6 +212,11 @@ def run_diagnose(config: DiagnoseConfig) -> RunResult:
     }
     timings["probing"] = time.perf_counter() - t
 
+    step("train against val/target: another domain?")
+    t = time.perf_counter()
+    split = _split_shift(cfg, ds, fx, kept, feats, y, layers)
+    timings["split_shift"] = time.perf_counter() - t
+
     step("reference images and domain gap")
     t = time.perf_counter()
     ref_feats, _, _ = features_of(fx, ref_paths, layers)
@@ -263,6 +274,7 @@ def run_diagnose(config: DiagnoseConfig) -> RunResult:
         "backbone": bb.name,
         "data": str(cfg.data),
         "family": family.name,
+        "split_shift": split.to_dict() if split is not None else None,
     }
     findings = advise(**evidence)
     adabn_result = None
@@ -342,12 +354,51 @@ def run_diagnose(config: DiagnoseConfig) -> RunResult:
         backbones=backbones,
         skipped=skipped,
         family=family.name,
+        split_shift=split.to_dict() if split is not None else None,
         seconds={
             **{k: round(v, 1) for k, v in timings.items()},
             "total": round(time.perf_counter() - t0, 1),
         },
     )
     return RunResult.written(diagnosis, out, report=write_diagnosis_report(out, diagnosis, pngs))
+
+
+def _split_shift(
+    cfg: DiagnoseConfig,
+    ds: Any,
+    fx: Any,
+    kept: list[Any],
+    feats: dict[str, np.ndarray],
+    y: np.ndarray,
+    layers: list[str],
+) -> Any:
+    """`split_shift` of the training images against `cfg.target`'s images (unlabelled), else
+    against the data's own val split when it came with one; None when neither applies."""
+    from transferlab.data import list_images
+    from transferlab.diagnose import split_shift
+
+    train_paths = {s.path for s in ds.train}
+    tr = np.asarray([i for i, s in enumerate(kept) if s.path in train_paths], dtype=int)
+    if len(tr) < 4:
+        return None
+    train = {la: feats[la][tr] for la in layers}
+    if cfg.target is not None:
+        if not Path(cfg.target).is_dir():
+            raise DatasetError(f"--target {cfg.target}: not a folder of images")
+        paths, _ = list_images(cfg.target)
+        if len(paths) < 4:
+            raise DatasetError(
+                f"--target {cfg.target}: needs at least 4 images, found {len(paths)}"
+            )
+        other, _, _ = features_of(fx, [str(p) for p in paths][: cfg.max_images], layers)
+        return split_shift(train, y[tr], other, None, other_name="target", cv=cfg.cv, seed=cfg.seed)
+    if not getattr(ds, "split_explicit", False):
+        return None  # val drawn at random from the same images: one domain by construction
+    va = np.asarray([i for i, s in enumerate(kept) if s.path not in train_paths], dtype=int)
+    if len(va) < 4:
+        return None
+    other = {la: feats[la][va] for la in layers}
+    return split_shift(train, y[tr], other, y[va], other_name="val", cv=cfg.cv, seed=cfg.seed)
 
 
 def _backbone_finding(current: str, scores: dict[str, dict[str, float]] | None, data: str) -> Any:

@@ -1,0 +1,75 @@
+"""Training images against val images of another domain (issue 22, deliverable 1): photos for
+training, edge-map "sketches" of other photos for validation, from hymenoptera."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from transferlab.cli import app
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "hymenoptera"
+runner = CliRunner()
+
+
+def _build(root: Path, val_as_edges: bool) -> Path:
+    from PIL import Image, ImageFilter, ImageOps
+
+    for split, n in (("train", 20), ("val", 12)):
+        for c in ("ants", "bees"):
+            out = root / split / c
+            out.mkdir(parents=True, exist_ok=True)
+            for p in sorted((SHARED / split / c).glob("*.jpg"))[:n]:
+                im = Image.open(p).convert("RGB")
+                im.thumbnail((256, 256))
+                if split == "val" and val_as_edges:
+                    im = ImageOps.invert(im.convert("L").filter(ImageFilter.FIND_EDGES))
+                    im = im.convert("RGB")
+                im.save(out / p.name, quality=90)
+    return root
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not found")
+def test_diagnose_names_a_train_val_domain_split_first(tmp_path: Path) -> None:
+    data = _build(tmp_path / "edges", val_as_edges=True)
+    out = tmp_path / "diag"
+    r = runner.invoke(app, ["diagnose", str(data), "--out", str(out), "--adabn", "off"])
+    assert r.exit_code == 0, r.output
+    d = json.loads((out / "diagnosis.json").read_text())
+    first = d["findings"][0]
+    assert first["code"] == "split_domain_shift" and "another domain" in first["title"]
+    ev = first["evidence"]
+    within, cross = ev["within_domain_accuracy"], ev["cross_domain_accuracy"]
+    assert within["pre_logits"] > cross["pre_logits"] + 0.1  # the training figure overstates
+    assert max(ev["domain_accuracy"].values()) >= 0.95
+    assert "prefer_probe" not in {f["code"] for f in d["findings"]}
+    # the same photos with ordinary val photos: one domain, no such finding
+    plain = _build(tmp_path / "plain", val_as_edges=False)
+    r = runner.invoke(
+        app, ["diagnose", str(plain), "--out", str(tmp_path / "d2"), "--adabn", "off"]
+    )
+    assert r.exit_code == 0, r.output
+    d2 = json.loads((tmp_path / "d2" / "diagnosis.json").read_text())
+    assert not d2["split_shift"]["shifted"]
+    assert max(v["domain_accuracy"] for v in d2["split_shift"]["layers"].values()) < 0.8
+    assert "split_domain_shift" not in {f["code"] for f in d2["findings"]}
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not found")
+def test_diagnose_target_folder_of_unlabelled_images(tmp_path: Path) -> None:
+    data = _build(tmp_path / "plain", val_as_edges=False)
+    sketches = _build(tmp_path / "sk", val_as_edges=True) / "val"
+    out = tmp_path / "diag"
+    r = runner.invoke(
+        app, ["diagnose", str(data), "--target", str(sketches), "--out", str(out), "--adabn", "off"]
+    )
+    assert r.exit_code == 0, r.output
+    d = json.loads((out / "diagnosis.json").read_text())
+    assert d["split_shift"]["other"] == "target" and d["split_shift"]["shifted"]
+    assert d["findings"][0]["code"] == "split_domain_shift"
+    assert "within_domain_accuracy" not in d["findings"][0]["evidence"]  # no target labels
+    bad = runner.invoke(app, ["diagnose", str(data), "--target", str(tmp_path / "nope")])
+    assert bad.exit_code != 0 and "not a folder" in bad.output
