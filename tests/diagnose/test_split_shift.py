@@ -46,6 +46,8 @@ def test_diagnose_names_a_train_val_domain_split_first(tmp_path: Path) -> None:
     assert within["pre_logits"] > cross["pre_logits"] + 0.1  # the training figure overstates
     assert max(ev["domain_accuracy"].values()) >= 0.95
     assert "prefer_probe" not in {f["code"] for f in d["findings"]}
+    report = (out / "report.html").read_text()
+    assert "Training images against val" in report and "another domain" in report
     # the same photos with ordinary val photos: one domain, no such finding
     plain = _build(tmp_path / "plain", val_as_edges=False)
     r = runner.invoke(

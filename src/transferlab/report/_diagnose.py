@@ -94,6 +94,36 @@ def findings_html(findings: Sequence[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
+def _split_table(shift: Mapping[str, Any]) -> str:
+    """Per layer: can a linear classifier tell the splits apart, and the probe's accuracy within
+    the training domain (cross-validated) against on the other split."""
+    rows = [
+        [
+            la,
+            v["domain_accuracy"],
+            v["mmd"],
+            v.get("within", float("nan")),
+            v.get("cross", float("nan")),
+        ]
+        for la, v in shift["layers"].items()
+    ]
+    verdict = "another domain" if shift["shifted"] else "the same domain"
+    head = (
+        f"<p>{shift['n_train']} training images against {shift['n_other']} {shift['other']} "
+        f"images: {verdict} ({html.escape(str(shift['rule']))}).</p>"
+    )
+    return head + html_table(
+        [
+            "layer",
+            "domain clf acc",
+            "MMD²",
+            "probe acc within train (CV)",
+            f"probe acc on {shift['other']}",
+        ],
+        rows,
+    )
+
+
 def write_diagnosis_report(
     out: Path, d: Mapping[str, Any], pngs: Sequence[tuple[str, Path]]
 ) -> Path:
@@ -151,6 +181,16 @@ def write_diagnosis_report(
         },
         sections=[
             ("Findings and advice", findings_html(d["findings"])),
+            *(
+                [
+                    (
+                        f"Training images against {d['split_shift']['other']}",
+                        _split_table(d["split_shift"]),
+                    )
+                ]
+                if d.get("split_shift")
+                else []
+            ),
             *(
                 [
                     (
