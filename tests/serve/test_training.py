@@ -404,7 +404,10 @@ def test_bad_budget_is_422(server: tuple[TestClient, list[str]], trained: str) -
         "negative": ({"kind": "auto", "budget_s": -5}, "greater than 0"),
         "over the cap": ({"kind": "auto", "budget_s": 3601}, "at most 3600 seconds"),
         "not a number": ({"kind": "auto", "budget_s": "soon"}, "number"),
-        "another kind": ({"kind": "linear_probe", "budget_s": 60}, "kind='auto' only"),
+        "another kind": (
+            {"kind": "linear_probe", "budget_s": 60},
+            "not a field of kind='linear_probe'",
+        ),
     }
     for what, (body, needle) in cases.items():
         r = client.post(f"/v1/collections/{trained}/train", headers=auth(a), json=body)
@@ -414,10 +417,17 @@ def test_bad_budget_is_422(server: tuple[TestClient, list[str]], trained: str) -
         assert needle in err["detail"], (what, err)
     assert n_jobs() == before
 
-    spec = client.get("/openapi.json").json()["components"]["schemas"]
-    train = spec["TrainRequest"]
-    assert "auto" in train["properties"]["kind"]["enum"]
-    budget = train["properties"]["budget_s"]
+    doc = client.get("/openapi.json").json()
+    spec = doc["components"]["schemas"]
+    body = doc["paths"]["/v1/collections/{collection_id}/train"]["post"]["requestBody"]
+    shapes = body["content"]["application/json"]["schema"]
+    refs = json.dumps(shapes)
+    assert all(
+        f"#/components/schemas/{n}" in refs for n in ("ProbeTrain", "FinetuneTrain", "AutoTrain")
+    )
+    assert spec["AutoTrain"]["properties"]["kind"]["const"] == "auto"
+    assert "budget_s" not in spec["ProbeTrain"]["properties"]  # one shape per kind
+    budget = spec["AutoTrain"]["properties"]["budget_s"]
     assert {"type": "number", "exclusiveMinimum": 0.0} in budget["anyOf"]
     assert "max_auto_budget_s" in budget["description"]
     assert "chosen" in spec["JobResult"]["properties"]
@@ -429,11 +439,11 @@ def test_auto_params_follow_the_settings(tmp_path: Path) -> None:
     from transferlab.serve import Settings
     from transferlab.serve.errors import ApiError
     from transferlab.serve.routers.training import auto_params
-    from transferlab.serve.schemas import TrainRequest
+    from transferlab.serve.schemas import AutoTrain
     from transferlab.serve.store import Collection
 
     coll = Collection(backbone="efficientnet_lite0")
-    req = TrainRequest(kind="auto")
+    req = AutoTrain(kind="auto")
     assert auto_params(req, Settings(data_dir=tmp_path), coll) == {
         "budget_s": 600.0,
         "backbones": ["efficientnet_lite0"],
@@ -443,7 +453,7 @@ def test_auto_params_follow_the_settings(tmp_path: Path) -> None:
     assert auto_params(req, capped, coll)["budget_s"] == 120
     assert auto_params(req, capped, coll)["backbones"] == ["a", "b"]
     with pytest.raises(ApiError, match="at most 120 seconds"):
-        auto_params(TrainRequest(kind="auto", budget_s=121), capped, coll)
+        auto_params(AutoTrain(kind="auto", budget_s=121), capped, coll)
 
 
 def test_auto_job_stops_at_the_next_stage_on_shutdown(server: tuple[TestClient, list[str]]) -> None:

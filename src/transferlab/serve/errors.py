@@ -53,6 +53,12 @@ class ApiError(Exception):
         self.headers = headers
 
 
+#: the kinds of TrainRequest (`serve.schemas`), which validation errors name as the kind,
+#: and which kind each of its own fields belongs to (for the message)
+TRAIN_KINDS = ("linear_probe", "finetune", "auto")
+TRAIN_FIELD_KIND = {"epochs": "finetune", "image_size": "finetune", "budget_s": "auto"}
+
+
 class NotTrainable(DatasetError):
     """The collection's examples cannot train a model yet (none, one label, ...): a conflict
     with its current state (409), which more examples resolve, not a malformed request."""
@@ -107,8 +113,17 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
         parts = []
         for e in exc.errors():
-            loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "request"
-            parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+            where = [str(x) for x in e.get("loc", ()) if x != "body"]
+            # a one-shape-per-kind body (TrainRequest) puts its kind into the location
+            kind = next((x for x in where if x in TRAIN_KINDS), None)
+            loc = ".".join(x for x in where if x not in TRAIN_KINDS) or "request"
+            msg = e.get("msg", "invalid")
+            if e.get("type") == "extra_forbidden":
+                msg = f"not a field of kind={kind!r}" if kind else "not a field of this request"
+                owner = TRAIN_FIELD_KIND.get(loc)
+                if kind and owner:
+                    msg += f"; {loc} applies to kind={owner!r} only"
+            parts.append(f"{loc}: {msg}")
         return JSONResponse(_body(422, "; ".join(parts) or "invalid request"), 422)
 
     @app.exception_handler(NotTrainable)

@@ -101,6 +101,7 @@ def install_openapi(app: FastAPI) -> None:
                 if path.startswith("/v1/") and (path, method) not in PUBLIC:
                     op["security"] = [{"bearer": []}, {"apiKey": []}]
         _hoist_defs(doc, schemas)
+        _require_upload_bodies(doc, schemas)
         for unused in ("HTTPValidationError", "ValidationError"):
             schemas.pop(unused, None)
         app.openapi_schema = doc
@@ -127,3 +128,30 @@ def _hoist_defs(doc: dict[str, Any], schemas: dict[str, Any]) -> None:
         return node
 
     doc["paths"] = walk(doc["paths"])
+
+
+def _require_upload_bodies(doc: dict[str, Any], schemas: dict[str, Any]) -> None:
+    """A multipart body whose form has required fields (the image) is itself required:
+    FastAPI leaves ``requestBody.required`` out, which says an empty body would do."""
+    for ops in doc["paths"].values():
+        for op in ops.values():
+            body = op.get("requestBody")
+            form = (body or {}).get("content", {}).get("multipart/form-data")
+            if not form:
+                continue
+            schema = form.get("schema", {})
+            ref = schema.get("$ref", "")
+            if ref.startswith("#/components/schemas/"):
+                schema = schemas.get(ref.rsplit("/", 1)[1], {})
+            if schema.get("required"):
+                body["required"] = True
+            # a single-image field is a list on the server only to refuse a second file
+            # (`one_file`); its contract is one binary part
+            prop = schema.get("properties", {}).get("file", {})
+            if prop.get("type") == "array" and prop.get("items", {}).get("format") == "binary":
+                desc = prop.get("description", "the image (exactly one)")
+                schema["properties"]["file"] = {
+                    "type": "string",
+                    "format": "binary",
+                    "description": desc,
+                }

@@ -7,7 +7,16 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    Tag,
+    field_validator,
+)
 
 __all__ = [
     "AuditResponse",
@@ -179,7 +188,9 @@ class PoolLabel(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    labels: list[str] = Field(min_length=1, max_length=50)
+    labels: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        min_length=1, max_length=50
+    )
 
 
 class Suggestion(BaseModel):
@@ -214,26 +225,59 @@ class AuditResponse(BaseModel):
     outliers: list[dict[str, Any]]
 
 
-class TrainRequest(BaseModel):
-    """``linear_probe`` (default: seconds, on the stored features), ``finetune`` (minutes: the
-    backbone itself is trained on the stored images; `epochs` and `image_size` apply to it only)
-    or ``auto`` (`transferlab auto`: ranks backbone layers, tries the fine-tune recipes that fit
-    `budget_s`, keeps the best on held-out images; single-label, 3+ images of each label)."""
+class ProbeTrain(BaseModel):
+    """``linear_probe`` (the default): seconds, on the stored features."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["linear_probe", "finetune", "auto"] = "linear_probe"
-    epochs: int | None = Field(default=None, ge=1, le=50, description="finetune: default 3")
+    kind: Literal["linear_probe"] = "linear_probe"
+
+
+class FinetuneTrain(BaseModel):
+    """``finetune``: minutes; the backbone itself is trained on the stored images."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["finetune"]
+    epochs: int | None = Field(default=None, ge=1, le=50, description="default 3")
     image_size: int | None = Field(
-        default=None, ge=32, le=512, description="finetune: input size (default: the backbone's)"
+        default=None, ge=32, le=512, description="input size (default: the backbone's)"
     )
+
+
+class AutoTrain(BaseModel):
+    """``auto`` (`transferlab auto`): ranks backbone layers, tries the fine-tune recipes that
+    fit `budget_s`, keeps the best on held-out images; single-label, 3+ images of each label."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["auto"]
     budget_s: float | None = Field(
         default=None,
         gt=0,
         allow_inf_nan=False,
-        description="auto: wall-clock seconds for the whole run (default: the server's "
+        description="wall-clock seconds for the whole run (default: the server's "
         "auto_budget_s, 600; at most its max_auto_budget_s, 3600, else 422)",
     )
+
+
+def _train_kind(value: Any) -> str:
+    kind = (
+        value.get("kind", "linear_probe")
+        if isinstance(value, dict)
+        else getattr(value, "kind", None)
+    )
+    return kind if kind in ("linear_probe", "finetune", "auto") else "linear_probe"
+
+
+#: what ``POST .../train`` takes: one shape per kind, each with only its own fields, so a
+#: field of another kind is refused by the schema itself (`kind` left out: a linear probe)
+TrainRequest = Annotated[
+    Annotated[ProbeTrain, Tag("linear_probe")]
+    | Annotated[FinetuneTrain, Tag("finetune")]
+    | Annotated[AutoTrain, Tag("auto")],
+    Discriminator(_train_kind),
+]
 
 
 class ChosenCandidate(BaseModel):

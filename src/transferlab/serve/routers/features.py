@@ -33,6 +33,7 @@ _OPENAPI_BODY: dict[str, Any] = {
                         "files": {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
+                            "minItems": 1,
                         },
                         "layer": {"type": "string"},
                         "backbone": {"type": "string"},
