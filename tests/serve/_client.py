@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +132,28 @@ def start_server(data_dir: Path, port: int) -> Any:
             time.sleep(0.3)
     proc.kill()
     raise AssertionError("the server did not come up in 120 s")
+
+
+@contextmanager
+def live_server(app: Any) -> Iterator[str]:
+    """`app` served by uvicorn on a free loopback port in a thread (for a browser or a client
+    that needs real HTTP); yields its base URL and stops it afterwards."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

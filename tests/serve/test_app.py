@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ pytest.importorskip("sqlalchemy")
 
 from fastapi.testclient import TestClient
 
-from tests.serve._client import FAST_AUTO, make_keys, pattern, settings_for
+from tests.serve._client import FAST_AUTO, live_server, make_keys, pattern, settings_for
 from transferlab.serve import Settings, create_app
 
 
@@ -81,8 +80,6 @@ def test_web_page_end_to_end(tmp_path: Path) -> None:
     """The page at / in headless Chromium: create, add examples per label, train (auto),
     predict."""
     import shutil
-    import socket
-    import threading
 
     playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
@@ -96,7 +93,6 @@ def test_web_page_end_to_end(tmp_path: Path) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("no Chromium on this machine (apt-get install chromium)")
-    import uvicorn
 
     (a,) = make_keys(tmp_path / "data", "alice")
     for kind in ("hstripes", "vstripes"):
@@ -105,91 +101,68 @@ def test_web_page_end_to_end(tmp_path: Path) -> None:
     (tmp_path / "query.png").write_bytes(pattern("vstripes", 999))
     for i in range(4):
         (tmp_path / f"pool{i}.png").write_bytes(pattern(("hstripes", "vstripes")[i % 2], 500 + i))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings_for(tmp_path / "data", **FAST_AUTO)),
-            host="127.0.0.1",
-            port=port,
-            log_config=None,
+    with (
+        live_server(create_app(settings_for(tmp_path / "data", **FAST_AUTO))) as url,
+        playwright.sync_playwright() as p,
+    ):
+        browser = p.chromium.launch(
+            executable_path=chromium, args=["--no-sandbox", "--disable-gpu"]
         )
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.1)
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=chromium, args=["--no-sandbox", "--disable-gpu"]
+        try:
+            page = browser.new_page()
+            # the page runs under its own Content-Security-Policy: nothing of it is blocked
+            blocked: list[str] = []
+            page.on(
+                "console",
+                lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None,
             )
-            try:
-                page = browser.new_page()
-                # the page runs under its own Content-Security-Policy: nothing of it is blocked
-                blocked: list[str] = []
-                page.on(
-                    "console",
-                    lambda m: (
-                        blocked.append(m.text) if "Content Security Policy" in m.text else None
-                    ),
+            page.goto(f"{url}/")
+            page.fill("#key", a)
+            page.click("#save-key")
+            page.fill("#new-name", "stripes")
+            page.click("#create")
+            for kind in ("hstripes", "vstripes"):
+                page.fill("#new-label", kind)
+                page.click("#add-label")
+                zone = page.locator(f'.drop[data-label="{kind}"]')
+                zone.locator("input[type=file]").set_input_files(
+                    [str(tmp_path / f"{kind}{i}.png") for i in range(3)]
                 )
-                page.goto(f"http://127.0.0.1:{port}/")
-                page.fill("#key", a)
-                page.click("#save-key")
-                page.fill("#new-name", "stripes")
-                page.click("#create")
-                for kind in ("hstripes", "vstripes"):
-                    page.fill("#new-label", kind)
-                    page.click("#add-label")
-                    zone = page.locator(f'.drop[data-label="{kind}"]')
-                    zone.locator("input[type=file]").set_input_files(
-                        [str(tmp_path / f"{kind}{i}.png") for i in range(3)]
-                    )
-                    starts(zone.locator(".count"), "3 ", 30_000)
-                # label next: unlabelled images into the pool, the suggestions as cards with a
-                # button per label; labelling one makes it an example
-                page.set_input_files(
-                    "#pool-file", [str(tmp_path / f"pool{i}.png") for i in range(4)]
-                )
-                page.wait_for_selector("#suggestions .card img[src^='blob:']", timeout=30_000)
-                assert "4 images in the pool" in page.text_content("#pool-status")
-                page.locator("#suggestions .card").first.locator(
-                    "button", has_text="vstripes"
-                ).click()
-                starts(page.locator("#summary"), "7 examples", 30_000)
-                assert page.locator("#suggestions .card").count() == 3
-                page.click("#audit")
-                starts(page.locator("#audit-status"), "7 examples", 30_000)
-                # the button trains kind='auto' (the default choice), within the budget given
-                assert page.input_value("#train-kind") == "auto"
-                assert page.locator("#train-kind option[value=linear_probe]").count() == 1
-                page.fill("#budget", "90")
-                page.click("#train")
-                starts(page.locator("#job-status"), "succeeded", 120_000)
-                # what auto kept is shown when the job ends, and in the collection's summary
-                assert "chose probe test_resnet/" in page.text_content("#job-status")
-                expect(page.locator("#summary")).to_contain_text("chosen: probe", timeout=30_000)
-                page.wait_for_selector("#confusion td", timeout=30_000)
-                page.set_input_files("#predict-file", str(tmp_path / "query.png"))
-                page.wait_for_selector("#prediction b", timeout=30_000)
-                assert page.text_content("#prediction b") == "prediction: vstripes"
-                assert page.locator("#prediction .bar").count() == 2
-                assert page.text_content("#error") == ""
-                assert not blocked, blocked
-                # /docs renders Swagger UI from the server's own files: no CDN reachable here
-                docs = browser.new_page()
-                docs.goto(f"http://127.0.0.1:{port}/docs")
-                docs.wait_for_selector("#swagger-ui .info .title", timeout=30_000)
-                assert "transferlab" in docs.text_content("#swagger-ui .info .title")
-                assert docs.locator("#swagger-ui .opblock").count() >= 5  # the operations
-            finally:
-                browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+                starts(zone.locator(".count"), "3 ", 30_000)
+            # label next: unlabelled images into the pool, the suggestions as cards with a
+            # button per label; labelling one makes it an example
+            page.set_input_files("#pool-file", [str(tmp_path / f"pool{i}.png") for i in range(4)])
+            page.wait_for_selector("#suggestions .card img[src^='blob:']", timeout=30_000)
+            assert "4 images in the pool" in page.text_content("#pool-status")
+            page.locator("#suggestions .card").first.locator("button", has_text="vstripes").click()
+            starts(page.locator("#summary"), "7 examples", 30_000)
+            assert page.locator("#suggestions .card").count() == 3
+            page.click("#audit")
+            starts(page.locator("#audit-status"), "7 examples", 30_000)
+            # the button trains kind='auto' (the default choice), within the budget given
+            assert page.input_value("#train-kind") == "auto"
+            assert page.locator("#train-kind option[value=linear_probe]").count() == 1
+            page.fill("#budget", "90")
+            page.click("#train")
+            starts(page.locator("#job-status"), "succeeded", 120_000)
+            # what auto kept is shown when the job ends, and in the collection's summary
+            assert "chose probe test_resnet/" in page.text_content("#job-status")
+            expect(page.locator("#summary")).to_contain_text("chosen: probe", timeout=30_000)
+            page.wait_for_selector("#confusion td", timeout=30_000)
+            page.set_input_files("#predict-file", str(tmp_path / "query.png"))
+            page.wait_for_selector("#prediction b", timeout=30_000)
+            assert page.text_content("#prediction b") == "prediction: vstripes"
+            assert page.locator("#prediction .bar").count() == 2
+            assert page.text_content("#error") == ""
+            assert not blocked, blocked
+            # /docs renders Swagger UI from the server's own files: no CDN reachable here
+            docs = browser.new_page()
+            docs.goto(f"{url}/docs")
+            docs.wait_for_selector("#swagger-ui .info .title", timeout=30_000)
+            assert "transferlab" in docs.text_content("#swagger-ui .info .title")
+            assert docs.locator("#swagger-ui .opblock").count() >= 5  # the operations
+        finally:
+            browser.close()
 
 
 def test_openapi_operations_are_stable(tmp_path: Path) -> None:

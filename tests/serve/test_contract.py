@@ -5,10 +5,7 @@ tester found missing: security schemes, the real error body, zoned date-times, A
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,34 +16,18 @@ pytest.importorskip("sqlalchemy")
 
 from fastapi.testclient import TestClient
 
-from tests.serve._client import auth, make_keys, settings_for
+from tests.serve._client import auth, live_server, make_keys, settings_for
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    import uvicorn
-
     from transferlab.serve import create_app
 
     data = tmp_path_factory.mktemp("contract")
     (key,) = make_keys(data, "alice")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     settings = settings_for(data, rate_limit_per_minute=0, max_collections_per_key=10_000)
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_config=None)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 120
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.1)
-    try:
-        yield f"http://127.0.0.1:{port}", key
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with live_server(create_app(settings)) as url:
+        yield url, key
 
 
 def test_schemathesis_finds_nothing(live: tuple[str, str], tmp_path: Path) -> None:
