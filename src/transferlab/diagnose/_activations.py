@@ -13,7 +13,7 @@ two locate the same shift (benchmarks/RESULTS.md, issue 20).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from transferlab.backbones import Backbone
-from transferlab.diagnose._bn import BNShift, tap_of_module
+from transferlab.diagnose._bn import BNShift, input_moments, tap_of_module
 from transferlab.exceptions import InvalidParameterError
 
 __all__ = ["activation_shift", "norm_layers"]
@@ -41,46 +41,6 @@ def norm_layers(model: nn.Module) -> list[tuple[str, nn.Module, int]]:
         elif isinstance(m, nn.LayerNorm) or kind in ("RmsNorm", "RMSNorm", "SimpleNorm"):
             out.append((name, m, -1))
     return out
-
-
-@torch.no_grad()
-def _moments(
-    backbone: Backbone, batches: Iterable[torch.Tensor], layers: list[tuple[str, nn.Module, int]]
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
-    """Per layer: mean and variance per channel of the norm's input, over images and positions."""
-    sums: dict[str, torch.Tensor] = {}
-    sqs: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-
-    def make_hook(name: str, dim: int) -> Callable[..., None]:
-        def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
-            x = inp[0].detach().double()
-            x = x.movedim(dim, -1).reshape(-1, x.shape[dim])
-            sums[name] = sums.get(name, 0) + x.sum(dim=0)
-            sqs[name] = sqs.get(name, 0) + (x * x).sum(dim=0)
-            counts[name] = counts.get(name, 0) + x.shape[0]
-
-        return hook
-
-    handles = [m.register_forward_pre_hook(make_hook(n, d)) for n, m, d in layers]
-    model = backbone.model
-    was_training = model.training
-    model.eval()
-    n_images = 0
-    try:
-        for x in batches:
-            model.forward_features(x.to(backbone.device))
-            n_images += x.shape[0]
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    mus, variances = {}, {}
-    for name in sums:
-        mu = (sums[name] / counts[name]).cpu().numpy()
-        mus[name] = mu
-        variances[name] = np.maximum((sqs[name] / counts[name]).cpu().numpy() - mu**2, 0.0)
-    return mus, variances, n_images
 
 
 def _against(
@@ -128,9 +88,9 @@ def activation_shift(
     if ref.shape[0] < 4:
         raise InvalidParameterError("the activation shift needs at least 4 reference images")
     half_a, half_b = ref[0::2], ref[1::2]
-    mu_a, var_a, n_a = _moments(backbone, half_a.split(32), layers)
-    mu_b, var_b, _ = _moments(backbone, half_b.split(32), layers)
-    mu_t, var_t, n_t = _moments(backbone, target, layers)
+    mu_a, var_a, n_a = input_moments(backbone, half_a.split(32), layers)
+    mu_b, var_b, _ = input_moments(backbone, half_b.split(32), layers)
+    mu_t, var_t, n_t = input_moments(backbone, target, layers)
     if n_t == 0:
         raise InvalidParameterError("no image could be read to measure activation statistics")
     # the norms forward_features runs (a head's own norm, as ConvNeXt's, is not reached)

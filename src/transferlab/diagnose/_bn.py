@@ -31,6 +31,7 @@ __all__ = [
     "bn_layers",
     "bn_shift",
     "image_batches",
+    "input_moments",
     "save_backbone_weights",
     "tap_of_module",
 ]
@@ -147,6 +148,53 @@ class BNShift:
 
 
 @torch.no_grad()
+def input_moments(
+    backbone: Backbone,
+    batches: Iterable[torch.Tensor],
+    modules: Sequence[tuple[str, nn.Module, int]],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
+    """Mean and variance per channel of each module's input over `batches` (pooled over images
+    and positions; ``(name, module, channel dimension)``), the network in eval mode, and the
+    number of images. The one measuring pass of `bn_shift` and `activation_shift`."""
+    sums: dict[str, torch.Tensor] = {}
+    sqs: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def make_hook(name: str, dim: int) -> Callable[..., None]:
+        def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
+            x = inp[0].detach().double()
+            x = x.movedim(dim, -1).reshape(-1, x.shape[dim])
+            sums[name] = sums.get(name, 0) + x.sum(dim=0)
+            sqs[name] = sqs.get(name, 0) + (x * x).sum(dim=0)
+            counts[name] = counts.get(name, 0) + x.shape[0]
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(make_hook(n, d)) for n, m, d in modules]
+    model = backbone.model
+    was_training = model.training
+    model.eval()
+    n_images = 0
+    try:
+        for x in batches:
+            x = x.to(backbone.device)
+            if x.ndim == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            model.forward_features(x)
+            n_images += x.shape[0]
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    mus, variances = {}, {}
+    for name in sums:
+        mu = (sums[name] / counts[name]).cpu().numpy()
+        mus[name] = mu
+        variances[name] = np.maximum((sqs[name] / counts[name]).cpu().numpy() - mu**2, 0.0)
+    return mus, variances, n_images
+
+
+@torch.no_grad()
 def bn_shift(backbone: Backbone, batches: Iterable[torch.Tensor]) -> BNShift:
     """Measure each BN layer's input statistics on `batches` against its running statistics.
 
@@ -161,41 +209,12 @@ def bn_shift(backbone: Backbone, batches: Iterable[torch.Tensor]) -> BNShift:
         raise InvalidParameterError(
             f"backbone {backbone.name!r} has no BatchNorm layer with running statistics"
         )
-    sums: dict[str, torch.Tensor] = {}
-    sqs: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-
-    def make_hook(name: str) -> Callable[..., None]:
-        def hook(_m: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
-            x = inp[0].detach().double()
-            dims = [d for d in range(x.ndim) if d != 1]
-            sums[name] = sums.get(name, 0) + x.sum(dim=dims)
-            sqs[name] = sqs.get(name, 0) + (x * x).sum(dim=dims)
-            counts[name] = counts.get(name, 0) + x.numel() // x.shape[1]
-
-        return hook
-
-    handles = [m.register_forward_pre_hook(make_hook(n)) for n, m in layers]
-    model = backbone.model
-    was_training = model.training
-    model.eval()
-    n_images = 0
-    try:
-        for x in batches:
-            x = x.to(backbone.device).contiguous(memory_format=torch.channels_last)
-            model.forward_features(x)
-            n_images += x.shape[0]
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    mus, variances, n_images = input_moments(backbone, batches, [(n, m, 1) for n, m in layers])
     if n_images == 0:
         raise InvalidParameterError("no image could be read to measure BatchNorm statistics")
     mean_shift, log_var, w2 = [], [], []
     for name, m in layers:
-        mu = (sums[name] / counts[name]).cpu().numpy()
-        var = np.maximum((sqs[name] / counts[name]).cpu().numpy() - mu**2, 0.0)
-        ms, lv, w = shift_from_running(m, mu, var)
+        ms, lv, w = shift_from_running(m, mus[name], variances[name])
         mean_shift.append(ms)
         log_var.append(lv)
         w2.append(w)
