@@ -157,3 +157,14 @@ def live_server(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def csp_violations(page: Any) -> list[str]:
+    """The console messages of `page` that report something its Content-Security-Policy
+    blocked, collected as they come (an empty list at the end: the page ran whole)."""
+    blocked: list[str] = []
+    page.on(
+        "console",
+        lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None,
+    )
+    return blocked

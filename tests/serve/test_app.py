@@ -14,7 +14,14 @@ pytest.importorskip("sqlalchemy")
 
 from fastapi.testclient import TestClient
 
-from tests.serve._client import FAST_AUTO, live_server, make_keys, pattern, settings_for
+from tests.serve._client import (
+    FAST_AUTO,
+    csp_violations,
+    live_server,
+    make_keys,
+    pattern,
+    settings_for,
+)
 from transferlab.serve import Settings, create_app
 
 
@@ -111,11 +118,7 @@ def test_web_page_end_to_end(tmp_path: Path) -> None:
         try:
             page = browser.new_page()
             # the page runs under its own Content-Security-Policy: nothing of it is blocked
-            blocked: list[str] = []
-            page.on(
-                "console",
-                lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None,
-            )
+            blocked = csp_violations(page)
             page.goto(f"{url}/")
             page.fill("#key", a)
             page.click("#save-key")

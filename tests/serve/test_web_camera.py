@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("sqlalchemy")
 
-from tests.serve._client import live_server, settings_for
+from tests.serve._client import csp_violations, live_server, settings_for
 
 
 def test_first_time_user_with_a_camera(tmp_path: Path) -> None:
@@ -44,11 +44,7 @@ def test_first_time_user_with_a_camera(tmp_path: Path) -> None:
             context = browser.new_context(accept_downloads=True)
             context.grant_permissions(["camera"], origin=url)
             page = context.new_page()
-            blocked: list[str] = []
-            page.on(
-                "console",
-                lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None,
-            )
+            blocked = csp_violations(page)
             # 1. the first key, from the printed link, with no terminal
             page.goto(f"{url}/?setup=first-run-token")
             expect(page.locator("#setup-box")).to_be_visible()
