@@ -9,6 +9,8 @@
 * `eval_transform` / `train_transform` (`_transforms`): the one preprocessing, from the backbone's
   timm data config; `ImageFileDataset` (`_loading`) feeds a `DataLoader`, skipping broken files.
 * `make_texture_dataset` (`_samples`): the built-in demo data.
+* `render_styles` / `colourfulness` (`_styles`): line and greyscale renderings of photos (the
+  ``style`` remedy for drawings and greyscale targets) and the saturation the remedy rule reads.
 """
 
 from __future__ import annotations
@@ -40,11 +42,21 @@ _NAMES = {
     "labelled_images": "_sources",
     "list_images": "_sources",
     "load_dataset": "_sources",
+    "COLOURLESS_SATURATION": "_styles",
+    "STYLES": "_styles",
+    "colourfulness": "_styles",
+    "render_style": "_styles",
+    "render_styles": "_styles",
     "eval_transform": "_transforms",
     "train_transform": "_transforms",
 }
 
 __all__ = [
+    "COLOURLESS_SATURATION",
+    "STYLES",
+    "colourfulness",
+    "render_style",
+    "render_styles",
     "DEFAULT_MAX_ASPECT",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",

@@ -30,7 +30,7 @@ from transferlab.models._base import (
 )
 from transferlab.models._finetuned import FinetunedModel
 from transferlab.models._transfer import TransferModel
-from transferlab.probe import LinearProbe, MultiLabelProbe
+from transferlab.probe import DomainAdaptedProbe, LinearProbe, MultiLabelProbe
 
 __all__ = ["load_model"]
 
@@ -139,7 +139,7 @@ def load_model(
         if not isinstance(probe, MultiLabelProbe) or probe.n_labels_ != len(meta["classes"]):
             raise ModelFormatError(f"{probe_path} does not match {MODEL_JSON} (labels differ)")
         probe.thresholds_ = np.asarray(meta.get("thresholds", probe.thresholds_), dtype=float)
-    elif not isinstance(probe, LinearProbe) or [str(c) for c in probe.classes_] != list(
+    elif not isinstance(probe, (LinearProbe, DomainAdaptedProbe)) or [str(c) for c in probe.classes_] != list(
         meta["classes"]
     ):
         raise ModelFormatError(f"{probe_path} does not match {MODEL_JSON} (classes differ)")

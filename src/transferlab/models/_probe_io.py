@@ -30,6 +30,7 @@ PROBE_CLASSES = frozenset(
     {
         "transferlab.probe.LinearProbe",
         "transferlab.probe.MultiLabelProbe",
+        "transferlab.probe.DomainAdaptedProbe",
         "sklearn.pipeline.Pipeline",
         "sklearn.preprocessing._data.StandardScaler",
         "sklearn.preprocessing._data.Normalizer",
