@@ -155,6 +155,13 @@ def print_fit_summary(result: Any) -> None:
             out.print(f"  linear probe on the same validation images: {m['probe_val_score']:.4f}")
         if "test" in m:
             out.print(f"  test accuracy {m['test']['accuracy']:.4f}")
+        if m.get("domain"):
+            d = m["domain"]
+            line = f"  remedy [bold]{d['remedy']}[/] ({escape(d['chosen_by'])})"
+            if d.get("plain_val_accuracy") is not None:
+                line += f"; without it {d['plain_val_accuracy']:.4f} on the same val images"
+            out.print(line)
+            out.print(f"  images used: {escape(d['images_used'])}")
         if m.get("int8"):
             q = m["int8"]
             out.print(

@@ -110,3 +110,20 @@ MetricsJson = Annotated[
     bool, typer.Option("--json", help="Print metrics.json instead of the summary.")
 ]
 Json = Annotated[bool, typer.Option("--json")]
+Target = Annotated[
+    Path | None,
+    typer.Option(
+        "--target",
+        help="Folder of unlabelled images from the domain the model will be asked about "
+        "(e.g. sketches when training on photos): read by --remedy. Labels are never used.",
+    ),
+]
+Remedy = Annotated[
+    str,
+    typer.Option(
+        "--remedy",
+        help="Closing a train -> target domain gap: auto (with --target, the remedy measured "
+        "best for the shift found), none, style (also train on line/greyscale renderings; no "
+        "target needed), coral or self-train (learn from the unlabelled --target images).",
+    ),
+]

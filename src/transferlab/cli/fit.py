@@ -55,6 +55,8 @@ def fit_cmd(
         help="Re-estimate BatchNorm statistics on the training images first (AdaBN); the "
         "model keeps the adapted backbone. See `transferlab diagnose`.",
     ),
+    target: opt.Target = None,
+    remedy: opt.Remedy = "auto",
     as_json: opt.MetricsJson = False,
 ) -> None:
     """Fit a linear probe on pretrained features and report held-out accuracy.
@@ -64,6 +66,7 @@ def fit_cmd(
     Examples:
       transferlab fit ../shared/datasets/hymenoptera --out runs/hymenoptera
       transferlab fit labels.csv --backbone efficientnet_lite2 --layer stage6 --C auto
+      transferlab fit photos/ --target sketches/   # the measured-best remedy for that shift
     """
     params = dict(locals())  # the parameters, before anything else is bound
     from transferlab.exceptions import InvalidParameterError
@@ -82,6 +85,7 @@ def fit_cmd(
         class_weight="balanced" if balanced else None,
         num_workers=workers,
         cache_dir=str(cache_dir) if cache_dir else None,
+        target=str(target) if target else None,
     )
     result = run_fit(config)
     if as_json:

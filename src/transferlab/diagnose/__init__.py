@@ -14,6 +14,10 @@ from transferlab._internal.lazy import lazy_namespace
 # BatchNorm and layer-probe parts need torch, while duplicates, label issues, outliers and
 # suggestions run on cached vectors, and `fit`'s leakage line must not pay for torch (issue 17)
 _NAMES = {
+    "REMEDIES": "_remedies",
+    "RemedyChoice": "_remedies",
+    "choose_remedy": "_remedies",
+    "remedy_command": "_remedies",
     "SPLIT_SHIFT_ACCURACY": "_split",
     "SplitShift": "_split",
     "split_shift": "_split",
@@ -97,6 +101,7 @@ __all__ = [
     "LABEL_ISSUE_C_TIMES_N",
     "NEAR_DUPLICATE_SIMILARITY",
     "OUTLIER_NEIGHBOURS",
+    "REMEDIES",
     "SCORES",
     "SEVERITIES",
     "SHIFT_RATIO",
@@ -117,6 +122,7 @@ __all__ = [
     "Outliers",
     "PreprocessingIssue",
     "Recipe",
+    "RemedyChoice",
     "Shift",
     "SplitShift",
     "Suggestions",
@@ -127,6 +133,7 @@ __all__ = [
     "bn_shift",
     "check_input_tensors",
     "check_preprocessing",
+    "choose_remedy",
     "cross_split_twins",
     "cv_probe_accuracy",
     "default_reference",
@@ -154,6 +161,7 @@ __all__ = [
     "norm_layers",
     "outliers",
     "pseudo_source_probs",
+    "remedy_command",
     "recipes_for",
     "save_backbone_weights",
     "scan_images",

@@ -71,14 +71,21 @@ def _split_finding(shift: dict[str, Any], data: str) -> Finding:
         rec = (
             f"The cross-validated figure on the training images will not hold on images like "
             f"{other}: it overstates by {100 * (at['within'] - at['cross']):.0f} points. Judge "
-            f"models by their {other} accuracy. To close the gap, label some images of the "
-            f"{other} domain into training; without labels, features from earlier layers and "
-            "strong colour/greyscale augmentation transfer across styles better."
+            f"models by their {other} accuracy."
         )
     else:
         rec = (
             f"Figures measured on the training images will not hold on the {other} images. "
             f"Label a few of them to measure the model there."
+        )
+    remedy = shift.get("remedy") or {}
+    commands = [f"transferlab fit {data}"]
+    if remedy.get("remedy") not in (None, "none"):
+        rec += f" Remedy measured best for this kind of shift: {remedy['remedy']} ({remedy['reason']})."
+        commands = [remedy["command"]]
+    else:
+        rec += (
+            f" To close the gap, label some images of the {other} domain into training."
         )
     evidence = {
         "other": other,
@@ -94,9 +101,10 @@ def _split_finding(shift: dict[str, Any], data: str) -> Finding:
         ),
         "rule": shift.get("rule"),
     }
-    return Finding(
-        "split_domain_shift", "problem", title, evidence, rec, [f"transferlab fit {data}"]
-    )
+    for key in ("saturation", "bn_shift"):
+        if shift.get(key):
+            evidence[key] = shift[key]
+    return Finding("split_domain_shift", "problem", title, evidence, rec, commands)
 
 
 def _mean_over(d: dict[str, float], keys: tuple[str, ...] | list[str]) -> float:

@@ -35,6 +35,13 @@ class SplitShift:
             ``cross`` (trained on train, scored on the other split).
         shifted: some layer's domain accuracy reaches `SPLIT_SHIFT_ACCURACY`.
         layer: the layer the summary figures come from (the last feature layer).
+        saturation: mean HSV saturation of each side (``train`` and `other`): what tells a
+            drawing or greyscale domain from a colour one (`choose_remedy` reads it).
+        bn_shift: each side's BatchNorm statistics against the network's own, by depth (empty
+            for networks without BatchNorm): a low-level shift shows as one side's shallow taps
+            moving away while the other's stay.
+        remedy: the measured-best remedy for this kind of shift and its command (set by
+            `run_diagnose`).
     """
 
     other: str
@@ -43,6 +50,9 @@ class SplitShift:
     layers: dict[str, dict[str, float]] = field(default_factory=dict)
     shifted: bool = False
     layer: str = ""
+    saturation: dict[str, float] = field(default_factory=dict)
+    bn_shift: dict[str, dict[str, float]] = field(default_factory=dict)
+    remedy: dict[str, str] = field(default_factory=dict)
 
     @property
     def within(self) -> float | None:
@@ -61,6 +71,11 @@ class SplitShift:
             "layer": self.layer,
             "rule": f"domain classifier accuracy >= {SPLIT_SHIFT_ACCURACY} at some layer",
             "layers": {la: {k: round(v, 4) for k, v in d.items()} for la, d in self.layers.items()},
+            "saturation": {k: round(v, 4) for k, v in self.saturation.items()},
+            "bn_shift": {
+                side: {t: round(v, 4) for t, v in taps.items()} for side, taps in self.bn_shift.items()
+            },
+            "remedy": dict(self.remedy),
         }
 
 

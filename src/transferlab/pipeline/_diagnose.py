@@ -214,7 +214,7 @@ def run_diagnose(config: DiagnoseConfig) -> RunResult:
 
     step("train against val/target: another domain?")
     t = time.perf_counter()
-    split = _split_shift(cfg, ds, fx, kept, feats, y, layers)
+    split, split_paths = _split_shift(cfg, ds, fx, kept, feats, y, layers)
     timings["split_shift"] = time.perf_counter() - t
 
     step("reference images and domain gap")
@@ -249,6 +249,9 @@ def run_diagnose(config: DiagnoseConfig) -> RunResult:
         shift_t, shift_r = activation_shift(
             bb, target_batches, list(image_batches(bb, ref_bn, batch_size=cfg.batch_size))
         )
+    if split is not None:
+        step(f"train against {split.other}: colour and BatchNorm statistics per split")
+        _describe_split(cfg, bb, split, *split_paths)
     timings["bn_shift"] = time.perf_counter() - t
 
     preprocessing = []
@@ -373,15 +376,18 @@ def _split_shift(
     layers: list[str],
 ) -> Any:
     """`split_shift` of the training images against `cfg.target`'s images (unlabelled), else
-    against the data's own val split when it came with one; None when neither applies."""
+    against the data's own val split when it came with one, and the image paths of both sides;
+    None when neither applies."""
     from transferlab.data import list_images
     from transferlab.diagnose import split_shift
 
+    none: tuple[Any, tuple[list[str], list[str], str]] = (None, ([], [], ""))
     train_paths = {s.path for s in ds.train}
     tr = np.asarray([i for i, s in enumerate(kept) if s.path in train_paths], dtype=int)
     if len(tr) < 4:
-        return None
+        return none
     train = {la: feats[la][tr] for la in layers}
+    tr_paths = [kept[i].path for i in tr]
     if cfg.target is not None:
         if not Path(cfg.target).is_dir():
             raise DatasetError(f"--target {cfg.target}: not a folder of images")
@@ -390,15 +396,47 @@ def _split_shift(
             raise DatasetError(
                 f"--target {cfg.target}: needs at least 4 images, found {len(paths)}"
             )
-        other, _, _ = features_of(fx, [str(p) for p in paths][: cfg.max_images], layers)
-        return split_shift(train, y[tr], other, None, other_name="target", cv=cfg.cv, seed=cfg.seed)
+        paths = [str(p) for p in paths][: cfg.max_images]
+        other, _, _ = features_of(fx, paths, layers)
+        shift = split_shift(train, y[tr], other, None, other_name="target", cv=cfg.cv, seed=cfg.seed)
+        return shift, (tr_paths, paths, str(cfg.target))
     if not getattr(ds, "split_explicit", False):
-        return None  # val drawn at random from the same images: one domain by construction
+        return none  # val drawn at random from the same images: one domain by construction
     va = np.asarray([i for i, s in enumerate(kept) if s.path not in train_paths], dtype=int)
     if len(va) < 4:
-        return None
+        return none
     other = {la: feats[la][va] for la in layers}
-    return split_shift(train, y[tr], other, y[va], other_name="val", cv=cfg.cv, seed=cfg.seed)
+    va_paths = [kept[i].path for i in va]
+    shift = split_shift(train, y[tr], other, y[va], other_name="val", cv=cfg.cv, seed=cfg.seed)
+    return shift, (tr_paths, va_paths, os.path.commonpath(va_paths))
+
+
+def _describe_split(
+    cfg: DiagnoseConfig, bb: Any, split: Any, train: list[str], other: list[str], where: str
+) -> None:
+    """What kind of shift it is, for the advice: each side's colourfulness, each side's BatchNorm
+    statistics against the network's (where it has BatchNorm), and the remedy measured best for
+    that kind (`choose_remedy`), with its command."""
+    from transferlab.data import colourfulness
+    from transferlab.diagnose import bn_shift, choose_remedy, image_batches, remedy_command
+
+    split.saturation = {"train": colourfulness(train), split.other: colourfulness(other)}
+    if bb.family.batchnorm:
+        n = cfg.bn_images
+        split.bn_shift = {
+            side: bn_shift(
+                bb, image_batches(bb, paths[:: max(1, len(paths) // n)][:n], batch_size=cfg.batch_size)
+            ).by_tap()
+            for side, paths in (("train", train), (split.other, other))
+        }
+    choice = choose_remedy(
+        split.saturation["train"], split.saturation[split.other], have_target=True
+    )
+    split.remedy = {
+        "remedy": choice.remedy,
+        "reason": choice.reason,
+        "command": remedy_command(str(cfg.data), choice, where, bb.name),
+    }
 
 
 def _backbone_finding(current: str, scores: dict[str, dict[str, float]] | None, data: str) -> Any:

@@ -20,6 +20,7 @@ from transferlab._internal.rundir import prepare_out
 from transferlab.backbones import POOLS
 from transferlab.data import DEFAULT_MAX_PIXELS, Dataset
 from transferlab.exceptions import DatasetError, InvalidParameterError
+from transferlab.pipeline._domain import DomainNote, load_target, resolve_remedy, style_features
 from transferlab.pipeline._memo import RunMemo
 from transferlab.pipeline._results import FLATTEN, OMIT_NONE, Metrics, RunResult
 from transferlab.pipeline._shared import (
@@ -66,6 +67,14 @@ class FitConfig(ExtractorSettings):
         overwrite: allow writing into a non-empty `out`.
         precision: feature precision (see `FeatureExtractor`); ``"int8"`` calibrates on the
             training images and reports its fidelity to fp32 in metrics.json.
+        target: a folder of unlabelled images from the domain the model will be asked about
+            (sketches when training on photos, another scanner's x-rays), for ``remedy``.
+        remedy: closing a gap between the training images and `target` (issue 22): ``auto``
+            (with `target`: the measured-best remedy for the shift, see
+            `transferlab.diagnose.choose_remedy`; without: none), ``none``, ``style`` (train
+            also on line and greyscale renderings; needs no target), ``coral`` or
+            ``self-train`` (learn from the unlabelled target; see `DomainAdaptedProbe`).
+            metrics.json ``domain`` says which images each figure used.
     """
 
     data: DataSource
@@ -91,8 +100,18 @@ class FitConfig(ExtractorSettings):
     multi_label: bool = False
     adapt_bn: bool = False
     precision: str = "auto"
+    target: str | None = None
+    remedy: str = "auto"
 
     def __post_init__(self) -> None:
+        from transferlab.diagnose._remedies import REMEDIES
+
+        check_choice("remedy", self.remedy, REMEDIES)
+        if self.multi_label and (self.target is not None or self.remedy not in ("none", "auto")):
+            raise InvalidParameterError(
+                "remedy/target: domain adaptation is for single-label data; drop --target and "
+                "--remedy for --multi-label"
+            )
 
         check_choice("pool", self.pool, POOLS)
         check_choice("precision", self.precision, FEATURE_PRECISIONS)
@@ -135,6 +154,8 @@ class FitMetrics(ClassifierMetrics):
     int8: dict[str, Any] | None = field(default=None, metadata=OMIT_NONE)
     #: the memo this run's figures were restored from (the computation that made them)
     reused_run: str | None = field(default=None, metadata=OMIT_NONE)
+    #: --target / --remedy: the remedy, why, and which images it learnt from (`DomainNote`)
+    domain: dict[str, Any] | None = field(default=None, metadata=OMIT_NONE)
 
 
 @dataclass(kw_only=True)
@@ -204,11 +225,8 @@ def run_fit(config: FitConfig) -> RunResult:
         )
     from transferlab.evaluate import evaluate_predictions
     from transferlab.models import MAX_TRAIN_INDEX, TransferModel
-    from transferlab.probe import LinearProbe
 
-    probe = LinearProbe(
-        classifier=config.classifier, C=config.C, class_weight=config.class_weight
-    ).fit(X["train"], y["train"])
+    probe, domain = _fit_probe(config, fx, X, y, kept)
     t_probe = time.perf_counter()
 
     reports: dict[str, EvalReport] = {}
@@ -256,6 +274,7 @@ def run_fit(config: FitConfig) -> RunResult:
             ds,
             vectors={s.path: v for n in X for s, v in zip(kept[n], X[n], strict=True)},
         ),
+        domain=domain.to_dict() if domain is not None else None,
     )
     model = TransferModel(fx, probe, metrics.to_dict())
     model.temperature = calibration["temperature"]
@@ -289,6 +308,54 @@ def run_fit(config: FitConfig) -> RunResult:
     return RunResult.written(
         metrics, out, model_dir=model_dir, report=report, confusion_png=cm_png, skipped=skipped
     )
+
+
+def _fit_probe(
+    config: FitConfig,
+    fx: FeatureExtractor,
+    X: dict[str, np.ndarray],
+    y: dict[str, np.ndarray],
+    kept: dict[str, list[Any]],
+) -> tuple[Any, DomainNote | None]:
+    """The probe, with the remedy `config` asks for applied (and its note), or a plain one."""
+    from transferlab.features._cache import default_cache_dir
+    from transferlab.probe import DomainAdaptedProbe, LinearProbe
+
+    def plain() -> LinearProbe:
+        return LinearProbe(
+            classifier=config.classifier, C=config.C, class_weight=config.class_weight
+        )
+
+    if config.target is None and config.remedy in ("none", "auto"):
+        return plain().fit(X["train"], y["train"]), None
+    target = load_target(config.target, config.seed) if config.target is not None else None
+    note = resolve_remedy(
+        config.remedy,
+        [s.path for s in kept["train"]],
+        target,
+        [s.path for s in kept["val"]],
+        config.target,
+        allowed=("none", "style", "coral", "self-train"),
+    )
+    base = plain().fit(X["train"], y["train"])
+    note.plain_val_accuracy = float(base.score(X["val"], y["val"]))
+    if note.remedy == "none":
+        return base, note
+    if note.remedy == "style":
+        folder = (
+            Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+        ) / "styles"
+        if config.no_cache:
+            folder = Path(config.out) / "styles"
+        X_style, y_style = style_features(fx, kept["train"], X["train"], folder)
+        return plain().fit(X_style, np.asarray(y_style, dtype=object)), note
+    res = fx.extract(target or [], on_error="skip")
+    X_target = res.features[fx.layer]
+    note.n_target = len(X_target)
+    probe = DomainAdaptedProbe(
+        note.remedy, classifier=config.classifier, C=config.C, class_weight=config.class_weight
+    ).fit(X["train"], y["train"], X_target=X_target)
+    return probe, note
 
 
 def _with_probe_agreement(
@@ -332,6 +399,8 @@ def _fit_memo(config: FitConfig, ds: Dataset) -> RunMemo | None:
 
     if config.no_cache or config.adapt_bn or ds.multi_label:
         return None
+    if config.target is not None or config.remedy not in ("none", "auto"):
+        return None  # the target folder and the renderings are not in the key
     if config.precision not in ("auto", "fp32"):
         return None
     if config.device != "cpu" and (config.device != "auto" or cuda_may_be_present()):

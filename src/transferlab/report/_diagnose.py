@@ -142,9 +142,17 @@ def write_diagnosis_report(
         ]
         for la, v in lp.items()
     ]
-    table = html_table(
-        ["layer", "dim", "probe acc", "kNN acc", "LogME", "domain clf acc", "MMD²"], rows
-    )
+    head = ["layer", "dim", "probe acc", "kNN acc", "LogME", "domain clf acc", "MMD²"]
+    split = d.get("split_shift") or {}
+    if split.get("layers") and all("cross" in v for v in split["layers"].values()):
+        # the splits differ: the mixed cross-validated figure above says nothing about the
+        # other domain, so each layer also gets its within- and cross-domain accuracy
+        other = split["other"]
+        head += ["within train (CV)", f"train -> {other}"]
+        for row in rows:
+            v = split["layers"].get(row[0], {})
+            row += [v.get("within", float("nan")), v.get("cross", float("nan"))]
+    table = html_table(head, rows)
     ts, rs = d["image_stats"]["target"], d["image_stats"]["reference"]
     stats = html_table(
         ["", "target", "reference"],
