@@ -170,3 +170,25 @@ def test_train_transform_without_augmentation_is_the_eval_transform():
     tf = train_transform(bb, 96, augment=False, greyscale=False)
     for img in PHOTOS:
         assert torch.equal(tf(img), _reference_eval(CONFIGS["test_resnet"], 96)(img))
+
+
+def test_style_augmentation_draws_a_share_colourless_and_repeats_with_the_seed():
+    """``style`` (issue 22): that share of the images comes out as a line drawing or
+    greyscale (equal channels), drawn from torch's generator so a seeded run repeats."""
+    bb = SimpleNamespace(data_config=CONFIGS["lite0"])
+    tf = train_transform(bb, 96, augment=True, greyscale=False, jitter=0.0, style=0.5)
+    photo = PHOTOS[0]
+
+    def colourless(t: torch.Tensor) -> bool:
+        mean = torch.tensor(CONFIGS["lite0"]["mean"]).view(3, 1, 1)
+        std = torch.tensor(CONFIGS["lite0"]["std"]).view(3, 1, 1)
+        rgb = t * std + mean
+        return bool((rgb.max(0).values - rgb.min(0).values).max() < 0.02)
+
+    torch.manual_seed(0)
+    drawn = [colourless(tf(photo)) for _ in range(40)]
+    assert 10 <= sum(drawn) <= 30  # about half, and never all or none
+    torch.manual_seed(0)
+    assert [colourless(tf(photo)) for _ in range(40)] == drawn
+    plain = train_transform(bb, 96, augment=True, greyscale=False, jitter=0.0)
+    assert not any(colourless(plain(photo)) for _ in range(10))

@@ -46,6 +46,10 @@ def test_diagnose_names_a_train_val_domain_split_first(tmp_path: Path) -> None:
     assert within["pre_logits"] > cross["pre_logits"] + 0.1  # the training figure overstates
     assert max(ev["domain_accuracy"].values()) >= 0.95
     assert "prefer_probe" not in {f["code"] for f in d["findings"]}
+    # the remedy measured best for colourless drawings of colour photos, with its command
+    remedy = d["split_shift"]["remedy"]
+    assert remedy["remedy"] == "style" and "--remedy style" in remedy["command"]
+    assert remedy["command"] in first["commands"] and "style" in first["recommendation"]
     report = (out / "report.html").read_text()
     assert "Training images against val" in report and "another domain" in report
     # the same photos with ordinary val photos: one domain, no such finding

@@ -138,6 +138,7 @@ def test_resume_accepts_a_checkpoint_from_before_new_settings_existed(data, tmp_
         ({"mixup": -1}, "mixup must be >= 0"),
         ({"ema": 1.0}, "ema must be None or a decay in"),
         ({"ema": 0}, "ema must be None or a decay in"),
+        ({"style": 1.5}, r"style must be in \[0, 1\]"),
     ],
 )
 def test_config_errors(kw, match):

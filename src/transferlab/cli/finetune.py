@@ -79,6 +79,19 @@ def finetune_cmd(
         "--jitter",
         help="Colour-jitter strength (brightness/contrast vary by up to this share; 0: off).",
     ),
+    style: float = typer.Option(
+        0.0,
+        "--style",
+        help="Share of training images drawn as line drawings or greyscale (the style remedy "
+        "for drawing/greyscale targets; --remedy style sets 0.5).",
+    ),
+    target: opt.Target = None,
+    remedy: str = typer.Option(
+        "auto",
+        "--remedy",
+        help="auto (with --target: the style remedy when the target is colourless), none, "
+        "or style. CORAL and self-training are probe remedies: transferlab fit.",
+    ),
     wise: str = typer.Option(
         "auto",
         "--wise",
@@ -170,7 +183,13 @@ def finetune_cmd(
     )
 
     def run_config(run_dir: Path) -> FinetuneRunConfig:
-        return config_from(FinetuneRunConfig, params, out=run_dir, finetune=config)
+        return config_from(
+            FinetuneRunConfig,
+            params,
+            out=run_dir,
+            finetune=config,
+            target=str(target) if target else None,
+        )
 
     if nproc is not None and nproc > 1:
         # checks what it can here (one clear error, not one per process), loads the data and

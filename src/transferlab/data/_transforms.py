@@ -68,9 +68,12 @@ def train_transform(
     greyscale: bool,
     min_scale: float = 0.35,
     jitter: float = 0.2,
+    style: float = 0.0,
 ) -> Callable[[Any], torch.Tensor]:
     """Random-resized crop (area `min_scale`..1), flip and colour jitter of strength `jitter`
-    (brightness/contrast only for greyscale data); without `augment`, `eval_transform`.
+    (brightness/contrast only for greyscale data); without `augment`, `eval_transform`. With
+    `style` > 0, that share of the images is first rendered as a line drawing or greyscale
+    (`RandomStyle`: the ``style`` remedy for drawing or greyscale targets, issue 22).
 
     Written with torchvision rather than timm's ``create_transform(is_training=True)``: timm's
     `RandomResizedCropAndInterpolation` draws its crop from Python's `random`, torchvision's from
@@ -88,7 +91,8 @@ def train_transform(
         if cfg.get("interpolation") == "bicubic"
         else T.InterpolationMode.BILINEAR
     )
-    steps: list[Any] = [
+    steps: list[Any] = [RandomStyle(style)] if style > 0 else []
+    steps += [
         T.RandomResizedCrop(size, scale=(min_scale, 1.0), interpolation=interp, antialias=True),
         T.RandomHorizontalFlip(),
     ]
@@ -100,3 +104,22 @@ def train_transform(
         )
         steps.append(T.RandomApply([colour], p=0.8))
     return T.Compose([*steps, T.ToTensor(), T.Normalize(cfg["mean"], cfg["std"])])
+
+
+class RandomStyle:
+    """With probability `p`, render a PIL image in one of `STYLES` (drawn uniformly); the
+    draws come from torch's generator, so a seeded fine-tune repeats them."""
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def __call__(self, img: Any) -> Any:
+        from transferlab.data._styles import STYLES, render_style
+
+        if float(torch.rand(())) >= self.p:
+            return img
+        names = list(STYLES)
+        return render_style(img, names[int(torch.randint(len(names), ()))])
+
+    def __repr__(self) -> str:
+        return f"RandomStyle(p={self.p})"

@@ -84,9 +84,7 @@ def _split_finding(shift: dict[str, Any], data: str) -> Finding:
         rec += f" Remedy measured best for this kind of shift: {remedy['remedy']} ({remedy['reason']})."
         commands = [remedy["command"]]
     else:
-        rec += (
-            f" To close the gap, label some images of the {other} domain into training."
-        )
+        rec += f" To close the gap, label some images of the {other} domain into training."
     evidence = {
         "other": other,
         "domain_accuracy": {la: round(v["domain_accuracy"], 3) for la, v in layers.items()},

@@ -73,7 +73,8 @@ class SplitShift:
             "layers": {la: {k: round(v, 4) for k, v in d.items()} for la, d in self.layers.items()},
             "saturation": {k: round(v, 4) for k, v in self.saturation.items()},
             "bn_shift": {
-                side: {t: round(v, 4) for t, v in taps.items()} for side, taps in self.bn_shift.items()
+                side: {t: round(v, 4) for t, v in taps.items()}
+                for side, taps in self.bn_shift.items()
             },
             "remedy": dict(self.remedy),
         }

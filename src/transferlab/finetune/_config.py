@@ -74,6 +74,9 @@ class FinetuneConfig:
         jitter: colour-jitter strength: brightness and contrast (and saturation for colour data)
             vary by up to this fraction; raise it when a class differs from the other in
             exposure or contrast for reasons that will not hold on new images (0 disables).
+        style: share of training images rendered as a line drawing or greyscale each time they
+            are drawn (the ``style`` remedy, issue 22: for images to predict that are drawings
+            or greyscale while the training images are colour photos; 0 disables).
         tta: average predictions over the image and its mirror at evaluation.
         ema: keep an exponential moving average of the weights with this decay (e.g. 0.998;
             None: off) and validate, select and save the averaged weights, as timm's
@@ -123,6 +126,7 @@ class FinetuneConfig:
     augment: bool = True
     crop_scale: float = 0.35
     jitter: float = 0.2
+    style: float = 0.0
     tta: bool = False
     ema: float | None = None
     class_balance: str | None = None
@@ -171,6 +175,7 @@ class FinetuneConfig:
                 f"crop_scale must be in [0.05, 1], got {self.crop_scale}",
             ),
             (0 <= self.jitter < 1, f"jitter must be in [0, 1), got {self.jitter}"),
+            (0 <= self.style <= 1, f"style must be in [0, 1], got {self.style}"),
             (
                 self.ema is None or 0 < self.ema < 1,
                 f"ema must be None or a decay in (0, 1), got {self.ema}",

@@ -159,6 +159,7 @@ class FineTuner:
             greyscale=greyscale,
             min_scale=cfg.crop_scale,
             jitter=cfg.jitter,
+            style=cfg.style,
         )
         return transform, greyscale
 

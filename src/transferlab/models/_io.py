@@ -139,9 +139,9 @@ def load_model(
         if not isinstance(probe, MultiLabelProbe) or probe.n_labels_ != len(meta["classes"]):
             raise ModelFormatError(f"{probe_path} does not match {MODEL_JSON} (labels differ)")
         probe.thresholds_ = np.asarray(meta.get("thresholds", probe.thresholds_), dtype=float)
-    elif not isinstance(probe, (LinearProbe, DomainAdaptedProbe)) or [str(c) for c in probe.classes_] != list(
-        meta["classes"]
-    ):
+    elif not isinstance(probe, (LinearProbe, DomainAdaptedProbe)) or [
+        str(c) for c in probe.classes_
+    ] != list(meta["classes"]):
         raise ModelFormatError(f"{probe_path} does not match {MODEL_JSON} (classes differ)")
     metrics = _read_metrics(root)
     model = TransferModel(extractor, probe, metrics, classes=meta["classes"])

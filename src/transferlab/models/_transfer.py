@@ -26,7 +26,7 @@ from transferlab.models._base import (
     library_version,
     write_probe,
 )
-from transferlab.probe import LinearProbe, MultiLabelProbe
+from transferlab.probe import DomainAdaptedProbe, LinearProbe, MultiLabelProbe
 
 __all__ = ["TransferModel"]
 
@@ -36,14 +36,14 @@ class TransferModel(Predictor):
 
     Args:
         extractor: the `FeatureExtractor` (backbone, layer, pool) the probe was trained on.
-        probe: a fitted `LinearProbe`.
+        probe: a fitted `LinearProbe` (or `DomainAdaptedProbe`, `MultiLabelProbe`).
         metrics: validation metrics to store beside the model.
     """
 
     def __init__(
         self,
         extractor: FeatureExtractor,
-        probe: LinearProbe | MultiLabelProbe,
+        probe: LinearProbe | MultiLabelProbe | DomainAdaptedProbe,
         metrics: dict[str, Any] | None = None,
         *,
         classes: Sequence[str] | None = None,

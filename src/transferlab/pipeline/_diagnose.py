@@ -398,7 +398,9 @@ def _split_shift(
             )
         paths = [str(p) for p in paths][: cfg.max_images]
         other, _, _ = features_of(fx, paths, layers)
-        shift = split_shift(train, y[tr], other, None, other_name="target", cv=cfg.cv, seed=cfg.seed)
+        shift = split_shift(
+            train, y[tr], other, None, other_name="target", cv=cfg.cv, seed=cfg.seed
+        )
         return shift, (tr_paths, paths, str(cfg.target))
     if not getattr(ds, "split_explicit", False):
         return none  # val drawn at random from the same images: one domain by construction
@@ -425,7 +427,8 @@ def _describe_split(
         n = cfg.bn_images
         split.bn_shift = {
             side: bn_shift(
-                bb, image_batches(bb, paths[:: max(1, len(paths) // n)][:n], batch_size=cfg.batch_size)
+                bb,
+                image_batches(bb, paths[:: max(1, len(paths) // n)][:n], batch_size=cfg.batch_size),
             ).by_tap()
             for side, paths in (("train", train), (split.other, other))
         }

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from transferlab.data import Sample
     from transferlab.features import FeatureExtractor
 
-__all__ = ["DomainNote", "load_target", "resolve_remedy", "style_features"]
+__all__ = ["DomainNote", "load_target", "resolve_remedy", "style_features", "styled_samples"]
 
 #: at most this many target images are read (a seeded draw): enough for covariances and
 #: pseudo-labels, bounded work on a big folder
@@ -104,9 +104,8 @@ def resolve_remedy(
         vals = {os.path.realpath(p) for p in val_paths}
         is_val = sum(os.path.realpath(p) in vals for p in target_paths) > len(target_paths) // 2
     if name in ("coral", "self-train"):
-        used = (
-            f"transductive: the {len(target_paths or [])} target images were used unlabelled"
-            + (", and they are the validation images scored here" if is_val else "")
+        used = f"transductive: the {len(target_paths or [])} target images were used unlabelled" + (
+            ", and they are the validation images scored here" if is_val else ""
         )
     elif name == "style":
         used = "inductive: training images and their renderings only" + (
@@ -143,3 +142,21 @@ def style_features(
         Xs.append(res.features[fx.layer])
         ys += [train[i].label for i in res.index]
     return np.vstack(Xs), ys
+
+
+def styled_samples(samples: list[Sample], folder: Path) -> list[Sample]:
+    """Every sample's line and greyscale renderings, labelled as the sample (files under
+    `folder`). A fine-tune with the ``style`` remedy selects its epoch on the validation
+    images together with these: the photos alone cannot tell which epoch draws best, and no
+    target label is used. Unreadable images are left out (the fine-tune reports them)."""
+    from transferlab.data import STYLES, Sample, render_styles
+    from transferlab.exceptions import ImageLoadError
+
+    out: list[Sample] = []
+    for s in samples:
+        try:
+            rendered = render_styles([s.path], list(STYLES), folder)
+        except (ImageLoadError, OSError):
+            continue
+        out += [Sample(files[0], s.label) for files in rendered.values()]
+    return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,12 +19,15 @@ from transferlab._internal.deprecation import warn_once
 from transferlab._internal.rundir import prepare_out
 from transferlab.data import Dataset, Sample, label_matrix
 from transferlab.evaluate import EvalReport, evaluate_predictions
+from transferlab.exceptions import InvalidParameterError
+from transferlab.pipeline._domain import load_target, resolve_remedy, styled_samples
 from transferlab.pipeline._results import FLATTEN, OMIT_NONE, Metrics, RunResult
 from transferlab.pipeline._shared import (
     ClassifierMetrics,
     DataSource,
     MultiLabelScores,
     calibrate,
+    check_choice,
     eval_block,
     leakage_note,
     resolve_dataset,
@@ -46,6 +49,17 @@ __all__ = [
 ]
 
 
+#: the remedies a fine-tune applies (the others learn on frozen features: `fit`)
+FINETUNE_REMEDIES = ("auto", "none", "style")
+#: share of training images the style remedy renders, when ``finetune.style`` is 0
+STYLE_SHARE = 0.5
+STYLE_ADVICE = (
+    "The epoch was chosen on the validation images together with their line and greyscale "
+    "renderings (the history's val figures), so the probe comparison there is on that mix; "
+    "`transferlab fit DATA --remedy style` is the probe with the same remedy, in seconds."
+)
+
+
 @dataclass(frozen=True)
 class FinetuneRunConfig:
     """Everything `run_finetune` needs.
@@ -59,6 +73,12 @@ class FinetuneRunConfig:
         resume: continue from ``out/checkpoints`` (the folder is then not checked for emptiness).
         overwrite: allow writing into a non-empty `out`.
         multi_label: CSV labels hold several ';'-separated labels.
+        target: a folder of unlabelled images from the domain the model will be asked about;
+            read (for its colour) by ``remedy="auto"``.
+        remedy: ``auto`` (with `target`: the ``style`` remedy when the target is colourless,
+            see `choose_remedy`), ``none``, or ``style`` (a share `STYLE_SHARE` of the training
+            images drawn as line drawings or greyscale, unless ``finetune.style`` is set).
+            CORAL and self-training are probe remedies (`transferlab fit`).
     """
 
     data: DataSource
@@ -70,6 +90,18 @@ class FinetuneRunConfig:
     overwrite: bool = False
     progress: bool = True
     multi_label: bool = False
+    target: str | None = None
+    remedy: str = "auto"
+
+    def __post_init__(self) -> None:
+        check_choice(
+            "remedy",
+            self.remedy,
+            FINETUNE_REMEDIES,
+            wording=(
+                "auto, none or style (coral and self-train are probe remedies: transferlab fit)"
+            ),
+        )
 
     def training(self) -> Any:
         """The `FinetuneConfig` (defaults when none was given)."""
@@ -111,6 +143,8 @@ class FinetuneMetrics(ClassifierMetrics):
     seconds: float = 0.0
     test: dict[str, Any] | None = field(default=None, metadata=OMIT_NONE)
     calibration: dict[str, Any]
+    #: --target / --remedy: the remedy, why, and which images it learnt from (`DomainNote`)
+    domain: dict[str, Any] | None = field(default=None, metadata=OMIT_NONE)
 
 
 @dataclass(kw_only=True)
@@ -265,12 +299,36 @@ def _run_finetune(config: FinetuneRunConfig, *, prepare: bool) -> RunResult:
         else:
             prepare_out(out, config.overwrite)
 
+    domain = None
+    if config.target is not None or config.remedy == "style":
+        if ds.multi_label:
+            raise InvalidParameterError(
+                "remedy/target: domain adaptation is for single-label data; drop --target and "
+                "--remedy for --multi-label"
+            )
+        domain = resolve_remedy(
+            config.remedy,
+            [s.path for s in ds.train],
+            load_target(config.target, cfg.seed) if config.target is not None else None,
+            [s.path for s in ds.val],
+            config.target,
+            allowed=("none", "style"),
+        )
+        if domain.remedy == "style" and not cfg.style:
+            cfg = replace(cfg, style=STYLE_SHARE)
+        if domain.remedy == "style":
+            domain.images_used += (
+                "; the epoch chosen on the validation images and their renderings (history)"
+            )
     if prepare:
         _ddp.on_main(make_out)  # DDP (torchrun): rank 0 checks and creates it, for all ranks
+    select_on = ds.val
+    if cfg.style:  # select the epoch on the val images drawn too (`styled_samples`)
+        select_on = ds.val + _ddp.on_main(lambda: styled_samples(ds.val, out / "styled-val"))
     tuner = FineTuner(cfg, progress=config.progress)
     result = tuner.fit(
         ds.train,
-        ds.val,
+        select_on,
         ds.classes,
         checkpoint_dir=out / "checkpoints",
         resume=config.resume,
@@ -315,13 +373,18 @@ def _run_finetune(config: FinetuneRunConfig, *, prepare: bool) -> RunResult:
         stopped_early=result.stopped_early,
         wise_alpha=result.wise_alpha,
         wise_scores=result.wise_scores,
-        advice=advice_probe_vs_finetune(result.probe_val_score, val.accuracy, val.n),
+        advice=(
+            advice_probe_vs_finetune(result.probe_val_score, val.accuracy, val.n)
+            if select_on is ds.val
+            else STYLE_ADVICE
+        ),
         dataset={"path": ds.root, "source": ds.source, "split": ds.split_note},
         train_images_per_second=result.train_images_per_second,
         seconds=round(time.perf_counter() - t0, 3),
         test=eval_block(done.test) if done.test is not None else None,
         calibration=done.calibration,  # type: ignore[arg-type]
         leakage=leakage_note(ds, extractor=_probe_extractor(cfg)),
+        domain=domain.to_dict() if domain is not None else None,
     )
     done.model.metrics = metrics.to_dict()
     model_dir = done.model.save(out / "model", overwrite=True)

@@ -342,9 +342,7 @@ def _fit_probe(
     if note.remedy == "none":
         return base, note
     if note.remedy == "style":
-        folder = (
-            Path(config.cache_dir) if config.cache_dir else default_cache_dir()
-        ) / "styles"
+        folder = (Path(config.cache_dir) if config.cache_dir else default_cache_dir()) / "styles"
         if config.no_cache:
             folder = Path(config.out) / "styles"
         X_style, y_style = style_features(fx, kept["train"], X["train"], folder)

@@ -1,0 +1,92 @@
+"""`fit`/`finetune` --target and --remedy (issue 22, deliverable 2) on real photos against
+edge-map drawings of other photos (hymenoptera): the remedy is chosen from the target, lifts
+the drawings, and every figure says which images it learnt from."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from transferlab.cli import app
+from transferlab.exceptions import InvalidParameterError
+from transferlab.pipeline import FinetuneRunConfig, FitConfig, run_fit
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "hymenoptera"
+runner = CliRunner()
+needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not found")
+
+
+def _build(root: Path, n_train: int = 30, n_val: int = 15) -> Path:
+    """train/: photos; val/: edge maps of the val photos (white background, dark lines)."""
+    from PIL import Image, ImageFilter, ImageOps
+
+    for split, n in (("train", n_train), ("val", n_val)):
+        for c in ("ants", "bees"):
+            out = root / split / c
+            out.mkdir(parents=True, exist_ok=True)
+            for p in sorted((SHARED / split / c).glob("*.jpg"))[:n]:
+                im = Image.open(p).convert("RGB")
+                im.thumbnail((256, 256))
+                if split == "val":
+                    im = ImageOps.invert(im.convert("L").filter(ImageFilter.FIND_EDGES))
+                    im = ImageOps.autocontrast(im).convert("RGB")
+                im.save(out / p.name, quality=90)
+    return root
+
+
+@needs_data
+def test_auto_remedy_picks_style_for_drawings_and_lifts_them(tmp_path: Path) -> None:
+    data = _build(tmp_path / "d")
+    res = run_fit(
+        FitConfig(str(data), out=str(tmp_path / "run"), target=str(data / "val"), progress=False)
+    )
+    dom = res.metrics.domain
+    assert dom["remedy"] == "style" and dom["chosen_by"].startswith("auto")
+    assert dom["images_used"].startswith("inductive") and dom["target_is_val"] is True
+    assert dom["target_saturation"] < 0.03 < dom["source_saturation"]
+    # the plain probe on the same val drawings, measured in the same run
+    assert res.metrics.accuracy >= dom["plain_val_accuracy"] + 0.1
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["domain"]["plain_val_accuracy"] == dom["plain_val_accuracy"]
+
+
+@needs_data
+def test_coral_is_transductive_and_says_so(tmp_path: Path) -> None:
+    data = _build(tmp_path / "d", n_train=20, n_val=10)
+    res = run_fit(
+        FitConfig(
+            str(data),
+            out=str(tmp_path / "run"),
+            target=str(data / "val"),
+            remedy="coral",
+            progress=False,
+        )
+    )
+    dom = res.metrics.domain
+    assert dom["remedy"] == "coral" and dom["n_target"] == 20
+    assert (
+        dom["images_used"].startswith("transductive") and "validation images" in dom["images_used"]
+    )
+    # the saved model is the adapted probe, and predicts the val drawings as scored
+    from transferlab.models import load_model
+
+    model = load_model(tmp_path / "run" / "model")
+    assert type(model.probe).__name__ == "DomainAdaptedProbe"
+
+
+@needs_data
+def test_remedy_errors_name_the_option(tmp_path: Path) -> None:
+    data = _build(tmp_path / "d", n_train=6, n_val=3)
+    r = runner.invoke(app, ["fit", str(data), "--remedy", "coral", "--out", str(tmp_path / "r")])
+    assert r.exit_code != 0 and "--target DIR" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["fit", str(data), "--remedy", "mixstyle"])
+    assert r.exit_code != 0 and "remedy" in r.output
+    with pytest.raises(InvalidParameterError, match="probe remedies"):
+        FinetuneRunConfig(str(data), str(tmp_path / "ft"), remedy="coral")
+    r = runner.invoke(
+        app, ["fit", str(data), "--target", str(tmp_path / "nope"), "--out", str(tmp_path / "r2")]
+    )
+    assert r.exit_code != 0 and "nope" in r.output and "Traceback" not in r.output
