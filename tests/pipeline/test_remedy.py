@@ -51,6 +51,8 @@ def test_auto_remedy_picks_style_for_drawings_and_lifts_them(tmp_path: Path) -> 
     assert res.metrics.accuracy >= dom["plain_val_accuracy"] + 0.1
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["domain"]["plain_val_accuracy"] == dom["plain_val_accuracy"]
+    report = (tmp_path / "run" / "report.html").read_text()
+    assert "domain remedy" in report and "without the remedy" in report
 
 
 @needs_data
@@ -90,3 +92,57 @@ def test_remedy_errors_name_the_option(tmp_path: Path) -> None:
         app, ["fit", str(data), "--target", str(tmp_path / "nope"), "--out", str(tmp_path / "r2")]
     )
     assert r.exit_code != 0 and "nope" in r.output and "Traceback" not in r.output
+
+
+@needs_data
+def test_auto_applies_the_remedy_to_its_probe_and_skips_fine_tunes(tmp_path: Path) -> None:
+    data = _build(tmp_path / "d", n_train=20, n_val=10)
+    r = runner.invoke(
+        app,
+        [
+            "auto",
+            str(data),
+            "--target",
+            str(data / "val"),
+            "--backbones",
+            "efficientnet_lite0",
+            "--budget",
+            "10m",
+            "--out",
+            str(tmp_path / "auto"),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "remedy style" in r.output and "without it" in r.output
+    m = json.loads((tmp_path / "auto" / "metrics.json").read_text())
+    assert m["domain"]["remedy"] == "style" and m["chosen"]["kind"] == "probe"
+    assert m["accuracy"] > m["domain"]["plain_val_accuracy"]
+    ft = [c for c in m["candidates"] if c["kind"] == "finetune"]
+    assert ft and all("remedy" in c["why"] for c in ft)
+
+
+@needs_data
+def test_finetune_style_remedy_selects_on_the_val_images_and_their_renderings(
+    tmp_path: Path,
+) -> None:
+    from tests.finetune._data import FAST
+    from transferlab.finetune import FinetuneConfig
+    from transferlab.pipeline import run_finetune
+
+    data = _build(tmp_path / "d", n_train=6, n_val=5)
+    res = run_finetune(
+        FinetuneRunConfig(
+            str(data),
+            str(tmp_path / "ft"),
+            finetune=FinetuneConfig(**FAST, epochs=1, freeze_epochs=0),
+            target=str(data / "val"),
+            progress=False,
+        )
+    )
+    m = res.metrics
+    assert m["domain"]["remedy"] == "style" and m["config"]["style"] == 0.5
+    assert "renderings" in m["domain"]["images_used"] and "renderings" in m["advice"]
+    rendered = sorted((tmp_path / "ft" / "styled-val").rglob("*.png"))
+    assert len(rendered) == 2 * m["n_val"]  # a line drawing and a greyscale of each
+    assert m["n_val"] == 10  # the reported figures are on the val images alone
+    assert "domain remedy" in (tmp_path / "ft" / "report.html").read_text()

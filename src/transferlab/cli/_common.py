@@ -124,6 +124,18 @@ def print_int8(extractor: Any) -> None:
         )
 
 
+def print_domain(m: dict[str, Any]) -> None:
+    """The --target/--remedy lines: the remedy, why, the plain figure, the images used."""
+    if not m.get("domain"):
+        return
+    d = m["domain"]
+    line = f"  remedy [bold]{d['remedy']}[/] ({escape(d['chosen_by'])})"
+    if d.get("plain_val_accuracy") is not None:
+        line += f"; without it {d['plain_val_accuracy']:.4f} on the same val images"
+    out.print(line)
+    out.print(f"  images used: {escape(d['images_used'])}")
+
+
 def print_fit_summary(result: Any) -> None:
     """The short summary `fit`, `finetune` and `demo` end with (skipped files on stderr)."""
     m = result.metrics
@@ -155,13 +167,7 @@ def print_fit_summary(result: Any) -> None:
             out.print(f"  linear probe on the same validation images: {m['probe_val_score']:.4f}")
         if "test" in m:
             out.print(f"  test accuracy {m['test']['accuracy']:.4f}")
-        if m.get("domain"):
-            d = m["domain"]
-            line = f"  remedy [bold]{d['remedy']}[/] ({escape(d['chosen_by'])})"
-            if d.get("plain_val_accuracy") is not None:
-                line += f"; without it {d['plain_val_accuracy']:.4f} on the same val images"
-            out.print(line)
-            out.print(f"  images used: {escape(d['images_used'])}")
+        print_domain(m)
         if m.get("int8"):
             q = m["int8"]
             out.print(

@@ -14,6 +14,7 @@ from transferlab.cli._common import (
     default_run_dir,
     err,
     out,
+    print_domain,
     print_json,
     print_step,
 )
@@ -42,6 +43,8 @@ def auto_cmd(
     no_finetune: bool = typer.Option(
         False, "--no-finetune", help="Probes only (no fine-tuning candidates)."
     ),
+    target: opt.Target = None,
+    remedy: opt.Remedy = "auto",
     weights: opt.Weights = "default",
     device: opt.Device = "auto",
     cache_dir: opt.CacheDir = None,
@@ -58,6 +61,7 @@ def auto_cmd(
 
     Example:
       transferlab auto ../shared/datasets/hymenoptera --budget 20m --out runs/auto-hymenoptera
+      transferlab auto photos/ --target sketches/   # + the measured-best remedy for that shift
     """
     params = dict(locals())  # the parameters, before anything else is bound
     from transferlab.pipeline import AutoConfig, run_auto
@@ -72,6 +76,7 @@ def auto_cmd(
         backbones=tuple(b.strip() for b in backbones.split(",") if b.strip()),
         finetune=not no_finetune,
         cache_dir=str(cache_dir) if cache_dir else None,
+        target=str(target) if target else None,
         on_step=print_step,
     )
     res = run_auto(cfg)
@@ -87,6 +92,7 @@ def auto_cmd(
     if m.get("test"):
         line += f"; test accuracy {m['test']['accuracy']:.4f} ({m['n_test']} images)"
     out.print(line, markup=False)
+    print_domain(m)
     out.print(f"time: {m['seconds']:.0f} s of {m['budget']['budget_s']:.0f} s", markup=False)
     if m.get("leakage"):
         err.print(f"[yellow]leakage:[/] {escape(m['leakage'])}")

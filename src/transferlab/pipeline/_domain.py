@@ -23,7 +23,14 @@ if TYPE_CHECKING:
     from transferlab.data import Sample
     from transferlab.features import FeatureExtractor
 
-__all__ = ["DomainNote", "load_target", "resolve_remedy", "style_features", "styled_samples"]
+__all__ = [
+    "DomainNote",
+    "adapted_probe",
+    "load_target",
+    "resolve_remedy",
+    "style_features",
+    "styled_samples",
+]
 
 #: at most this many target images are read (a seeded draw): enough for covariances and
 #: pseudo-labels, bounded work on a big folder
@@ -160,3 +167,32 @@ def styled_samples(samples: list[Sample], folder: Path) -> list[Sample]:
             continue
         out += [Sample(files[0], s.label) for files in rendered.values()]
     return out
+
+
+def adapted_probe(
+    note: DomainNote,
+    fx: FeatureExtractor,
+    train: list[Sample],
+    X_train: np.ndarray,
+    y_train: Any,
+    target_paths: list[str] | None,
+    style_folder: Path,
+    make_probe: Any,
+) -> Any:
+    """The probe with `note`'s remedy applied (`fit` and `auto` alike): ``style`` fits
+    ``make_probe()`` on the training vectors and their renderings', ``coral`` and
+    ``self-train`` a `DomainAdaptedProbe` of the same settings with the target's vectors
+    (`note.n_target` becomes the number that could be read), ``none`` the plain probe."""
+    from transferlab.probe import DomainAdaptedProbe
+
+    if note.remedy == "none":
+        return make_probe().fit(X_train, y_train)
+    if note.remedy == "style":
+        X_style, y_style = style_features(fx, train, X_train, style_folder)
+        return make_probe().fit(X_style, np.asarray(y_style, dtype=object))
+    X_target = fx.extract(target_paths or [], on_error="skip").features[fx.layer]
+    note.n_target = len(X_target)
+    base = make_probe()
+    return DomainAdaptedProbe(
+        note.remedy, classifier=base.classifier, C=base.C, class_weight=base.class_weight
+    ).fit(X_train, y_train, X_target=X_target)

@@ -20,7 +20,7 @@ from transferlab._internal.rundir import prepare_out
 from transferlab.backbones import POOLS
 from transferlab.data import DEFAULT_MAX_PIXELS, Dataset
 from transferlab.exceptions import DatasetError, InvalidParameterError
-from transferlab.pipeline._domain import DomainNote, load_target, resolve_remedy, style_features
+from transferlab.pipeline._domain import DomainNote, adapted_probe, load_target, resolve_remedy
 from transferlab.pipeline._memo import RunMemo
 from transferlab.pipeline._results import FLATTEN, OMIT_NONE, Metrics, RunResult
 from transferlab.pipeline._shared import (
@@ -319,7 +319,7 @@ def _fit_probe(
 ) -> tuple[Any, DomainNote | None]:
     """The probe, with the remedy `config` asks for applied (and its note), or a plain one."""
     from transferlab.features._cache import default_cache_dir
-    from transferlab.probe import DomainAdaptedProbe, LinearProbe
+    from transferlab.probe import LinearProbe
 
     def plain() -> LinearProbe:
         return LinearProbe(
@@ -341,18 +341,10 @@ def _fit_probe(
     note.plain_val_accuracy = float(base.score(X["val"], y["val"]))
     if note.remedy == "none":
         return base, note
-    if note.remedy == "style":
-        folder = (Path(config.cache_dir) if config.cache_dir else default_cache_dir()) / "styles"
-        if config.no_cache:
-            folder = Path(config.out) / "styles"
-        X_style, y_style = style_features(fx, kept["train"], X["train"], folder)
-        return plain().fit(X_style, np.asarray(y_style, dtype=object)), note
-    res = fx.extract(target or [], on_error="skip")
-    X_target = res.features[fx.layer]
-    note.n_target = len(X_target)
-    probe = DomainAdaptedProbe(
-        note.remedy, classifier=config.classifier, C=config.C, class_weight=config.class_weight
-    ).fit(X["train"], y["train"], X_target=X_target)
+    folder = (Path(config.cache_dir) if config.cache_dir else default_cache_dir()) / "styles"
+    if config.no_cache:
+        folder = Path(config.out) / "styles"
+    probe = adapted_probe(note, fx, kept["train"], X["train"], y["train"], target, folder, plain)
     return probe, note
 
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from transferlab.report._html import html_table, per_class_table, write_html_report
+from transferlab.report._html import domain_summary, html_table, per_class_table, write_html_report
 
 __all__ = ["write_auto_report"]
 
@@ -30,6 +30,7 @@ def write_auto_report(
         **({"test accuracy": m["test"]["accuracy"]} if "test" in m else {}),
         "chosen": chosen["name"],
         "why": chosen["rule"],
+        **domain_summary(m),
         "domain shift": m["shift"].get("kind", "?"),
         "time": f"{budget.get('seconds', m['seconds']):.0f} s of a {budget['budget_s']:.0f} s budget",
         "images": f"{m['n_train']} train, {m['n_val']} val"

@@ -7,7 +7,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from transferlab.report._html import html_table, per_class_table, per_label_table, write_html_report
+from transferlab.report._html import (
+    domain_summary,
+    html_table,
+    per_class_table,
+    per_label_table,
+    write_html_report,
+)
 
 __all__ = ["write_finetune_multilabel_report", "write_finetune_report"]
 
@@ -42,6 +48,7 @@ def write_finetune_report(
         "images": f"{m['n_train']} train, {m['n_val']} val"
         + (f", {m['n_test']} test" if m.get("n_test") else ""),
         "skipped (broken) images": m["n_skipped"],
+        **domain_summary(m),
         "time": f"{m['seconds']:.0f} s ({m['train_images_per_second']:.1f} train img/s)",
     }
     hist = html_table(

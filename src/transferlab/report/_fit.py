@@ -9,7 +9,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from transferlab.report._html import html_table, per_class_table, per_label_table, write_html_report
+from transferlab.report._html import (
+    domain_summary,
+    html_table,
+    per_class_table,
+    per_label_table,
+    write_html_report,
+)
 
 __all__ = ["write_fit_multilabel_report", "write_fit_report"]
 
@@ -31,6 +37,7 @@ def write_fit_report(
         "skipped (broken) images": m["n_skipped"],
         "calibration": f"temperature {m['calibration']['temperature']:.3g}; validation ECE "
         f"{m['calibration']['val']['ece_before']:.4f} -> {m['calibration']['val']['ece_after']:.4f}",
+        **domain_summary(m),
         "time": f"{m['seconds']:.1f} s (extraction {m['stage_seconds']['extract']:.1f} s, {m['n_cached']} from cache)",
     }
     counts = Counter(s.label for s in ds.train)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "domain_summary",
     "html_table",
     "per_class_table",
     "per_label_table",
@@ -155,3 +156,17 @@ def thumbnail_html(path: str, caption: str, *, side: int = 112, colour: str = "#
 def thumbnail_row(cells: Sequence[str]) -> str:
     """`thumbnail_html` figures side by side."""
     return f"<div class='thumbs'>{''.join(cells)}</div>"
+
+
+def domain_summary(m: Mapping[str, Any]) -> dict[str, Any]:
+    """The summary rows of a ``--target``/``--remedy`` run (metrics ``domain``): the remedy
+    and why, the plain model's figure on the same validation images, and which images the
+    remedy learnt from (inductive or transductive); none without it."""
+    d = m.get("domain")
+    if not d:
+        return {}
+    rows: dict[str, Any] = {"domain remedy": f"{d['remedy']} ({d['chosen_by']})"}
+    if d.get("plain_val_accuracy") is not None:
+        rows["validation accuracy without the remedy"] = d["plain_val_accuracy"]
+    rows["images the remedy used"] = d["images_used"]
+    return rows

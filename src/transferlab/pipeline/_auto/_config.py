@@ -76,6 +76,11 @@ class AutoConfig(ExtractorSettings):
         finetune: allow fine-tuning candidates (False: probes only).
         seed: seeds the inner split, the folds and training.
         val_fraction: the validation split, when the data does not carry one.
+        target: a folder of unlabelled images from the domain the model will be asked about
+            (issue 22); with it, ``remedy="auto"`` applies the measured-best remedy for the
+            shift to the chosen probe (see `FitConfig.remedy`), and fine-tunes are not tried
+            (their gains are measured on training-domain images).
+        remedy: ``auto``, ``none``, ``style``, ``coral`` or ``self-train``, as for `fit`.
     """
 
     data: DataSource
@@ -99,9 +104,14 @@ class AutoConfig(ExtractorSettings):
     overwrite: bool = False
     progress: bool = True
     on_step: Callable[[str], None] | None = field(default=None, compare=False)
+    target: str | None = None
+    remedy: str = "auto"
 
     def __post_init__(self) -> None:
+        from transferlab.diagnose._remedies import REMEDIES
+
         check_choice("metric", self.metric, METRICS)
+        check_choice("remedy", self.remedy, REMEDIES)
         if not self.backbones:
             raise InvalidParameterError("backbones must name at least one backbone")
         if self.budget_s <= 0:
@@ -178,3 +188,5 @@ class AutoMetrics(ClassifierMetrics):
     calibration: dict[str, Any]
     seconds: float = 0.0
     test: dict[str, Any] | None = field(default=None, metadata=OMIT_NONE)
+    #: --target / --remedy: the remedy, why, and which images it learnt from (`DomainNote`)
+    domain: dict[str, Any] | None = field(default=None, metadata=OMIT_NONE)

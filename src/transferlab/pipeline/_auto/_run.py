@@ -15,6 +15,12 @@ from transferlab._internal.rundir import prepare_out
 from transferlab.data import Dataset, Sample, stratified_split
 from transferlab.exceptions import DatasetError, InvalidParameterError
 from transferlab.pipeline._auto._config import AutoConfig, AutoMetrics, Candidate
+from transferlab.pipeline._auto._final import (
+    auto_domain,
+    final_finetune,
+    final_probe,
+    weights_sha,
+)
 from transferlab.pipeline._auto._probe import (
     FEW_SHOT,
     BackboneFeatures,
@@ -25,7 +31,7 @@ from transferlab.pipeline._auto._probe import (
     rank_and_probe,
     score,
 )
-from transferlab.pipeline._finetune import finetuned_embedding, tie_margin
+from transferlab.pipeline._finetune import tie_margin
 from transferlab.pipeline._results import RunResult
 from transferlab.pipeline._shared import eval_block, leakage_note, resolve_dataset
 
@@ -80,6 +86,11 @@ def run_auto(config: AutoConfig) -> RunResult:
         )
     inner_train, inner_val = stratified_split(ds.train, config.inner_val_fraction, config.seed)
     inner_train_paths = {s.path for s in inner_train}
+    domain, target = auto_domain(config, ds)
+    if domain is not None:
+        step(f"target domain: remedy {domain.remedy} ({domain.chosen_by})")
+    # a remedy is applied to probes; a fine-tune's gain is measured on training-domain images
+    finetune = config.finetune and (domain is None or domain.remedy == "none")
     t = stage_done("data_check", t)
 
     ranked, candidates = rank_and_probe(
@@ -90,7 +101,7 @@ def run_auto(config: AutoConfig) -> RunResult:
     best_probe = max(probes, key=lambda c: (c.cv_score or 0.0, c.inner_score or 0.0))
     by_name = {bf.name: bf for bf in ranked}
 
-    if config.finetune and deadline - time.monotonic() - _reserve(ds) >= MIN_FINETUNE_S:
+    if finetune and deadline - time.monotonic() - _reserve(ds) >= MIN_FINETUNE_S:
         bn = by_name[best_probe.backbone].extractor.backbone_.family.batchnorm
         measure = "BatchNorm statistics" if bn else "activation statistics of the norm layers"
         step(f"domain shift: {measure} against natural photos")
@@ -101,8 +112,8 @@ def run_auto(config: AutoConfig) -> RunResult:
             "kind": "not measured",
             "skipped": f"{left:.0f} s left in the budget: no fine-tune fits, so the shift that "
             "picks its recipe was not measured"
-            if config.finetune
-            else "fine-tuning turned off",
+            if finetune
+            else _no_finetune(config, domain),
             "recipes": [],
         }
         recipes = []
@@ -119,8 +130,8 @@ def run_auto(config: AutoConfig) -> RunResult:
 
     tuned = None
     smallest = min(counts.values())
-    if not config.finetune:
-        why_none = "fine-tuning turned off (finetune=False)"
+    if not finetune:
+        why_none = _no_finetune(config, domain)
     elif smallest < FEW_SHOT:
         why_none = f"the smallest class has {smallest} training images (< {FEW_SHOT})"
     else:
@@ -170,11 +181,11 @@ def run_auto(config: AutoConfig) -> RunResult:
 
     step(f"scoring the chosen model ({winner.name}) once on the held-out splits")
     if tuner is None:
-        model, reports, calibration, views_in = _final_probe(
-            config, ds, by_name[winner.backbone], str(winner.layer)
+        model, reports, calibration, views_in = final_probe(
+            config, ds, by_name[winner.backbone], str(winner.layer), domain, target
         )
     else:
-        model, reports, calibration, views_in = _final_finetune(ds, tuner, inner_val)
+        model, reports, calibration, views_in = final_finetune(ds, tuner, inner_val)
     t = stage_done("final", t)
     val, test = reports["val"], reports.get("test")
     metrics = AutoMetrics(
@@ -182,7 +193,7 @@ def run_auto(config: AutoConfig) -> RunResult:
             val, n_train=len(ds.train), test=test, skipped=[], classes=model.classes
         ),
         backbone=winner.backbone,
-        weights_sha256=_weights_sha(model),
+        weights_sha256=weights_sha(model),
         layer=str(winner.layer) if winner.kind == "probe" else "finetuned",
         chosen={
             "name": winner.name,
@@ -205,6 +216,7 @@ def run_auto(config: AutoConfig) -> RunResult:
         dataset={"path": ds.root, "source": ds.source, "split": ds.split_note},
         calibration=calibration,
         test=eval_block(test) if test is not None else None,
+        domain=domain.to_dict() if domain is not None else None,
         leakage=leakage_note(
             ds, extractor=config.extractor(config.backbones[0], layer="pre_logits")
         ),
@@ -455,113 +467,13 @@ def _explain(
             c.why = f"best probe, not kept: {winner.name} scored higher; {c.why}"
 
 
-def _final_probe(
-    config: AutoConfig, ds: Dataset, bf: BackboneFeatures, layer: str
-) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """The chosen probe refitted on every training image; its temperature fitted on the
-    training images' out-of-fold probabilities; val (and test) scored once."""
-    from transferlab.evaluate import calibrate, evaluate_predictions
-    from transferlab.models import MAX_TRAIN_INDEX, TransferModel
-    from transferlab.probe import LinearProbe, oof_proba
-
-    X, y = bf.features[layer], labels_of(bf.samples)
-    probe = LinearProbe().fit(X, y)
-    oof, cls = oof_proba(X, y, config.cv, config.seed)
-    oof = oof[:, [list(cls).index(c) for c in probe.classes_]]  # columns in the probe's order
-    index = {c: i for i, c in enumerate(probe.classes_)}
-    fx = config.extractor(bf.name, weights=config.weights, layer=layer).fit()
-    reports, probas, views = {}, {}, {}
-    for name, samples in (("val", ds.val), ("test", ds.test)):
-        if not samples:
-            continue
-        res = fx.extract([s.path for s in samples], on_error="skip")
-        kept = [samples[i] for i in res.index]
-        p = probe.predict_proba(res.features[layer])
-        labels = labels_of(kept)
-        probas[name] = (p, np.array([index[v] for v in labels]))
-        reports[name] = evaluate_predictions(list(labels), p, probe.classes_)
-        if name == "val":
-            views = {
-                "paths": [s.path for s in kept],
-                "labels": list(labels),
-                "raw_proba": p,
-                "classes": [str(c) for c in probe.classes_],
-                "features": res.features[layer],
-                "layer": layer,
-            }
-    if "val" not in reports:
-        raise DatasetError(f"{ds.root}: no validation image could be read")
-    cal = calibrate(
-        oof,
-        np.array([index[v] for v in y]),
-        fitted_on="out-of-fold",
-        name="train_out_of_fold",
-        also=probas,
+def _no_finetune(config: AutoConfig, domain: Any) -> str:
+    if not config.finetune:
+        return "fine-tuning turned off (finetune=False)"
+    return (
+        f"the {domain.remedy} remedy for the target domain is applied to the probe; a "
+        "fine-tune's gain is measured on training-domain images (finetune --remedy style)"
     )
-    model = TransferModel(fx, probe, {})
-    model.temperature = cal.temperature
-    if len(y) <= MAX_TRAIN_INDEX:
-        model.train_index = {"X": X, "labels": list(y), "paths": [s.path for s in bf.samples]}
-    views["temperature"] = cal.temperature
-    return model, reports, cal.to_dict(), views
-
-
-def _final_finetune(
-    ds: Dataset, tuner: Any, inner_val: list[Sample]
-) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """The chosen fine-tune as trained on the inner training images; its temperature fitted
-    on the inner validation images; val (and test) scored once."""
-    from transferlab.evaluate import calibrate, evaluate_predictions
-    from transferlab.models import FinetunedModel
-
-    model = FinetunedModel.from_tuner(tuner, progress=False)
-    classes = list(tuner.classes_)
-    index = {c: i for i, c in enumerate(classes)}
-
-    def predict(samples: list[Sample]) -> tuple[np.ndarray, list[Sample]]:
-        p, idx, _ = model.predict_proba_paths([s.path for s in samples], calibrated=False)
-        return p, [samples[i] for i in idx]
-
-    p_in, kept_in = predict(inner_val)
-    reports, probas, views = {}, {}, {}
-    for name, samples in (("val", ds.val), ("test", ds.test)):
-        if not samples:
-            continue
-        p, kept = predict(samples)
-        labels = labels_of(kept)
-        probas[name] = (p, np.array([index[v] for v in labels]))
-        reports[name] = evaluate_predictions(list(labels), p, classes)
-        if name == "val":
-            paths = [s.path for s in kept]
-            views = {
-                "paths": paths,
-                "labels": list(labels),
-                "raw_proba": p,
-                "classes": classes,
-                # the map's images only, through the fine-tuned network (as `finetune` does)
-                "features": lambda rows, paths=paths: finetuned_embedding(
-                    model, [paths[i] for i in rows]
-                ),
-            }
-    if "val" not in reports:
-        raise DatasetError(f"{ds.root}: no validation image could be read")
-    cal = calibrate(
-        p_in,
-        np.array([index[v] for v in labels_of(kept_in)]),
-        fitted_on="inner validation",
-        name="inner_val",
-        also=probas,
-    )
-    model.temperature = cal.temperature
-    views["temperature"] = cal.temperature
-    return model, reports, cal.to_dict(), views
-
-
-def _weights_sha(model: Any) -> str | None:
-    fx = getattr(model, "extractor", None)
-    if fx is not None:
-        return fx.card_.weights_sha256
-    return getattr(getattr(model, "backbone", None), "weights_sha256", None)
 
 
 def _images_used(
