@@ -77,6 +77,12 @@ def test_coral_is_transductive_and_says_so(tmp_path: Path) -> None:
 
     model = load_model(tmp_path / "run" / "model")
     assert type(model.probe).__name__ == "DomainAdaptedProbe"
+    r = runner.invoke(
+        app, ["predict", str(tmp_path / "run" / "model"), str(data / "val"), "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["export", str(tmp_path / "run" / "model"), "--format", "onnx"])
+    assert r.exit_code != 0 and "CORAL-adapted" in r.output and "Traceback" not in r.output
 
 
 @needs_data

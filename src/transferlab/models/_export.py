@@ -153,7 +153,15 @@ def export_onnx(
                 "ONNX export of multi-label probe models is not supported yet; fine-tuned multi-label "
                 "models export (transferlab finetune --multi-label)"
             )
-        module = _ProbeHead(bb.model, layer, model.probe)
+        probe = model.probe
+        if getattr(probe, "method", None) == "coral":
+            raise InvalidParameterError(
+                "ONNX export of a CORAL-adapted probe (fit --remedy coral) is not supported yet: "
+                "its router sends each image to one of two alignments; the style and self-train "
+                "remedies export (their probes are linear)"
+            )
+        probe = getattr(probe, "probe_", probe)  # self-train: the refitted linear probe
+        module = _ProbeHead(bb.model, layer, probe)
         module.calibration = float(model.temperature)
         pre = bb.preprocessing()
         size = int(pre["input_size"][-1])
