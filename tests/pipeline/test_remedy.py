@@ -152,3 +152,36 @@ def test_finetune_style_remedy_selects_on_the_val_images_and_their_renderings(
     assert len(rendered) == 2 * m["n_val"]  # a line drawing and a greyscale of each
     assert m["n_val"] == 10  # the reported figures are on the val images alone
     assert "domain remedy" in (tmp_path / "ft" / "report.html").read_text()
+
+
+@needs_data
+def test_auto_without_target_advises_style_for_drawn_val_images(tmp_path: Path) -> None:
+    data = _build(tmp_path / "d", n_train=10, n_val=5)
+    args = ["auto", str(data), "--backbones", "efficientnet_lite0", "--no-finetune"]
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert "domain" not in m  # advice only: auto's choices never read val/
+    assert "--remedy style" in m["remedy_advice"] and "colourless" in m["remedy_advice"]
+    assert "advice" in r.output
+
+
+@needs_data
+def test_fit_without_target_advises_style_for_drawn_val_images(tmp_path: Path) -> None:
+    data = _build(tmp_path / "d", n_train=10, n_val=5)
+    r = runner.invoke(app, ["fit", str(data), "--out", str(tmp_path / "f")])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "f" / "metrics.json").read_text())
+    assert "domain" not in m and f"transferlab fit {data} --remedy style" in m["remedy_advice"]
+    assert "advice" in r.output
+    assert "another domain" in (tmp_path / "f" / "report.html").read_text()
+    # ordinary photos on both sides: no advice
+    plain = tmp_path / "plain"
+    for split in ("train", "val"):
+        for c in ("ants", "bees"):
+            (plain / split / c).mkdir(parents=True)
+            for p in sorted((SHARED / split / c).glob("*.jpg"))[:5]:
+                (plain / split / c / p.name).symlink_to(p)
+    r = runner.invoke(app, ["fit", str(plain), "--out", str(tmp_path / "g")])
+    assert r.exit_code == 0, r.output
+    assert "remedy_advice" not in json.loads((tmp_path / "g" / "metrics.json").read_text())

@@ -125,7 +125,10 @@ def print_int8(extractor: Any) -> None:
 
 
 def print_domain(m: dict[str, Any]) -> None:
-    """The --target/--remedy lines: the remedy, why, the plain figure, the images used."""
+    """The --target/--remedy lines: the remedy, why, the plain figure, the images used; or
+    the advice to try one (val/ drawn, training images photos)."""
+    if m.get("remedy_advice"):
+        err.print(f"[yellow]advice:[/] {escape(m['remedy_advice'])}")
     if not m.get("domain"):
         return
     d = m["domain"]

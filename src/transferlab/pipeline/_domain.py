@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DomainNote",
     "adapted_probe",
+    "drawn_val_advice",
     "load_target",
     "resolve_remedy",
     "style_features",
@@ -196,3 +197,25 @@ def adapted_probe(
     return DomainAdaptedProbe(
         note.remedy, classifier=base.classifier, C=base.C, class_weight=base.class_weight
     ).fit(X_train, y_train, X_target=X_target)
+
+
+def drawn_val_advice(ds: Any, command: str) -> str | None:
+    """When the validation images are colourless drawings of colour training photos, the
+    remedy measured best for that (`choose_remedy`) as advice naming `command`. Advice only:
+    a run's choices never read the split it reports, and these images were read for their
+    colour alone. None otherwise (a shift that keeps colour needs `diagnose` to be seen)."""
+    from transferlab.diagnose import choose_remedy
+
+    if not ds.val or ds.multi_label:
+        return None
+    # 64 evenly spaced thumbnails a side: well under a second, and a mean that settles
+    source = colourfulness([s.path for s in ds.train], max_images=64)
+    target = colourfulness([s.path for s in ds.val], max_images=64)
+    choice = choose_remedy(source, target, have_target=False)
+    if choice.remedy != "style":
+        return None
+    return (
+        f"The validation images look like another domain than the training images: "
+        f"{choice.reason}. If the images to predict look like them, run `{command}` (and "
+        f"`transferlab diagnose {ds.root}` to measure the shift)."
+    )

@@ -20,7 +20,13 @@ from transferlab._internal.rundir import prepare_out
 from transferlab.backbones import POOLS
 from transferlab.data import DEFAULT_MAX_PIXELS, Dataset
 from transferlab.exceptions import DatasetError, InvalidParameterError
-from transferlab.pipeline._domain import DomainNote, adapted_probe, load_target, resolve_remedy
+from transferlab.pipeline._domain import (
+    DomainNote,
+    adapted_probe,
+    drawn_val_advice,
+    load_target,
+    resolve_remedy,
+)
 from transferlab.pipeline._memo import RunMemo
 from transferlab.pipeline._results import FLATTEN, OMIT_NONE, Metrics, RunResult
 from transferlab.pipeline._shared import (
@@ -156,6 +162,8 @@ class FitMetrics(ClassifierMetrics):
     reused_run: str | None = field(default=None, metadata=OMIT_NONE)
     #: --target / --remedy: the remedy, why, and which images it learnt from (`DomainNote`)
     domain: dict[str, Any] | None = field(default=None, metadata=OMIT_NONE)
+    #: no --target/--remedy, but val/ is colourless drawings of colour photos: what to try
+    remedy_advice: str | None = field(default=None, metadata=OMIT_NONE)
 
 
 @dataclass(kw_only=True)
@@ -275,6 +283,11 @@ def run_fit(config: FitConfig) -> RunResult:
             vectors={s.path: v for n in X for s, v in zip(kept[n], X[n], strict=True)},
         ),
         domain=domain.to_dict() if domain is not None else None,
+        remedy_advice=(
+            drawn_val_advice(ds, f"transferlab fit {ds.root} --remedy style")
+            if config.target is None and config.remedy == "auto"
+            else None
+        ),
     )
     model = TransferModel(fx, probe, metrics.to_dict())
     model.temperature = calibration["temperature"]

@@ -164,7 +164,7 @@ def domain_summary(m: Mapping[str, Any]) -> dict[str, Any]:
     remedy learnt from (inductive or transductive); none without it."""
     d = m.get("domain")
     if not d:
-        return {}
+        return {"advice": m["remedy_advice"]} if m.get("remedy_advice") else {}
     rows: dict[str, Any] = {"domain remedy": f"{d['remedy']} ({d['chosen_by']})"}
     if d.get("plain_val_accuracy") is not None:
         rows["validation accuracy without the remedy"] = d["plain_val_accuracy"]

@@ -190,3 +190,5 @@ class AutoMetrics(ClassifierMetrics):
     test: dict[str, Any] | None = field(default=None, metadata=OMIT_NONE)
     #: --target / --remedy: the remedy, why, and which images it learnt from (`DomainNote`)
     domain: dict[str, Any] | None = field(default=None, metadata=OMIT_NONE)
+    #: no --target, but val/ is colourless drawings of colour photos: the remedy to try
+    remedy_advice: str | None = field(default=None, metadata=OMIT_NONE)

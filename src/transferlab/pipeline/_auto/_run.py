@@ -19,6 +19,7 @@ from transferlab.pipeline._auto._final import (
     auto_domain,
     final_finetune,
     final_probe,
+    split_advice,
     weights_sha,
 )
 from transferlab.pipeline._auto._probe import (
@@ -217,6 +218,7 @@ def run_auto(config: AutoConfig) -> RunResult:
         calibration=calibration,
         test=eval_block(test) if test is not None else None,
         domain=domain.to_dict() if domain is not None else None,
+        remedy_advice=split_advice(config, ds),
         leakage=leakage_note(
             ds, extractor=config.extractor(config.backbones[0], layer="pre_logits")
         ),
