@@ -52,3 +52,26 @@ def build_image_folder(
         for i in range(n_per_class):
             make_pattern_image(cls, rng).save(root / cls / f"{cls}_{i}{ext}")
     return root
+
+
+def build_photos_vs_edges(
+    root: Path, n_train: int, n_val: int, *, val_as_edges: bool = True, autocontrast: bool = True
+) -> Path:
+    """A two-class split from hymenoptera: train/ the photos, val/ edge maps of the val photos
+    (dark lines on white; `autocontrast` stretches them) or, without `val_as_edges`, the photos.
+    Thumbnails of 256 px keep the features quick."""
+    from PIL import ImageFilter, ImageOps
+
+    shared = SHARED_DATASETS / "hymenoptera"
+    for split, n in (("train", n_train), ("val", n_val)):
+        for c in ("ants", "bees"):
+            out = root / split / c
+            out.mkdir(parents=True, exist_ok=True)
+            for p in sorted((shared / split / c).glob("*.jpg"))[:n]:
+                im = Image.open(p).convert("RGB")
+                im.thumbnail((256, 256))
+                if split == "val" and val_as_edges:
+                    im = ImageOps.invert(im.convert("L").filter(ImageFilter.FIND_EDGES))
+                    im = (ImageOps.autocontrast(im) if autocontrast else im).convert("RGB")
+                im.save(out / p.name, quality=90)
+    return root

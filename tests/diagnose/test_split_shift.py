@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests._helpers import build_photos_vs_edges
 from transferlab.cli import app
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "hymenoptera"
@@ -16,20 +17,7 @@ runner = CliRunner()
 
 
 def _build(root: Path, val_as_edges: bool) -> Path:
-    from PIL import Image, ImageFilter, ImageOps
-
-    for split, n in (("train", 20), ("val", 12)):
-        for c in ("ants", "bees"):
-            out = root / split / c
-            out.mkdir(parents=True, exist_ok=True)
-            for p in sorted((SHARED / split / c).glob("*.jpg"))[:n]:
-                im = Image.open(p).convert("RGB")
-                im.thumbnail((256, 256))
-                if split == "val" and val_as_edges:
-                    im = ImageOps.invert(im.convert("L").filter(ImageFilter.FIND_EDGES))
-                    im = im.convert("RGB")
-                im.save(out / p.name, quality=90)
-    return root
+    return build_photos_vs_edges(root, 20, 12, val_as_edges=val_as_edges, autocontrast=False)
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not found")

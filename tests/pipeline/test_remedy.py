@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests._helpers import build_photos_vs_edges
 from transferlab.cli import app
 from transferlab.exceptions import InvalidParameterError
 from transferlab.pipeline import FinetuneRunConfig, FitConfig, run_fit
@@ -21,20 +22,7 @@ needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} not found
 
 def _build(root: Path, n_train: int = 30, n_val: int = 15) -> Path:
     """train/: photos; val/: edge maps of the val photos (white background, dark lines)."""
-    from PIL import Image, ImageFilter, ImageOps
-
-    for split, n in (("train", n_train), ("val", n_val)):
-        for c in ("ants", "bees"):
-            out = root / split / c
-            out.mkdir(parents=True, exist_ok=True)
-            for p in sorted((SHARED / split / c).glob("*.jpg"))[:n]:
-                im = Image.open(p).convert("RGB")
-                im.thumbnail((256, 256))
-                if split == "val":
-                    im = ImageOps.invert(im.convert("L").filter(ImageFilter.FIND_EDGES))
-                    im = ImageOps.autocontrast(im).convert("RGB")
-                im.save(out / p.name, quality=90)
-    return root
+    return build_photos_vs_edges(root, n_train, n_val)
 
 
 @needs_data
