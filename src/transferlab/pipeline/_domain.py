@@ -199,14 +199,15 @@ def adapted_probe(
     ).fit(X_train, y_train, X_target=X_target)
 
 
-def drawn_val_advice(ds: Any, command: str) -> str | None:
+def drawn_val_advice(ds: Any, command: str, *, target: Any, remedy: str) -> str | None:
     """When the validation images are colourless drawings of colour training photos, the
     remedy measured best for that (`choose_remedy`) as advice naming `command`. Advice only:
     a run's choices never read the split it reports, and these images were read for their
-    colour alone. None otherwise (a shift that keeps colour needs `diagnose` to be seen)."""
+    colour alone. None otherwise: the run was given a `target` or a `remedy` other than
+    ``auto`` (the user already chose), or a shift that keeps colour (`diagnose` sees it)."""
     from transferlab.diagnose import choose_remedy
 
-    if not ds.val or ds.multi_label:
+    if target is not None or remedy != "auto" or not ds.val or ds.multi_label:
         return None
     # 64 evenly spaced thumbnails a side: well under a second, and a mean that settles
     source = colourfulness([s.path for s in ds.train], max_images=64)

@@ -283,10 +283,11 @@ def run_fit(config: FitConfig) -> RunResult:
             vectors={s.path: v for n in X for s, v in zip(kept[n], X[n], strict=True)},
         ),
         domain=domain.to_dict() if domain is not None else None,
-        remedy_advice=(
-            drawn_val_advice(ds, f"transferlab fit {ds.root} --remedy style")
-            if config.target is None and config.remedy == "auto"
-            else None
+        remedy_advice=drawn_val_advice(
+            ds,
+            f"transferlab fit {ds.root} --remedy style",
+            target=config.target,
+            remedy=config.remedy,
         ),
     )
     model = TransferModel(fx, probe, metrics.to_dict())

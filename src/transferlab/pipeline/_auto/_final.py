@@ -13,16 +13,10 @@ from transferlab.data import Dataset, Sample
 from transferlab.exceptions import DatasetError
 from transferlab.pipeline._auto._config import AutoConfig
 from transferlab.pipeline._auto._probe import BackboneFeatures, labels_of
-from transferlab.pipeline._domain import (
-    DomainNote,
-    adapted_probe,
-    drawn_val_advice,
-    load_target,
-    resolve_remedy,
-)
+from transferlab.pipeline._domain import DomainNote, adapted_probe, load_target, resolve_remedy
 from transferlab.pipeline._finetune import finetuned_embedding
 
-__all__ = ["auto_domain", "final_finetune", "final_probe", "split_advice", "weights_sha"]
+__all__ = ["auto_domain", "final_finetune", "final_probe", "weights_sha"]
 
 
 def auto_domain(config: AutoConfig, ds: Dataset) -> tuple[DomainNote | None, list[str] | None]:
@@ -40,13 +34,6 @@ def auto_domain(config: AutoConfig, ds: Dataset) -> tuple[DomainNote | None, lis
         allowed=("none", "style", "coral", "self-train"),
     )
     return note, target
-
-
-def split_advice(config: AutoConfig, ds: Dataset) -> str | None:
-    """Without ``--target`` or ``--remedy``: `drawn_val_advice` for auto's command."""
-    if config.target is not None or config.remedy != "auto":
-        return None
-    return drawn_val_advice(ds, f"transferlab auto {ds.root} --remedy style")
 
 
 def final_probe(

@@ -19,7 +19,6 @@ from transferlab.pipeline._auto._final import (
     auto_domain,
     final_finetune,
     final_probe,
-    split_advice,
     weights_sha,
 )
 from transferlab.pipeline._auto._probe import (
@@ -32,6 +31,7 @@ from transferlab.pipeline._auto._probe import (
     rank_and_probe,
     score,
 )
+from transferlab.pipeline._domain import drawn_val_advice
 from transferlab.pipeline._finetune import tie_margin
 from transferlab.pipeline._results import RunResult
 from transferlab.pipeline._shared import eval_block, leakage_note, resolve_dataset
@@ -218,7 +218,12 @@ def run_auto(config: AutoConfig) -> RunResult:
         calibration=calibration,
         test=eval_block(test) if test is not None else None,
         domain=domain.to_dict() if domain is not None else None,
-        remedy_advice=split_advice(config, ds),
+        remedy_advice=drawn_val_advice(
+            ds,
+            f"transferlab auto {ds.root} --remedy style",
+            target=config.target,
+            remedy=config.remedy,
+        ),
         leakage=leakage_note(
             ds, extractor=config.extractor(config.backbones[0], layer="pre_logits")
         ),
